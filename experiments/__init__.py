@@ -1,0 +1,1 @@
+"""absl-flag launchers, one per stage of LESER, plus `pipeline` that runs them all."""

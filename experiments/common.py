@@ -1,0 +1,53 @@
+"""Flags that several launchers share: which dataset, and how to load and split it.
+
+Launchers call `define_dataset_flags()` at import time and `load_catalog()` in main(); the library
+itself never reads flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+
+from absl import flags
+
+from leser_jax.catalog import Catalog, SplitConfig
+from leser_jax.data import load_dataset
+from leser_jax.data.synthetic import SyntheticConfig
+
+FLAGS = flags.FLAGS
+
+
+def define_dataset_flags() -> None:
+    flags.DEFINE_string("dataset", "synthetic",
+                        "'synthetic' (the built-in generator) or a dataset folder in the "
+                        "canonical, ESCI or WANDS layout, e.g. ../shared/data/homedepot-search-relevance")
+    flags.DEFINE_bool("strict", False, "Fail on the first malformed row instead of skipping it.")
+    flags.DEFINE_string("esci_locale", "us", "ESCI only: product_locale to keep (us, es or jp).")
+    flags.DEFINE_integer("synthetic_seed", 0, "Synthetic catalog: generator seed.")
+    flags.DEFINE_integer("synthetic_products", 20_000, "Synthetic catalog: number of products.")
+    flags.DEFINE_integer("synthetic_queries", 2_000, "Synthetic catalog: number of queries.")
+    flags.DEFINE_float("dev_fraction", 0.1, "Share of queries in the dev split (by hashed id).")
+    flags.DEFINE_float("test_fraction", 0.1, "Share of queries in the test split (by hashed id).")
+
+
+def load_split_config() -> SplitConfig:
+    return SplitConfig(train=1.0 - FLAGS.dev_fraction - FLAGS.test_fraction,
+                       dev=FLAGS.dev_fraction, test=FLAGS.test_fraction)
+
+
+def load_catalog() -> Catalog:
+    """The catalog that the dataset flags name, with its load summary logged."""
+    split = load_split_config()
+    synthetic = SyntheticConfig(seed=FLAGS.synthetic_seed, num_products=FLAGS.synthetic_products,
+                                num_queries=FLAGS.synthetic_queries)
+    catalog = load_dataset(FLAGS.dataset, strict=FLAGS.strict, split_config=split,
+                           synthetic_config=synthetic, esci_locale=FLAGS.esci_locale)
+    logging.info("%s", catalog.report.summary())
+    return catalog
+
+
+def log_config(name: str, config) -> None:
+    """Logs a resolved config dataclass as JSON, so every run's log says what it ran."""
+    logging.info("%s: %s", name, json.dumps(dataclasses.asdict(config), sort_keys=True))
