@@ -1,0 +1,142 @@
+"""The prompt LESER shows the policy, and the parser of its answers.
+
+The paper's policy sees the user's query together with the products that the query already
+retrieves (pseudo-relevance feedback), writes a short reasoning, and answers with a JSON list of
+expansions inside fixed tags:
+
+    <think>the results are all office chairs; the user wants support for the back, which
+    products call "lumbar support"</think><answer>["lumbar support office chair",
+    "ergonomic office chair"]</answer>
+
+`render_prompt` writes the instruction, the context items and the query; the completion the model
+writes after it is parsed by `parse_answer`, which never raises: whatever the model writes, it
+returns either the expansions or a named rejection reason, and a rejected answer earns reward 0
+(DESIGN.md). The rejection reasons, in the order they are checked:
+
+    no_think_tag    no <think>...</think> block before the answer
+    no_answer_tag   no <answer>...</answer> block after the think block
+    extra_tags      a second think or answer block, or text before <think> / after </answer>
+    bad_json        the answer block is not valid JSON
+    not_a_list      valid JSON, but not a list
+    empty           an empty list
+    too_many        more than m_max expansions
+    not_a_string    an element that is not a string (a number, a list, null, ...)
+    empty_string    an element that is empty once whitespace is stripped
+    too_long        an element longer than max_chars characters
+    duplicate       two elements equal up to case and whitespace
+
+The tags are single tokens of our SentencePiece vocabulary (tokenizer.SPECIAL_TAGS), which keeps
+the format easy to learn for a small model; the paper does not say how it tokenises its prompt.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from collections.abc import Sequence
+
+INSTRUCTION = (
+    "Rewrite the shopper's search query into better product searches. The products the query "
+    "finds now are listed. Reason briefly inside <think></think>, then answer inside "
+    "<answer></answer> with a JSON list of 1 to {m_max} new search queries that find more "
+    "products the shopper wants.")
+
+REJECTION_REASONS = ("no_think_tag", "no_answer_tag", "extra_tags", "bad_json", "not_a_list",
+                     "empty", "too_many", "not_a_string", "empty_string", "too_long", "duplicate")
+
+_TAGS = re.compile(r"</?(?:think|answer)>")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AnswerFormat:
+    """What a valid answer may hold.
+
+    Attributes:
+      m_max: the most expansions an answer may list (DESIGN.md's m_max).
+      max_chars: the longest expansion, in characters; longer ones reject the answer.
+    """
+
+    m_max: int = 5
+    max_chars: int = 120
+
+    def __post_init__(self):
+        if self.m_max < 1 or self.max_chars < 1:
+            raise ValueError(f"m_max and max_chars must be >= 1, got {self.m_max}, {self.max_chars}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ParsedAnswer:
+    """The expansions of a valid answer, or `reason`, why it was rejected (then no expansions)."""
+
+    expansions: tuple[str, ...] = ()
+    think: str = ""
+    reason: str | None = None
+
+    @property
+    def valid(self) -> bool:
+        return self.reason is None
+
+
+@dataclasses.dataclass(frozen=True)
+class ContextItem:
+    """A product shown to the policy: its title and (a few of) its attributes."""
+
+    title: str
+    attributes: tuple[tuple[str, str], ...] = ()
+
+    def render(self) -> str:
+        attrs = "; ".join(f"{k}: {v}" for k, v in self.attributes)
+        return f"<item>{self.title}" + (f" ({attrs})" if attrs else "") + "</item>"
+
+
+def render_prompt(query: str, context: Sequence[ContextItem], fmt: AnswerFormat = AnswerFormat()) -> str:
+    """The prompt text; the model's completion follows it directly."""
+    items = "".join(item.render() for item in context)
+    return (f"{INSTRUCTION.format(m_max=fmt.m_max)}\n<context>{items}</context>\n"
+            f"<query>{query}</query>\n")
+
+
+def render_answer(think: str, expansions: Sequence[str]) -> str:
+    """A completion in the exact format `parse_answer` accepts (the warm-up's target)."""
+    return f"<think>{think}</think><answer>{json.dumps(list(expansions), ensure_ascii=False)}</answer>"
+
+
+def parse_answer(text: str, fmt: AnswerFormat = AnswerFormat()) -> ParsedAnswer:
+    """Parses `<think>..</think><answer>[..]</answer>`; never raises (see the module docstring)."""
+    if not isinstance(text, str):
+        return ParsedAnswer(reason="no_think_tag")
+    # The tags in order of appearance, e.g. ['<think>', '</think>', '<answer>', '</answer>'].
+    tags = [(m.group(), m.start(), m.end()) for m in _TAGS.finditer(text)]
+    names = [t[0] for t in tags]
+    if names[:2] != ["<think>", "</think>"]:
+        return ParsedAnswer(reason="no_think_tag")
+    if "<answer>" not in names or "</answer>" not in names:
+        return ParsedAnswer(reason="no_answer_tag")
+    if names != ["<think>", "</think>", "<answer>", "</answer>"]:
+        return ParsedAnswer(reason="extra_tags")
+    outside = (text[:tags[0][1]], text[tags[1][2]:tags[2][1]], text[tags[3][2]:])
+    if any(part.strip() for part in outside):  # only whitespace may surround the two blocks
+        return ParsedAnswer(reason="extra_tags")
+    think = text[tags[0][2]:tags[1][1]].strip()
+    body = text[tags[2][2]:tags[3][1]]
+    try:
+        value = json.loads(body)
+    except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested beyond the stack
+        return ParsedAnswer(think=think, reason="bad_json")
+    if not isinstance(value, list):
+        return ParsedAnswer(think=think, reason="not_a_list")
+    if not value:
+        return ParsedAnswer(think=think, reason="empty")
+    if len(value) > fmt.m_max:
+        return ParsedAnswer(think=think, reason="too_many")
+    if not all(isinstance(v, str) for v in value):
+        return ParsedAnswer(think=think, reason="not_a_string")
+    expansions = tuple(" ".join(v.split()) for v in value)  # collapse whitespace runs
+    if not all(expansions):
+        return ParsedAnswer(think=think, reason="empty_string")
+    if max(map(len, expansions)) > fmt.max_chars:
+        return ParsedAnswer(think=think, reason="too_long")
+    if len({e.casefold() for e in expansions}) < len(expansions):
+        return ParsedAnswer(think=think, reason="duplicate")
+    return ParsedAnswer(expansions=expansions, think=think)
