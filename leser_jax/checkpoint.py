@@ -1,0 +1,268 @@
+"""Checkpoints: Hugging Face LLaMA weights in, and the model's parameters to and from Orbax.
+
+LESER starts from a pretrained LLaMA 3.2 (the paper prefers 3B to 3.1 8B for latency).
+`load_hf_llama` reads a Hugging Face checkpoint directory (config.json + model.safetensors, or
+shards listed in model.safetensors.index.json) into `model.Llama` without torch; tools/
+convert_hf_llama.py turns it into a params checkpoint that launchers load with `--init=DIR`.
+
+A params checkpoint is a directory:
+
+    DIR/config.json   the `ModelConfig` as JSON
+    DIR/params/       the parameters as Orbax saves them (`nnx.to_pure_dict` of the model state)
+
+`save_params` writes it under a temporary name and renames it into place, so an interrupted save
+never leaves a half checkpoint at DIR. `load_params` restores against abstract targets built with
+`nnx.eval_shape`, so no random initialisation is ever computed. Full train-state checkpoints
+(optimizer, step, RNG) are a separate, later addition to this module.
+
+Reading safetensors: `safetensors.numpy` (0.8) raises "data type 'bfloat16' not understood" on
+BF16 tensors, which is how LLaMA 3.2 ships, so `read_safetensors` parses the format itself (an
+8-byte little-endian header length, a JSON header of name -> dtype, shape, byte offsets, then the
+raw bytes) and memory-maps each tensor, with `ml_dtypes.bfloat16` for BF16.
+
+Weight layout: HF stores a Linear as [out, in]; ours are einsum kernels, so q_proj [N*H, D]
+becomes q [D, N, H], o_proj [D, N*H] becomes o [N, H, D], gate/up [F, D] become [D, F], down
+[D, F] becomes [F, D], lm_head [V, D] becomes [D, V]. q and k rows are already in the
+half-split RoPE layout that `model.apply_rope` uses, so no permutation is needed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+from flax import nnx
+
+from leser_jax.model import Llama, ModelConfig
+
+_CONFIG_FILE = "config.json"
+_PARAMS_DIR = "params"
+
+_SAFETENSORS_DTYPES = {
+    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
+    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
+    "BOOL": np.bool_,
+}
+_HF_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+
+
+# ----------------------------------------------------------------------------- Hugging Face in
+
+def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """All tensors of one .safetensors file as read-only, memory-mapped numpy arrays."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        header_len = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(header_len))
+    data_start = 8 + header_len
+    tensors = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if info["dtype"] not in _SAFETENSORS_DTYPES:
+            raise ValueError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
+        begin, end = info["data_offsets"]
+        dtype = np.dtype(_SAFETENSORS_DTYPES[info["dtype"]])
+        count = (end - begin) // dtype.itemsize
+        arr = np.memmap(path, dtype=dtype, mode="r", offset=data_start + begin, shape=(count,))
+        tensors[name] = arr.reshape(info["shape"])
+    return tensors
+
+
+def config_from_hf(hf: dict, *, dtype: str | None = None,
+                   param_dtype: str | None = None) -> ModelConfig:
+    """`ModelConfig` from a Hugging Face LLaMA config.json dict.
+
+    RoPE settings are read from transformers-5 `rope_parameters` or, in older files, from
+    top-level `rope_theta` and `rope_scaling`. `param_dtype` defaults to the checkpoint's own
+    (`dtype`, or `torch_dtype` in older files), `dtype` to `param_dtype`.
+    """
+    if hf.get("model_type", "llama") != "llama":
+        raise ValueError(f"not a LLaMA config: model_type={hf.get('model_type')!r}")
+    if hf.get("hidden_act", "silu") != "silu" or hf.get("attention_bias") or hf.get("mlp_bias"):
+        raise ValueError("only LLaMA with silu MLP and no projection biases is supported")
+    rope = dict(hf.get("rope_parameters") or {})
+    if not rope:
+        rope = dict(hf.get("rope_scaling") or {})
+        rope.setdefault("rope_theta", hf.get("rope_theta", 10_000.0))
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type not in ("default", "llama3"):
+        raise ValueError(f"unsupported RoPE type {rope_type!r} (supported: default, llama3)")
+    scaling = {}
+    if rope_type == "llama3":
+        scaling = dict(rope_scaling_factor=float(rope["factor"]),
+                       rope_low_freq_factor=float(rope["low_freq_factor"]),
+                       rope_high_freq_factor=float(rope["high_freq_factor"]),
+                       rope_original_max_len=int(rope["original_max_position_embeddings"]))
+    ckpt_dtype = hf.get("dtype") or hf.get("torch_dtype") or "float32"
+    param_dtype = param_dtype or _HF_DTYPES.get(ckpt_dtype, "float32")
+    num_heads = hf["num_attention_heads"]
+    return ModelConfig(
+        vocab_size=hf["vocab_size"], d_model=hf["hidden_size"],
+        num_layers=hf["num_hidden_layers"], num_heads=num_heads,
+        num_kv_heads=hf.get("num_key_value_heads") or num_heads,
+        head_dim=hf.get("head_dim") or hf["hidden_size"] // num_heads,
+        ffn_dim=hf["intermediate_size"], rope_theta=float(rope["rope_theta"]), **scaling,
+        max_seq_len=hf.get("max_position_embeddings", 2048), norm_eps=hf.get("rms_norm_eps", 1e-5),
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        dtype=dtype or param_dtype, param_dtype=param_dtype)
+
+
+def _hf_tensors(hf_dir: Path) -> dict[str, np.ndarray]:
+    index = hf_dir / "model.safetensors.index.json"
+    if index.exists():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    elif (hf_dir / "model.safetensors").exists():
+        files = ["model.safetensors"]
+    else:
+        raise FileNotFoundError(f"{hf_dir}: no model.safetensors or model.safetensors.index.json")
+    tensors = {}
+    for name in files:
+        tensors.update(read_safetensors(hf_dir / name))
+    # LlamaForCausalLM prefixes the trunk with "model."; a bare LlamaModel does not.
+    return {k.removeprefix("model."): v for k, v in tensors.items()}
+
+
+def _hf_to_pure_dict(t: dict[str, np.ndarray], c: ModelConfig) -> dict:
+    """HF tensor names and [out, in] layouts -> the nested dict of `nnx.to_pure_dict(state)`."""
+    D, N, K, H = c.d_model, c.num_heads, c.num_kv_heads, c.head_dim
+    used = set()
+
+    def get(name):
+        if name not in t:
+            raise KeyError(f"checkpoint has no tensor {name!r}")
+        used.add(name)
+        return t[name]
+
+    layers = {}
+    for i in range(c.num_layers):
+        p = f"layers.{i}."
+        layers[i] = {
+            "attn_norm": {"scale": get(p + "input_layernorm.weight")},
+            "attn": {
+                "q": get(p + "self_attn.q_proj.weight").T.reshape(D, N, H),
+                "k": get(p + "self_attn.k_proj.weight").T.reshape(D, K, H),
+                "v": get(p + "self_attn.v_proj.weight").T.reshape(D, K, H),
+                "o": get(p + "self_attn.o_proj.weight").T.reshape(N, H, D),
+            },
+            "mlp_norm": {"scale": get(p + "post_attention_layernorm.weight")},
+            "mlp": {"gate": get(p + "mlp.gate_proj.weight").T,
+                    "up": get(p + "mlp.up_proj.weight").T,
+                    "down": get(p + "mlp.down_proj.weight").T},
+        }
+    pure = {"embed": get("embed_tokens.weight"), "layers": layers,
+            "final_norm": {"scale": get("norm.weight")}}
+    if not c.tie_embeddings:
+        pure["lm_head"] = get("lm_head.weight").T
+    # A tied checkpoint may still carry lm_head.weight (== embed); old ones carry RoPE buffers.
+    extra = [k for k in t if k not in used and k != "lm_head.weight" and "rotary_emb" not in k]
+    if extra:
+        raise ValueError(f"checkpoint has tensors this model does not use: {extra[:5]}")
+    return pure
+
+
+def _fill(abstract_model: Llama, pure: dict) -> Llama:
+    """Merge host arrays into an `nnx.eval_shape` model, checking every shape."""
+    graphdef, state = nnx.split(abstract_model)
+    target = nnx.to_pure_dict(state)
+    flat_target = dict(jax.tree_util.tree_flatten_with_path(target)[0])
+    flat_pure = dict(jax.tree_util.tree_flatten_with_path(pure)[0])
+    if flat_target.keys() != flat_pure.keys():
+        raise ValueError("parameter names differ from the model's: "
+                         f"{sorted(map(str, flat_target.keys() ^ flat_pure.keys()))[:5]}")
+    for key, leaf in flat_target.items():
+        if tuple(flat_pure[key].shape) != tuple(leaf.shape):
+            raise ValueError(f"{jax.tree_util.keystr(key)}: checkpoint shape "
+                             f"{flat_pure[key].shape} != model shape {leaf.shape}")
+    arrays = jax.tree.map(lambda x, a: jnp.asarray(np.asarray(x).astype(a.dtype)), pure, target)
+    nnx.replace_by_pure_dict(state, arrays)
+    return nnx.merge(graphdef, state)
+
+
+def load_hf_llama(hf_dir: str | os.PathLike, *, dtype: str | None = None,
+                  param_dtype: str | None = None) -> tuple[Llama, ModelConfig]:
+    """A Hugging Face LLaMA checkpoint directory -> (model, config); see `config_from_hf`."""
+    hf_dir = Path(hf_dir)
+    if not (hf_dir / "config.json").exists():
+        raise FileNotFoundError(f"{hf_dir}: no config.json (not a Hugging Face checkpoint dir)")
+    config = config_from_hf(json.loads((hf_dir / "config.json").read_text()),
+                            dtype=dtype, param_dtype=param_dtype)
+    pure = _hf_to_pure_dict(_hf_tensors(hf_dir), config)
+    return _fill(_abstract_model(config), pure), config
+
+
+# ----------------------------------------------------------------------------- params checkpoints
+
+def _abstract_model(config: ModelConfig) -> Llama:
+    return nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(0)))
+
+
+def save_params(path: str | os.PathLike, model: Llama, config: ModelConfig | None = None, *,
+                overwrite: bool = False) -> Path:
+    """Writes DIR/config.json and DIR/params/ atomically (temporary directory, then rename).
+
+    `config` defaults to `model.config` (and must equal it when given).
+    """
+    from orbax.checkpoint import v1
+
+    if config is not None and config != model.config:
+        raise ValueError("config differs from model.config")
+    path = Path(path).absolute()
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists (pass overwrite=True to replace it)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        v1.save(tmp / _PARAMS_DIR, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+        (tmp / _CONFIG_FILE).write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
+            path.rename(old)
+            tmp.rename(path)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def load_config(path: str | os.PathLike) -> ModelConfig:
+    """The `ModelConfig` of a params checkpoint, without reading the parameters."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"no checkpoint directory at {path}")
+    config_file = path / _CONFIG_FILE
+    if not config_file.exists():
+        raise FileNotFoundError(f"{path} is not a leser-jax params checkpoint: no {_CONFIG_FILE}")
+    try:
+        return ModelConfig.from_dict(json.loads(config_file.read_text()))
+    except (json.JSONDecodeError, TypeError, ValueError) as e:
+        raise ValueError(f"{config_file}: not a valid ModelConfig: {e}") from e
+
+
+def load_params(path: str | os.PathLike) -> tuple[Llama, ModelConfig]:
+    """A params checkpoint -> (model, config), restored against `nnx.eval_shape` targets."""
+    from orbax.checkpoint import v1
+
+    path = Path(path)
+    config = load_config(path)
+    if not (path / _PARAMS_DIR).is_dir():
+        raise FileNotFoundError(f"{path} is not a leser-jax params checkpoint: no {_PARAMS_DIR}/")
+    graphdef, state = nnx.split(_abstract_model(config))
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                          nnx.to_pure_dict(state))
+    try:
+        restored = v1.load(path / _PARAMS_DIR, target)
+    except Exception as e:  # orbax raises many types; the caller needs to know which dir failed
+        raise ValueError(f"could not restore parameters from {path / _PARAMS_DIR}: {e}") from e
+    nnx.replace_by_pure_dict(state, restored)
+    return nnx.merge(graphdef, state), config

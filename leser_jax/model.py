@@ -1,0 +1,455 @@
+"""The policy: a LLaMA-3-style decoder-only language model in flax.nnx, with a functional KV cache.
+
+LESER (arXiv 2509.05570) fine-tunes LLaMA 3.2 (3B preferred to 3.1 8B for latency) to write query
+expansions. This module is that architecture, written from scratch so that the same code runs a
+~5M-parameter model on a laptop CPU and converted LLaMA 3.2 1B/3B weights on an accelerator:
+
+    tokens -> embed -> L x [x + Attn(RMSNorm(x)); x + SwiGLU(RMSNorm(x))] -> RMSNorm -> logits
+
+- RMSNorm (Zhang & Sennrich 2019), statistics in float32.
+- Rotary position embeddings (Su et al. 2021) in the half-split ("rotate_half") layout that
+  Hugging Face checkpoints use, with LLaMA 3's frequency scaling (`llama3_inv_freq`).
+- Grouped-query attention (Ainslie et al. 2023): N query heads share K kv heads, G = N // K query
+  heads per kv head; query head n reads kv head n // G, as in Hugging Face's `repeat_kv`.
+- SwiGLU MLP (Shazeer 2020); optional tied input/output embeddings (LLaMA 3.2 ties them).
+
+The paper says nothing about the model's internals beyond "LLaMA 3.2"; the departures here are
+ours: initialisation (normal, std 0.02, residual output projections scaled by 1/sqrt(2L) as in
+GPT-2) matters only for the small presets trained from scratch, and attention is a plain einsum
+(no fused kernel) because it is the readable reference and the models here are small.
+
+Axis letters (einsum and shape comments): B batch, T query positions, S key positions (cache
+slots), D model, N query heads, K kv heads, G query heads per kv head (N = K * G), H head dim,
+V vocab, F ffn, L layers.
+
+## Calling it
+Parameters live in the module; jitted code takes `graphdef, state = nnx.split(model)` and calls
+`nnx.merge(graphdef, state)` inside (see tests/test_model.py). Three entry points:
+
+- `model(tokens [B, T], pad_mask [B, T] | None, positions [B, T] | None) -> logits [B, T, V]`
+  (float32): the full uncached causal forward, used for training and teacher-forced log-probs.
+  `pad_mask` is True at real tokens. Padding may be on the left (prompts) and on the right
+  (completions); a row's positions count its real tokens from 0, so a left-padded row gives the
+  same logits at its real tokens as the same row unpadded. Logits at pad positions are garbage.
+- `model.prefill(tokens [B, T], pad_mask [B, T], cache) -> (logits, cache)`: writes T tokens per
+  row into the cache and returns their logits ([B, T, V], or [B, V] for the last slot with
+  `last_only=True`, which is what a sampler wants: a full [B, T, V] of a 128k vocab is large).
+- `model.decode_step(tokens [B], cache) -> (logits [B, V], cache)`: one new token per row.
+
+## The KV cache
+`KVCache` is a plain pytree (`flax.struct.dataclass`), not module state: it is passed in and
+returned, so a sampler can donate it to a jitted prefill and carry it through a `lax.while_loop`.
+
+    k, v   [L, B, S, K, H]  keys and values of every slot written so far
+    valid  [B, S] bool      the slot holds a real token (False for padding and for unwritten slots)
+    pos    [B] int32        the next RoPE position of each row = number of real tokens written
+    index  [] int32         the next slot to write; the same for all rows
+
+All rows write the same slot at each step (`index`), and each row has its own RoPE position
+(`pos`), so a left-padded prompt batch needs no per-row scatter: a row with 3 pad tokens has
+slots 0..2 invalid and its first real token at slot 3 with position 0. Example, T=4, max_len=6:
+
+    row 0: tokens [p p a b] pad_mask [0 0 1 1] -> slots 2,3 valid, positions 0,1, pos=2
+    row 1: tokens [c d e f] pad_mask [1 1 1 1] -> slots 0..3 valid, positions 0..3, pos=4
+    decode_step writes slot 4 for both rows, at positions 2 and 4; index becomes 5.
+
+Writing past `max_len` cannot be detected inside jit (`dynamic_update_slice` clamps the start
+index): a sampler must make `max_len >= prompt length + max new tokens`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+_DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """Shape and numerics of the policy (and of the frozen reference model, which is a copy).
+
+    Field names follow LLaMA 3; the Hugging Face config.json key is given where it differs.
+    rope_scaling_factor: LLaMA 3's RoPE frequency scaling `factor` (None = plain RoPE); with it,
+      rope_low_freq_factor, rope_high_freq_factor and rope_original_max_len
+      (`original_max_position_embeddings`) define `llama3_inv_freq`.
+    max_seq_len: longest sequence a cache may hold (`max_position_embeddings`); RoPE itself
+      is computed from positions and has no table to outgrow.
+    dtype: activations and matmul inputs ("float32" | "bfloat16" | "float16"); param_dtype:
+      storage of the parameters. Softmax, norm statistics and logits are float32 regardless.
+    init_std: std of the normal initialisation of a model trained from scratch (ours, GPT-2's
+      0.02; converted checkpoints ignore it).
+    """
+
+    vocab_size: int
+    d_model: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    ffn_dim: int
+    rope_theta: float = 500_000.0
+    rope_scaling_factor: float | None = None
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_max_len: int = 8192
+    max_seq_len: int = 2048
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = True
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    init_std: float = 0.02
+
+    def __post_init__(self):
+        for name in ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads",
+                     "head_dim", "ffn_dim", "max_seq_len", "rope_original_max_len"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads "
+                             f"({self.num_kv_heads}) for grouped-query attention")
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim must be even for RoPE, got {self.head_dim}")
+        if self.rope_theta <= 0 or self.norm_eps <= 0 or self.init_std <= 0:
+            raise ValueError("rope_theta, norm_eps and init_std must be positive")
+        if self.rope_scaling_factor is not None:
+            if self.rope_scaling_factor < 1:
+                raise ValueError(f"rope_scaling_factor must be >= 1, got {self.rope_scaling_factor}")
+            if not 0 < self.rope_low_freq_factor < self.rope_high_freq_factor:
+                raise ValueError("need 0 < rope_low_freq_factor < rope_high_freq_factor")
+        for name in ("dtype", "param_dtype"):
+            if getattr(self, name) not in _DTYPES:
+                raise ValueError(f"{name} must be one of {_DTYPES}, got {getattr(self, name)!r}")
+
+    @property
+    def kv_groups(self) -> int:
+        """G: query heads per kv head."""
+        return self.num_heads // self.num_kv_heads
+
+    def replace(self, **changes) -> ModelConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        return cls(**d)
+
+    # Presets. The small ones are ours (the paper only uses LLaMA 3.2/3.1); the LLaMA ones are the
+    # published configs of meta-llama/Llama-3.2-{1B,3B}.
+    @classmethod
+    def tiny(cls) -> ModelConfig:
+        """Tests only: every test in seconds."""
+        return cls(vocab_size=512, d_model=64, num_layers=2, num_heads=4, num_kv_heads=2,
+                   head_dim=16, ffn_dim=192, rope_theta=10_000.0, max_seq_len=256)
+
+    @classmethod
+    def demo(cls) -> ModelConfig:
+        """~5M parameters: the whole pipeline in minutes on 2 CPU cores."""
+        return cls(vocab_size=8192, d_model=256, num_layers=4, num_heads=8, num_kv_heads=4,
+                   head_dim=32, ffn_dim=768, rope_theta=10_000.0, max_seq_len=512)
+
+    @classmethod
+    def cpu(cls) -> ModelConfig:
+        """~30M parameters: the reference CPU run on real data, about an hour on 2 cores."""
+        return cls(vocab_size=16384, d_model=512, num_layers=8, num_heads=8, num_kv_heads=4,
+                   head_dim=64, ffn_dim=1536, rope_theta=10_000.0, max_seq_len=1024)
+
+    @classmethod
+    def llama3_2_1b(cls) -> ModelConfig:
+        return cls(vocab_size=128_256, d_model=2048, num_layers=16, num_heads=32, num_kv_heads=8,
+                   head_dim=64, ffn_dim=8192, rope_theta=500_000.0, rope_scaling_factor=32.0,
+                   rope_low_freq_factor=1.0, rope_high_freq_factor=4.0,
+                   rope_original_max_len=8192, max_seq_len=131_072, norm_eps=1e-5,
+                   tie_embeddings=True, dtype="bfloat16", param_dtype="bfloat16")
+
+    @classmethod
+    def llama3_2_3b(cls) -> ModelConfig:
+        return cls.llama3_2_1b().replace(d_model=3072, num_layers=28, num_heads=24, head_dim=128)
+
+
+def param_count(config: ModelConfig) -> int:
+    """Number of parameters, embeddings included (the number `jax.eval_shape` of the model gives)."""
+    c = config
+    attn = c.d_model * c.head_dim * (2 * c.num_heads + 2 * c.num_kv_heads)  # q, o; k, v
+    mlp = 3 * c.d_model * c.ffn_dim
+    per_layer = attn + mlp + 2 * c.d_model  # two RMSNorm scales
+    embed = c.vocab_size * c.d_model * (1 if c.tie_embeddings else 2)
+    return c.num_layers * per_layer + embed + c.d_model  # final norm
+
+
+def flops_per_token(config: ModelConfig, seq_len: int, *, training: bool = True) -> float:
+    """Matmul FLOPs per token of a length-`seq_len` sequence (the numerator of MFU).
+
+    forward = 2 * N_mm + 4 * L * N * H * seq_len
+      N_mm: parameters that take part in a matmul: every layer's projections plus the output
+        projection D x V (counted once even when tied: it is used as a matmul once); the input
+        embedding is a gather and the norms are elementwise, so neither counts.
+      2 * N_mm: one multiply and one add per weight per token (Kaplan et al. 2020's 2N).
+      4 * L * N * H * seq_len: scores Q K^T and the weighted sum A V, 2 * N * H * seq_len FLOPs
+        each per token and layer. Counted over all seq_len keys, not halved for causality: the
+        einsum computes the full square (the PaLM paper's appendix B convention).
+    training = 3 * forward (the backward pass costs twice the forward: the 6N rule).
+    """
+    c = config
+    n_mm = c.num_layers * (c.d_model * c.head_dim * (2 * c.num_heads + 2 * c.num_kv_heads)
+                           + 3 * c.d_model * c.ffn_dim) + c.d_model * c.vocab_size
+    forward = 2 * n_mm + 4 * c.num_layers * c.num_heads * c.head_dim * seq_len
+    return float(3 * forward if training else forward)
+
+
+def llama3_inv_freq(config: ModelConfig) -> np.ndarray:
+    """RoPE inverse frequencies [H/2], with LLaMA 3's scaling when `rope_scaling_factor` is set.
+
+    Plain RoPE: inv_freq_i = theta ** (-2i / H). LLaMA 3 (Meta's reference `apply_scaling`, and
+    HF's `_compute_llama3_parameters`) keeps short wavelengths (< original_max / high_freq_factor),
+    divides long ones (> original_max / low_freq_factor) by `factor`, and interpolates between:
+      smooth = (original_max / wavelen - low) / (high - low)
+      inv_freq = (1 - smooth) * inv_freq / factor + smooth * inv_freq
+    Computed on the host in float64, then float32 like HF's buffer.
+    """
+    c = config
+    inv_freq = 1.0 / (c.rope_theta ** (np.arange(0, c.head_dim, 2, dtype=np.float64) / c.head_dim))
+    if c.rope_scaling_factor is not None:
+        factor, low, high = c.rope_scaling_factor, c.rope_low_freq_factor, c.rope_high_freq_factor
+        wavelen = 2 * math.pi / inv_freq
+        low_freq_wavelen = c.rope_original_max_len / low
+        high_freq_wavelen = c.rope_original_max_len / high
+        smooth = (c.rope_original_max_len / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * inv_freq / factor + smooth * inv_freq
+        inv_freq = np.where(wavelen < high_freq_wavelen, inv_freq,
+                            np.where(wavelen > low_freq_wavelen, inv_freq / factor, smoothed))
+    return inv_freq.astype(np.float32)  # [H/2]
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.Array:
+    """Rotates x [B, T, heads, H] by positions [B, T], half-split layout, in float32."""
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, H/2]
+    cos = jnp.cos(angles)[:, :, None, :]  # [B, T, 1, H/2]
+    sin = jnp.sin(angles)[:, :, None, :]
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)  # [B, T, heads, H/2] each
+    # HF: x * cos + rotate_half(x) * sin with rotate_half(x) = [-x2, x1].
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x.dtype)  # [B, T, heads, H]
+
+
+def _normal(rngs: nnx.Rngs, shape, std: float, dtype: str) -> nnx.Param:
+    return nnx.Param(std * jax.random.normal(rngs.params(), shape, jnp.float32).astype(dtype))
+
+
+class RMSNorm(nnx.Module):
+    def __init__(self, dim: int, *, eps: float, param_dtype: str):
+        self.eps = eps
+        self.scale = nnx.Param(jnp.ones((dim,), param_dtype))  # [D]
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        # Cast before scaling, as HF does (`weight * hidden.to(input_dtype)`).
+        return normed.astype(x.dtype) * self.scale[...].astype(x.dtype)
+
+
+class Attention(nnx.Module):
+    """Grouped-query self-attention with RoPE. Kernels: q [D, N, H], k/v [D, K, H], o [N, H, D]."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        c = config
+        self.config = c
+        out_std = c.init_std / math.sqrt(2 * c.num_layers)
+        self.q = _normal(rngs, (c.d_model, c.num_heads, c.head_dim), c.init_std, c.param_dtype)
+        self.k = _normal(rngs, (c.d_model, c.num_kv_heads, c.head_dim), c.init_std, c.param_dtype)
+        self.v = _normal(rngs, (c.d_model, c.num_kv_heads, c.head_dim), c.init_std, c.param_dtype)
+        self.o = _normal(rngs, (c.num_heads, c.head_dim, c.d_model), out_std, c.param_dtype)
+
+    def __call__(self, x, positions, mask, inv_freq, cache=None, layer=None):
+        """x [B, T, D], positions [B, T], mask [B, T, S] (True = may attend).
+
+        Without a cache S = T and the keys are this call's tokens. With a `KVCache`, this call's
+        keys and values are written into layer `layer` at slots cache.index .. cache.index + T - 1
+        first (a dynamic_update_slice of the [L, B, S, K, H] arrays: in place when donated), then
+        attention reads all S slots of that layer; the updated cache is returned.
+        """
+        c = self.config
+        dt = c.dtype
+        q = jnp.einsum("BTD,DNH->BTNH", x, self.q[...].astype(dt))  # [B, T, N, H]
+        k = jnp.einsum("BTD,DKH->BTKH", x, self.k[...].astype(dt))  # [B, T, K, H]
+        v = jnp.einsum("BTD,DKH->BTKH", x, self.v[...].astype(dt))  # [B, T, K, H]
+        q = apply_rope(q, positions, inv_freq)
+        k = apply_rope(k, positions, inv_freq)
+        if cache is not None:
+            start = (layer, 0, cache.index, 0, 0)
+            cache = cache.replace(
+                k=jax.lax.dynamic_update_slice(cache.k, k[None].astype(cache.k.dtype), start),
+                v=jax.lax.dynamic_update_slice(cache.v, v[None].astype(cache.v.dtype), start))
+            k, v = cache.k[layer], cache.v[layer]  # [B, S, K, H] each
+        B, T = x.shape[:2]
+        q = q.reshape(B, T, c.num_kv_heads, c.kv_groups, c.head_dim)  # [B, T, K, G, H]
+        scores = jnp.einsum("BTKGH,BSKH->BKGTS", q, k.astype(dt),
+                            preferred_element_type=jnp.float32)  # [B, K, G, T, S]
+        scores = scores * (c.head_dim ** -0.5)
+        # where, not + (-inf): a row with no visible key (a left pad) gets a uniform softmax, not NaN.
+        scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(scores, axis=-1).astype(dt)  # [B, K, G, T, S]
+        out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v.astype(dt))  # [B, T, K, G, H]
+        out = out.reshape(B, T, c.num_heads, c.head_dim)  # [B, T, N, H]
+        return jnp.einsum("BTNH,NHD->BTD", out, self.o[...].astype(dt)), cache  # [B, T, D]
+
+
+class MLP(nnx.Module):
+    """SwiGLU: down(silu(x @ gate) * (x @ up)). Kernels gate/up [D, F], down [F, D]."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        c = config
+        self.dtype = c.dtype
+        self.gate = _normal(rngs, (c.d_model, c.ffn_dim), c.init_std, c.param_dtype)
+        self.up = _normal(rngs, (c.d_model, c.ffn_dim), c.init_std, c.param_dtype)
+        self.down = _normal(rngs, (c.ffn_dim, c.d_model), c.init_std / math.sqrt(2 * c.num_layers),
+                            c.param_dtype)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        dt = self.dtype
+        gate = jnp.einsum("BTD,DF->BTF", x, self.gate[...].astype(dt))  # [B, T, F]
+        up = jnp.einsum("BTD,DF->BTF", x, self.up[...].astype(dt))  # [B, T, F]
+        return jnp.einsum("BTF,FD->BTD", jax.nn.silu(gate) * up, self.down[...].astype(dt))
+
+
+class Block(nnx.Module):
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        c = config
+        self.attn_norm = RMSNorm(c.d_model, eps=c.norm_eps, param_dtype=c.param_dtype)
+        self.attn = Attention(c, rngs=rngs)
+        self.mlp_norm = RMSNorm(c.d_model, eps=c.norm_eps, param_dtype=c.param_dtype)
+        self.mlp = MLP(c, rngs=rngs)
+
+    def __call__(self, x, positions, mask, inv_freq, cache=None, layer=None):
+        with jax.named_scope("attention"):
+            h, cache = self.attn(self.attn_norm(x), positions, mask, inv_freq, cache, layer)
+            x = x + h
+        with jax.named_scope("mlp"):
+            x = x + self.mlp(self.mlp_norm(x))
+        return x, cache  # [B, T, D]
+
+
+@flax.struct.dataclass
+class KVCache:
+    """Keys and values of every layer, plus what a row needs to continue (see module docstring)."""
+
+    k: jax.Array  # [L, B, S, K, H]
+    v: jax.Array  # [L, B, S, K, H]
+    valid: jax.Array  # [B, S] bool: slot holds a real token
+    pos: jax.Array  # [B] int32: next RoPE position of each row
+    index: jax.Array  # [] int32: next slot to write, shared by all rows
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[2]
+
+
+def init_cache(config: ModelConfig, batch: int, max_len: int, dtype: str | None = None) -> KVCache:
+    """An empty cache of `max_len` slots per row; dtype defaults to the model's compute dtype."""
+    if not 0 < max_len <= config.max_seq_len:
+        raise ValueError(f"max_len must be in [1, max_seq_len={config.max_seq_len}], got {max_len}")
+    shape = (config.num_layers, batch, max_len, config.num_kv_heads, config.head_dim)
+    dtype = dtype or config.dtype
+    return KVCache(
+        k=jnp.zeros(shape, dtype),  # [L, B, S, K, H]
+        v=jnp.zeros(shape, dtype),  # [L, B, S, K, H]
+        valid=jnp.zeros((batch, max_len), jnp.bool_),  # [B, S]
+        pos=jnp.zeros((batch,), jnp.int32),  # [B]
+        index=jnp.zeros((), jnp.int32),  # []
+    )
+
+
+def positions_from_mask(pad_mask: jax.Array) -> jax.Array:
+    """Positions [B, T] that count each row's real tokens from 0 (pads get the next position,
+    harmless since nothing attends to them). E.g. mask [0 0 1 1 1 0] -> [0 0 0 1 2 3]."""
+    return jnp.maximum(jnp.cumsum(pad_mask.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+class Llama(nnx.Module):
+    """The policy model. See the module docstring for the three entry points."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        c = config
+        self.config = c
+        self.embed = _normal(rngs, (c.vocab_size, c.d_model), c.init_std, c.param_dtype)  # [V, D]
+        self.layers = nnx.List([Block(c, rngs=rngs) for _ in range(c.num_layers)])
+        self.final_norm = RMSNorm(c.d_model, eps=c.norm_eps, param_dtype=c.param_dtype)
+        # Tied: the output projection is embed.T, as in LLaMA 3.2.
+        self.lm_head = (None if c.tie_embeddings else
+                        _normal(rngs, (c.d_model, c.vocab_size), c.init_std, c.param_dtype))
+
+    def _logits(self, x: jax.Array) -> jax.Array:
+        dt = self.config.dtype
+        x = self.final_norm(x)
+        if self.lm_head is None:
+            return jnp.einsum("BTD,VD->BTV", x, self.embed[...].astype(dt),
+                              preferred_element_type=jnp.float32)  # [B, T, V]
+        return jnp.einsum("BTD,DV->BTV", x, self.lm_head[...].astype(dt),
+                          preferred_element_type=jnp.float32)  # [B, T, V]
+
+    def _embed(self, tokens: jax.Array) -> jax.Array:
+        return self.embed[...][tokens].astype(self.config.dtype)  # [B, T, D]
+
+    def __call__(self, tokens: jax.Array, pad_mask: jax.Array | None = None,
+                 positions: jax.Array | None = None) -> jax.Array:
+        """Full causal forward: tokens [B, T] -> logits [B, T, V] float32 (see module docstring)."""
+        B, T = tokens.shape
+        if pad_mask is None:
+            pad_mask = jnp.ones((B, T), jnp.bool_)
+        pad_mask = pad_mask.astype(jnp.bool_)
+        if positions is None:
+            positions = positions_from_mask(pad_mask)  # [B, T]
+        causal = jnp.tril(jnp.ones((T, T), jnp.bool_))  # [T, S]
+        mask = causal[None] & pad_mask[:, None, :]  # [B, T, S]
+        inv_freq = llama3_inv_freq(self.config)
+        x = self._embed(tokens)  # [B, T, D]
+        for i, layer in enumerate(self.layers):
+            with jax.named_scope(f"layer_{i}"):
+                x, _ = layer(x, positions, mask, inv_freq)
+        return self._logits(x)
+
+    def prefill(self, tokens: jax.Array, pad_mask: jax.Array, cache: KVCache, *,
+                last_only: bool = False) -> tuple[jax.Array, KVCache]:
+        """Writes tokens [B, T] (pad_mask [B, T], True = real) at slots index .. index + T - 1.
+
+        Returns logits [B, T, V] float32, or [B, V] of the last slot if `last_only` (a prompt
+        batch is left-padded, so the last slot is every row's last real token), and the cache.
+        Also usable to append a chunk to a cache that already holds tokens.
+        """
+        B, T = tokens.shape
+        c = self.config
+        pad_mask = pad_mask.astype(jnp.bool_)
+        positions = cache.pos[:, None] + positions_from_mask(pad_mask)  # [B, T]
+        valid = jax.lax.dynamic_update_slice(cache.valid, pad_mask, (0, cache.index))  # [B, S]
+        # Query at slot index + t sees valid slots s <= index + t.
+        slots = jnp.arange(cache.max_len)  # [S]
+        query_slots = cache.index + jnp.arange(T)  # [T]
+        mask = (slots[None, :] <= query_slots[:, None])[None] & valid[:, None, :]  # [B, T, S]
+        inv_freq = llama3_inv_freq(c)
+        x = self._embed(tokens)  # [B, T, D]
+        for i, layer in enumerate(self.layers):
+            with jax.named_scope(f"layer_{i}"):
+                x, cache = layer(x, positions, mask, inv_freq, cache, i)
+        if last_only:
+            x = x[:, -1:]
+        logits = self._logits(x)  # [B, T, V] or [B, 1, V]
+        cache = cache.replace(valid=valid, index=cache.index + T,
+                              pos=cache.pos + pad_mask.sum(axis=-1, dtype=jnp.int32))
+        return (logits[:, 0] if last_only else logits), cache
+
+    def decode_step(self, tokens: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
+        """One token per row, tokens [B], at slot `cache.index` and each row's own position.
+
+        Returns logits [B, V] float32 and the cache. Rows that have finished keep writing (their
+        tokens are ignored by the sampler); every write is marked valid.
+        """
+        return self.prefill(tokens[:, None], jnp.ones((tokens.shape[0], 1), jnp.bool_), cache,
+                            last_only=True)

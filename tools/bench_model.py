@@ -1,0 +1,134 @@
+"""Benchmark: policy forward and AdamW train-step throughput, with MFU against a measured peak.
+
+    taskset -c 0,1 .venv/bin/python -m tools.bench_model --presets=demo,cpu --batch=8 --seq_len=256
+
+For each preset: the full uncached forward (logits [B, T, V] float32, what GRPO's log-probs need)
+and one optax AdamW step on next-token cross-entropy with the train state donated, both jitted
+over nnx.split state. Compile time (first call) is reported apart from the steady state (mean of
+--steps calls after one warm-up call); every clock is read after block_until_ready. MFU =
+model FLOPs (`model.flops_per_token`: 2N + attention forward, 3x that for a train step) per second
+divided by the float32 matmul peak measured in the same run (the best of --peak_repeats jitted
+N x N x N matmuls, 2 N^3 FLOPs each, measured before and after the models; the higher is used),
+so the number is relative to what this machine can do now.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import jax
+import jax.numpy as jnp
+import optax
+from absl import app, flags
+
+from flax import nnx
+from leser_jax.model import Llama, ModelConfig, flops_per_token, param_count
+
+flags.DEFINE_list("presets", ["demo", "cpu"], "ModelConfig presets to benchmark.")
+flags.DEFINE_integer("batch", 8, "B: sequences per call.")
+flags.DEFINE_integer("seq_len", 256, "T: tokens per sequence.")
+flags.DEFINE_integer("steps", 5, "Timed calls after the compile call and one warm-up call.")
+flags.DEFINE_integer("peak_size", 2048, "N of the N x N x N float32 matmul that measures the peak.")
+flags.DEFINE_integer("peak_repeats", 20, "Timed matmuls; the fastest gives the peak.")
+flags.DEFINE_float("learning_rate", 3e-4, "AdamW learning rate (the value does not affect speed).")
+FLAGS = flags.FLAGS
+
+
+def timed(fn, *args):
+    start = time.perf_counter()
+    out = jax.block_until_ready(fn(*args))
+    return out, time.perf_counter() - start
+
+
+def matmul_peak_flops(n: int, repeats: int) -> float:
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+    matmul = jax.jit(jnp.matmul)
+    timed(matmul, a, b)  # compile
+    best = min(timed(matmul, a, b)[1] for _ in range(repeats))
+    return 2 * n ** 3 / best
+
+
+def bench_preset(config: ModelConfig, batch: int, seq_len: int, steps: int, lr: float):
+    init_start = time.perf_counter()
+    model = Llama(config, rngs=nnx.Rngs(0))
+    graphdef, params = nnx.split(model)
+    jax.block_until_ready(params)
+    init_s = time.perf_counter() - init_start
+    tx = optax.adamw(lr)
+    # One extra token so that the train step's forward, over tokens[:, :-1], also sees T tokens.
+    tokens = jax.random.randint(jax.random.key(2), (batch, seq_len + 1), 0,
+                                config.vocab_size)  # [B, T + 1]
+    inputs = tokens[:, :-1]  # [B, T]
+
+    @jax.jit
+    def forward(params, tokens):
+        return nnx.merge(graphdef, params)(tokens)  # [B, T, V]
+
+    def loss_fn(params, tokens):
+        logits = nnx.merge(graphdef, params)(tokens[:, :-1])  # [B, T-1, V]
+        logp = jax.nn.log_softmax(logits, axis=-1)
+        return -jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1).mean()
+
+    @functools.partial(jax.jit, donate_argnums=0)  # the train state is replaced every step
+    def train_step(state, tokens):
+        params, opt_state = state
+        loss, grads = jax.value_and_grad(loss_fn)(params, tokens)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state), loss
+
+    _, fwd_compile = timed(forward, params, inputs)
+    timed(forward, params, inputs)
+    fwd_s = sum(timed(forward, params, inputs)[1] for _ in range(steps)) / steps
+
+    state = (params, tx.init(params))
+    (state, _), train_compile = timed(train_step, state, tokens)
+    (state, _), _ = timed(train_step, state, tokens)
+    train_times = []
+    for i in range(steps):
+        with jax.profiler.StepTraceAnnotation("train", step_num=i):
+            (state, loss), t = timed(train_step, state, tokens)
+        train_times.append(t)
+    train_s = sum(train_times) / steps
+    n_tokens = batch * seq_len
+    return dict(
+        params=param_count(config), init_s=init_s,
+        fwd_compile_s=fwd_compile, fwd_tok_s=n_tokens / fwd_s,
+        fwd_flops=flops_per_token(config, seq_len, training=False) * n_tokens / fwd_s,
+        train_compile_s=train_compile, train_tok_s=n_tokens / train_s,
+        train_flops=flops_per_token(config, seq_len, training=True) * n_tokens / train_s,
+        loss=float(loss))
+
+
+def main(argv):
+    del argv
+    peak_before = matmul_peak_flops(FLAGS.peak_size, FLAGS.peak_repeats)
+    header = ("preset", "params", "init s", "fwd compile s", "fwd tok/s", "fwd GFLOP/s", "fwd MFU",
+              "train compile s", "train tok/s", "train GFLOP/s", "train MFU")
+    rows, results = [], []
+    for name in FLAGS.presets:
+        r = bench_preset(getattr(ModelConfig, name)(), FLAGS.batch, FLAGS.seq_len, FLAGS.steps,
+                         FLAGS.learning_rate)
+        results.append((name, r))
+    # A shared machine's speed drifts: the peak is measured before and after, and the higher one
+    # is used, so MFU errs low rather than high.
+    peak_after = matmul_peak_flops(FLAGS.peak_size, FLAGS.peak_repeats)
+    print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}; float32 matmul peak "
+          f"{FLAGS.peak_size}^3: {peak_before / 1e9:.0f} GFLOP/s before, {peak_after / 1e9:.0f} "
+          f"after; B={FLAGS.batch} T={FLAGS.seq_len}, mean of {FLAGS.steps} steps after compile "
+          f"+ 1 warm-up")
+    peak = max(peak_before, peak_after)
+    for name, r in results:
+        rows.append((name, f"{r['params'] / 1e6:.1f}M", f"{r['init_s']:.1f}",
+                     f"{r['fwd_compile_s']:.1f}", f"{r['fwd_tok_s']:,.0f}",
+                     f"{r['fwd_flops'] / 1e9:.0f}", f"{r['fwd_flops'] / peak:.0%}",
+                     f"{r['train_compile_s']:.1f}", f"{r['train_tok_s']:,.0f}",
+                     f"{r['train_flops'] / 1e9:.0f}", f"{r['train_flops'] / peak:.0%}"))
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    for row in (header, tuple("-" * w for w in widths), *rows):
+        print(" | ".join(str(x).rjust(w) for x, w in zip(row, widths)))
+
+
+if __name__ == "__main__":
+    app.run(main)
