@@ -26,8 +26,8 @@ relevant find into a reward in the thousands and swamp its GRPO group (DESIGN.md
   group, and across groups), through the engine's thread pool; texts are compared by the words the
   engine searches, so "Red chair!" and "red chair" are one search;
 - the original query's results and their relevance are cached across calls;
-- relevance is scored with one model call per query, over the union of what all of that query's
-  rollouts retrieved.
+- relevance is scored with one model call per step (`score_many`), over the union of what all
+  of each query's rollouts retrieved that is not cached yet.
 """
 
 from __future__ import annotations
@@ -47,6 +47,9 @@ class Relevance(Protocol):
     """Anything that scores catalog rows for a query in [0, 1] (relevance.RelevanceModel)."""
 
     def score(self, query: str, rows: np.ndarray) -> np.ndarray: ...
+
+    def score_many(self, requests: list[tuple[str, np.ndarray]]) -> list[np.ndarray]:
+        """`score` of several (query, rows) requests in one model call."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -145,18 +148,22 @@ class SearchFeedback:
             self._cache[q] = (found[self._key(q)], {})
 
         # Rows each query needs scored: its own results and the union over all of its rollouts,
-        # less what is cached; then one relevance call per query.
+        # less what is cached; then one relevance call for all queries.
         needed: dict[str, set[int]] = collections.defaultdict(set)
         for q, ys in zip(queries, expansions):
             self._cache.move_to_end(q)
             needed[q].update(self._cache[q][0].tolist())
             for y in ys:
                 needed[q].update(found[self._key(y)].tolist())
+        requests = []
         for q, rows in needed.items():
             scores = self._cache[q][1]
             todo = np.fromiter((r for r in rows if r not in scores), np.int64)
             if len(todo):
-                scores.update(zip(todo.tolist(), self.relevance.score(q, todo).tolist()))
+                requests.append((q, todo))
+        if requests:  # one model call for the whole step: its fixed cost is paid once
+            for (q, todo), s in zip(requests, self.relevance.score_many(requests)):
+                self._cache[q][1].update(zip(todo.tolist(), s.tolist()))
 
         results = []
         for q, ys in zip(queries, expansions):

@@ -25,8 +25,11 @@ class TableRelevance:
         self.calls = 0
 
     def score(self, query, rows):
-        self.calls += 1
         return np.array([TABLE[query][self.catalog.products[r].product_id] for r in rows], np.float32)
+
+    def score_many(self, requests):
+        self.calls += 1
+        return [self.score(query, rows) for query, rows in requests]
 
 
 @pytest.fixture()
@@ -92,7 +95,7 @@ def test_each_distinct_expansion_is_searched_once(setup):
     rewards = reward_fn(["office chair"] * 4, completions)
     # Searched: "office chair" (the original), "lumbar cushion", "oak desk" -> 3, not 7.
     assert feedback.num_searches == 3
-    assert relevance.calls == 1  # one relevance call for the query, over the group's union
+    assert relevance.calls == 1  # one relevance call for the step, over the group's union
     assert rewards[0].reward == rewards[2].reward == pytest.approx(1.0988506)
     # A second step with the same query: its results and scores are cached, nothing new to do
     # except the one new expansion.
@@ -128,3 +131,11 @@ def test_config_rejects_impossible_values():
     for bad in [dict(k=0), dict(tau=0), dict(tau=1.5), dict(lam=-1), dict(eps=0)]:
         with pytest.raises(ValueError):
             RewardConfig(**bad)
+
+
+def test_one_relevance_call_per_step(setup):
+    reward_fn, _, relevance = setup
+    rewards = reward_fn(["office chair", "office chair", "zebra", "zebra"],
+                        [answer("lumbar cushion"), answer("oak desk")] * 2)
+    assert relevance.calls == 1  # two queries, four rollouts: one model call
+    assert rewards[0].reward == pytest.approx(1.0988506) and rewards[3].reward == pytest.approx(2.0)
