@@ -23,11 +23,61 @@ so a group is a reshape to [B, N]; arrays here are [B * N] or [B * N, T].
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
+from leser_jax.sampler import token_logprobs
+
 KL_ESTIMATORS = ("k1", "k3")
 AGGREGATIONS = ("sequence_mean", "token_mean")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class GRPOConfig:
+    """GRPO's settings (paper symbols in brackets; defaults are the seed's values).
+
+    Attributes:
+      num_rollouts: completions sampled per query [N], 4 in the paper.
+      temperature: sampling temperature of the rollouts, 0.9 in the paper.
+      clip_eps: ratio clipping [epsilon].
+      kl_coef: weight of the KL penalty to the reference model [beta].
+      kl_estimator: "k3" (non-negative, low variance) or "k1" (log-ratio).
+      aggregation: "sequence_mean" or "token_mean" (module docstring).
+      normalize_std: divide advantages by the group's std (GRPO's original form; LESER: off).
+      mu: optimizer updates per batch of rollouts [mu]; ratio != 1 only from the second.
+      micro_batches: gradient accumulation: the rollout batch is split into this many parts.
+      queries_per_step: queries per step [B]; a step has B * N rollouts.
+      max_new_tokens: longest completion.
+    """
+
+    num_rollouts: int = 4
+    temperature: float = 0.9
+    clip_eps: float = 0.2
+    kl_coef: float = 0.04
+    kl_estimator: str = "k3"
+    aggregation: str = "sequence_mean"
+    normalize_std: bool = False
+    mu: int = 1
+    micro_batches: int = 1
+    queries_per_step: int = 16
+    max_new_tokens: int = 64
+
+    def __post_init__(self):
+        if self.num_rollouts < 2:
+            raise ValueError(f"num_rollouts must be >= 2 (a group compares rollouts), got {self.num_rollouts}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0 for sampled rollouts, got {self.temperature}")
+        if not 0 < self.clip_eps < 1 or self.kl_coef < 0:
+            raise ValueError(f"need 0 < clip_eps < 1 and kl_coef >= 0, got {self.clip_eps}, {self.kl_coef}")
+        if self.kl_estimator not in KL_ESTIMATORS or self.aggregation not in AGGREGATIONS:
+            raise ValueError(f"kl_estimator in {KL_ESTIMATORS}, aggregation in {AGGREGATIONS}")
+        if min(self.mu, self.micro_batches, self.queries_per_step, self.max_new_tokens) < 1:
+            raise ValueError("mu, micro_batches, queries_per_step and max_new_tokens must be >= 1")
+        if (self.queries_per_step * self.num_rollouts) % self.micro_batches:
+            raise ValueError(f"{self.queries_per_step * self.num_rollouts} rollouts do not split "
+                             f"into {self.micro_batches} micro-batches")
 
 
 def group_advantages(rewards: jax.Array, num_rollouts: int, *, normalize_std: bool = False,
@@ -98,3 +148,37 @@ def grpo_loss(logp: jax.Array, old_logp: jax.Array, ref_logp: jax.Array, advanta
         "advantage_max": advantages.max(),
     }
     return loss, jax.tree.map(jax.lax.stop_gradient, aux)
+
+
+def completion_logprobs(model, prompt_tokens: jax.Array, prompt_mask: jax.Array,
+                        completion_tokens: jax.Array, completion_mask: jax.Array,
+                        temperature) -> jax.Array:
+    """Teacher-forced log-probs [R, T] of completion tokens under `model`.
+
+    Exactly the quantity the sampler records (sampler.token_logprobs: temperature-scaled, before
+    any top-k/top-p cut), so at the first update ratio = exp(logp - old_logp) is 1 up to float
+    rounding. The sequence is the left-padded prompt [R, P] followed by the right-padded
+    completion [R, T]; the logits at position P - 1 + t predict completion token t:
+
+        tokens  [pad p0 p1 | c0 c1 pad]      logits used: at p1 (-> c0), c0 (-> c1), c1 (-> pad)
+    """
+    T = completion_tokens.shape[1]
+    tokens = jnp.concatenate([prompt_tokens, completion_tokens], axis=1)  # [R, P + T]
+    pad_mask = jnp.concatenate([prompt_mask, completion_mask], axis=1)  # [R, P + T]
+    logits = model(tokens, pad_mask, last_n=T + 1)[:, :-1]  # [R, T, V]
+    return token_logprobs(logits, completion_tokens, temperature)  # [R, T]
+
+
+def rollout_loss(model, batch, config) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """grpo_loss of a rollout batch under `model` (the policy being trained).
+
+    batch: prompt_tokens/prompt_mask [R, P], completion_tokens/completion_mask [R, T], old_logp
+    and ref_logp [R, T] (the sampler's and the frozen reference's), advantages [R].
+    config: a GRPOConfig (temperature, clip_eps, kl_coef, kl_estimator, aggregation).
+    """
+    logp = completion_logprobs(model, batch["prompt_tokens"], batch["prompt_mask"],
+                               batch["completion_tokens"], batch["completion_mask"],
+                               config.temperature)
+    return grpo_loss(logp, batch["old_logp"], batch["ref_logp"], batch["advantages"],
+                     batch["completion_mask"], clip_eps=config.clip_eps, kl_coef=config.kl_coef,
+                     kl_estimator=config.kl_estimator, aggregation=config.aggregation)

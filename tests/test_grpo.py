@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -110,3 +112,27 @@ def test_bad_options_fail():
         grpo_loss(LOGP, OLD, REF, ADV, MASK, aggregation="sum")
     with pytest.raises(ValueError, match="kl_estimator"):
         grpo_loss(LOGP, OLD, REF, ADV, MASK, kl_estimator="k2")
+
+
+def test_completion_logprobs_equal_the_samplers():
+    """The loss recomputes exactly what the sampler recorded: ratio = 1 before any update."""
+    from flax import nnx
+
+    from leser_jax.grpo import completion_logprobs
+    from leser_jax.model import ModelConfig
+    from leser_jax.sampler import SamplingConfig, generate, stop_id_array
+    from tests.test_sampler import _left_pad, _random_model, _rows
+
+    config = ModelConfig.tiny()
+    graphdef, params = nnx.split(_random_model(config))
+    tokens, mask = _left_pad(_rows([5, 9, 12, 3]), 16)
+    sample = functools.partial(generate, graphdef, params, tokens, mask, jax.random.key(3),
+                               SamplingConfig(temperature=0.9, max_new_tokens=10), pad_id=0)
+    # Stop at tokens that the first run sampled at columns 2 and 5, so rows stop early.
+    first = sample(stop_ids=stop_id_array([config.vocab_size]))
+    samples = sample(stop_ids=stop_id_array([int(first.tokens[0, 2]), int(first.tokens[1, 5])]))
+    assert int(samples.lengths.min()) < 10  # some rows stopped early and are right-padded
+    logp = completion_logprobs(nnx.merge(graphdef, params), tokens, mask, samples.tokens,
+                               samples.mask, 0.9)
+    np.testing.assert_allclose(np.where(samples.mask, logp, 0), np.where(samples.mask, samples.logprobs, 0),
+                               atol=1e-5)

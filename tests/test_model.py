@@ -114,7 +114,8 @@ def test_prefill_last_only_and_cache_is_a_pytree(tiny):
     tokens = _tokens(config, (2, 7))
     cache = init_cache(config, batch=2, max_len=8)
     assert all(isinstance(x, jax.Array) for x in jax.tree.leaves(cache))
-    assert cache.k.shape == (config.num_layers, 2, 8, config.num_kv_heads, config.head_dim)
+    assert len(cache.k) == config.num_layers
+    assert cache.k[0].shape == (2, config.num_kv_heads, 8, config.head_dim)
     last, _ = prefill(model, tokens, jnp.ones((2, 7), bool), cache, last_only=True)  # [B, V]
     full = forward(model, tokens)
     assert last.shape == (2, config.vocab_size)
@@ -186,7 +187,7 @@ def test_bf16_params_give_float32_logits(tiny):
     err = float(jnp.abs(logits16 - logits32).max())
     assert 0 < err < 0.1 * float(jnp.abs(logits32).max()), err
     cache = init_cache(bf16, batch=2, max_len=10)
-    assert cache.k.dtype == jnp.bfloat16
+    assert cache.k[0].dtype == jnp.bfloat16
     step, _ = prefill(model16, tokens, jnp.ones((2, 9), bool), cache, last_only=True)
     assert step.dtype == jnp.float32
 

@@ -1,0 +1,256 @@
+"""Benchmark: sampler new tokens/s against Hugging Face transformers' `generate`, and the decode
+step against its roofline floor.
+
+    taskset -c 0,1 .venv/bin/python -m tools.bench_sampler --presets=demo,cpu --batch=32
+
+The full grid of the issue (a long run on 2 cores): --batch=32,128 --prompt_len=128,256
+--new_tokens=48,96.
+
+For every preset x batch B x prompt length P x new tokens T: a model of the preset with random
+weights (host-made, normal std 0.02), a prompt batch of random tokens [B, P] (no padding), and
+sampling at temperature 0.9 with stop ids that never occur, so that every row writes exactly T
+tokens and the counts are exact. Ours: `sampler.prefill` then `sampler.decode` (the while_loop),
+each timed after block_until_ready; compile time is the first call minus a steady call, and the
+steady numbers are the best of --repeats calls. Theirs: the same weights copied into a
+transformers `LlamaForCausalLM` (tools/export_hf_llama; the logits are checked against ours
+first), `generate(do_sample=True, temperature=0.9, top_k=0, max_new_tokens=T)` with no eos
+token, on CPU torch with as many threads as this process may use, best of --repeats after one
+warm-up call, at each of --hf_threads torch threads (the fastest is reported: on a loaded
+2-core machine 2 threads can be 10x slower than 1). The two alternate call by call, so both see
+the same machine load.
+new tok/s = B * T / (prefill + decode).
+
+The decode-step floor: a step must read every weight once and the keys and values of the tokens
+written so far (on average P + T/2 per row), and do 2 FLOPs per weight per row plus attention
+over those tokens (`model.flops_per_token`). floor = max(FLOPs / matmul peak, bytes / memory
+bandwidth), with the float32 N^3 matmul peak and the read bandwidth (a jitted sum over
+--bandwidth_mb MB) measured in the same run, before and after the models (the higher is used).
+"step / floor" is the measured decode step over that floor. The machine is shared: the load
+average is printed, and each number is a best-of, so the ratios err in our favour only as much
+as the noise of a best-of does.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+from flax import nnx
+
+from leser_jax import sampler
+from leser_jax.model import Llama, ModelConfig, flops_per_token, param_count
+from leser_jax.profiling import StepProfiler
+from leser_jax.sampler import SamplingConfig
+
+flags.DEFINE_list("presets", ["demo", "cpu"], "ModelConfig presets.")
+flags.DEFINE_list("batch", ["32"], "Batch sizes B (rows sampled at once).")
+flags.DEFINE_list("prompt_len", ["128"], "Prompt lengths P.")
+flags.DEFINE_list("new_tokens", ["48"], "New tokens T per row (every row writes exactly T).")
+flags.DEFINE_integer("repeats", 3, "Timed calls per configuration after compile/warm-up; best.")
+flags.DEFINE_bool("hf", True, "Also time transformers' generate on the same weights.")
+flags.DEFINE_list("hf_threads", ["1", "2"], "torch thread counts to try; the fastest is reported.")
+flags.DEFINE_float("temperature", 0.9, "Sampling temperature (the paper's 0.9).")
+flags.DEFINE_integer("peak_size", 2048, "N of the N x N x N float32 matmul that measures the peak.")
+flags.DEFINE_integer("peak_repeats", 10, "Timed matmuls; the fastest gives the peak.")
+flags.DEFINE_integer("bandwidth_mb", 256, "Size of the array summed to measure read bandwidth.")
+flags.DEFINE_string("profile_dir", None, "Write a jax.profiler trace of our timed calls of the "
+                    "first configuration here (scopes prefill, decode, decode_step, sample).")
+FLAGS = flags.FLAGS
+
+
+def timed(fn, *args):
+    start = time.perf_counter()
+    out = jax.block_until_ready(fn(*args))
+    return out, time.perf_counter() - start
+
+
+def matmul_peak_flops(n: int, repeats: int) -> float:
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+    matmul = jax.jit(jnp.matmul)
+    timed(matmul, a, b)
+    return 2 * n ** 3 / min(timed(matmul, a, b)[1] for _ in range(repeats))
+
+
+def read_bandwidth(megabytes: int, repeats: int = 10) -> float:
+    """Bytes/s of a jitted sum over a float32 array (reads it once, writes one number)."""
+    x = jnp.ones((megabytes * 2 ** 20 // 4,), jnp.float32)
+    total = jax.jit(jnp.sum)
+    timed(total, x)
+    return x.nbytes / min(timed(total, x)[1] for _ in range(repeats))
+
+
+def random_model(config: ModelConfig, seed: int = 0) -> Llama:
+    """Random weights made on the host (no compiled init): normal std 0.02, norm scales 1."""
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(0))))
+    rng = np.random.default_rng(seed)
+    pure = jax.tree.map(lambda x: jnp.asarray(
+        np.ones(x.shape) if x.ndim == 1 else rng.normal(0, 0.02, x.shape), x.dtype),
+        nnx.to_pure_dict(state))
+    nnx.replace_by_pure_dict(state, pure)
+    return nnx.merge(graphdef, state)
+
+
+def decode_floor(config: ModelConfig, B: int, P: int, T: int, peak: float, bandwidth: float):
+    """(seconds, FLOPs, bytes) of the ideal decode step at the average context P + T/2."""
+    context = P + T / 2
+    flops = B * flops_per_token(config, int(context), training=False)
+    itemsize = jnp.dtype(config.param_dtype).itemsize
+    kv = 2 * config.num_layers * B * context * config.num_kv_heads * config.head_dim
+    nbytes = param_count(config) * itemsize + kv * jnp.dtype(config.dtype).itemsize
+    return max(flops / peak, nbytes / bandwidth), flops, nbytes
+
+
+def ours_call(model: Llama, tokens: np.ndarray, T: int, temperature: float):
+    """A function seed -> (prefill s, decode s) running our sampler on the prompt batch."""
+    graphdef, params = nnx.split(model)
+    mask = np.ones(tokens.shape, bool)
+    config = SamplingConfig(temperature=temperature, max_new_tokens=T)
+    never = sampler.stop_id_array([model.config.vocab_size])  # no token has this id
+
+    def call(seed: int) -> tuple[float, float]:
+        state, prefill_s = timed(lambda: sampler.prefill(
+            graphdef, params, tokens, mask, jax.random.key(seed), config, stop_ids=never,
+            pad_id=0))
+        state, decode_s = timed(lambda: sampler.decode(graphdef, params, state, config,
+                                                       stop_ids=never, pad_id=0))
+        assert int(state.lengths.min()) == T, "a row stopped early: counts would be wrong"
+        return prefill_s, decode_s
+
+    return call
+
+
+def hf_model(model: Llama):
+    import torch
+    import transformers
+
+    from tools.export_hf_llama import hf_config_dict, hf_state_dict
+
+    hf_dict = {k: v for k, v in hf_config_dict(model.config).items()
+               if k not in ("model_type", "architectures")}
+    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**hf_dict)).eval()
+    state = {k: torch.from_numpy(np.array(v, np.float32)) for k, v in hf_state_dict(model).items()}
+    missing, unexpected = hf.load_state_dict(state, strict=False)
+    assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
+    # No eos: every row runs to max_new_tokens, like ours (min_new_tokens would add a logits
+    # processor that ours does not pay for).
+    hf.generation_config.eos_token_id = None
+    return hf
+
+
+def hf_call(hf, tokens: np.ndarray, T: int, temperature: float):
+    """A function threads -> seconds of one transformers generate call on the prompt batch."""
+    import torch
+
+    inputs = torch.from_numpy(tokens.astype(np.int64))
+
+    def call(threads: int) -> float:
+        torch.set_num_threads(threads)
+        start = time.perf_counter()
+        with torch.no_grad():
+            out = hf.generate(inputs, attention_mask=torch.ones_like(inputs), do_sample=True,
+                              temperature=temperature, top_k=0, top_p=1.0, max_new_tokens=T,
+                              pad_token_id=0)
+        assert out.shape == (tokens.shape[0], tokens.shape[1] + T)
+        return time.perf_counter() - start
+
+    return call
+
+
+def bench(model: Llama, hf, tokens: np.ndarray, T: int, temperature: float, repeats: int,
+          hf_threads: list[int], profiler: StepProfiler, first_step: int):
+    """Ours and theirs alternately (so both see the same load), best of `repeats` each; theirs
+    at each thread count, the fastest kept (2 threads can collapse on a loaded 2-core machine:
+    OpenMP barriers wait for a descheduled thread)."""
+    ours = ours_call(model, tokens, T, temperature)
+    theirs = hf_call(hf, tokens, T, temperature) if hf is not None else None
+    first = ours(0)
+    if theirs:
+        theirs(hf_threads[0])  # warm-up
+    runs, hf_runs = [], []
+    for i in range(repeats):
+        with profiler.step(first_step + i):
+            runs.append(ours(i + 1))
+        if theirs:
+            hf_runs.extend((theirs(n), n) for n in hf_threads)
+    prefill_s = min(r[0] for r in runs)
+    decode_s = min(r[1] for r in runs)
+    return dict(compile_s=sum(first) - prefill_s - decode_s, prefill_s=prefill_s,
+                decode_s=decode_s, step_s=decode_s / (T - 1),  # column 0 comes from prefill
+                hf_s=min(hf_runs)[0] if hf_runs else None,
+                hf_threads=min(hf_runs)[1] if hf_runs else None)
+
+
+def check_same_weights(model: Llama, hf, tokens: np.ndarray) -> float:
+    import torch
+
+    with torch.no_grad():
+        theirs = hf(torch.from_numpy(tokens[:2, :32].astype(np.int64))).logits.numpy()
+    ours = np.asarray(jax.jit(lambda t: model(t))(tokens[:2, :32]))
+    err = float(np.abs(ours - theirs).max())
+    assert err < 1e-3, f"converted weights disagree: max |logit diff| {err}"
+    return err
+
+
+def main(argv):
+    del argv
+    import torch
+    import transformers
+
+    cores = len(os.sched_getaffinity(0))
+    load_before = os.getloadavg()
+    peak_before = matmul_peak_flops(FLAGS.peak_size, FLAGS.peak_repeats)
+    bw_before = read_bandwidth(FLAGS.bandwidth_mb)
+    rows = []
+    profiler = StepProfiler(FLAGS.profile_dir, start_step=0, num_steps=FLAGS.repeats,
+                            name="sample")
+    for name in FLAGS.presets:
+        config = getattr(ModelConfig, name)()
+        model = random_model(config)
+        hf = hf_model(model) if FLAGS.hf else None
+        err = check_same_weights(model, hf, np.arange(64).reshape(2, 32) + 4) if hf else None
+        for B, P, T in itertools.product(*(map(int, f) for f in (
+                FLAGS.batch, FLAGS.prompt_len, FLAGS.new_tokens))):
+            tokens = np.random.default_rng(B * P + T).integers(4, config.vocab_size, (B, P))
+            r = bench(model, hf, tokens, T, FLAGS.temperature, FLAGS.repeats,
+                      [int(n) for n in FLAGS.hf_threads], profiler, len(rows) * FLAGS.repeats)
+            rows.append((name, config, B, P, T, r, r["hf_s"], err))
+            print(f"done {name} B={B} P={P} T={T}", flush=True)
+    profiler.close()
+    peak = max(peak_before, matmul_peak_flops(FLAGS.peak_size, FLAGS.peak_repeats))
+    bandwidth = max(bw_before, read_bandwidth(FLAGS.bandwidth_mb))
+    load_after = os.getloadavg()
+
+    print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}, {cores} usable cores; "
+          f"float32 matmul peak {peak / 1e9:.0f} GFLOP/s, read bandwidth {bandwidth / 1e9:.1f} "
+          f"GB/s; load average {load_before[0]:.2f} before, {load_after[0]:.2f} after; "
+          f"temperature {FLAGS.temperature}, best of {FLAGS.repeats}; transformers "
+          f"{transformers.__version__} on torch {torch.__version__}, threads tried "
+          f"{','.join(FLAGS.hf_threads)}")
+    header = ("preset", "B", "P", "T", "compile s", "prefill s", "decode s", "ours tok/s",
+              "HF tok/s", "HF thr", "ours/HF", "step ms", "floor ms", "step/floor")
+    table = []
+    for name, config, B, P, T, r, hf_s, err in rows:
+        ours_tps = B * T / (r["prefill_s"] + r["decode_s"])
+        floor_s, _, _ = decode_floor(config, B, P, T, peak, bandwidth)
+        table.append((name, B, P, T, f"{r['compile_s']:.1f}", f"{r['prefill_s']:.2f}",
+                      f"{r['decode_s']:.2f}", f"{ours_tps:,.0f}",
+                      f"{B * T / hf_s:,.0f}" if hf_s else "-", r["hf_threads"] or "-",
+                      f"{ours_tps * hf_s / (B * T):.2f}x" if hf_s else "-",
+                      f"{r['step_s'] * 1e3:.2f}", f"{floor_s * 1e3:.2f}",
+                      f"{r['step_s'] / floor_s:.1f}x"))
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *table)]
+    for row in (header, tuple("-" * w for w in widths), *table):
+        print(" | ".join(str(x).rjust(w) for x, w in zip(row, widths)))
+    if any(r[7] is not None for r in rows):
+        print("same weights: max |logit diff| ours vs transformers "
+              + ", ".join(f"{r[0]} {r[7]:.1e}" for r in rows if r[7] is not None))
+
+
+if __name__ == "__main__":
+    app.run(main)
