@@ -24,6 +24,7 @@ from absl import app, flags
 
 from flax import nnx
 from leser_jax.model import Llama, ModelConfig, flops_per_token, param_count
+from tools.timing import matmul_peak_flops, timed
 
 flags.DEFINE_list("presets", ["demo", "cpu"], "ModelConfig presets to benchmark.")
 flags.DEFINE_integer("batch", 8, "B: sequences per call.")
@@ -33,21 +34,6 @@ flags.DEFINE_integer("peak_size", 2048, "N of the N x N x N float32 matmul that 
 flags.DEFINE_integer("peak_repeats", 20, "Timed matmuls; the fastest gives the peak.")
 flags.DEFINE_float("learning_rate", 3e-4, "AdamW learning rate (the value does not affect speed).")
 FLAGS = flags.FLAGS
-
-
-def timed(fn, *args):
-    start = time.perf_counter()
-    out = jax.block_until_ready(fn(*args))
-    return out, time.perf_counter() - start
-
-
-def matmul_peak_flops(n: int, repeats: int) -> float:
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-    matmul = jax.jit(jnp.matmul)
-    timed(matmul, a, b)  # compile
-    best = min(timed(matmul, a, b)[1] for _ in range(repeats))
-    return 2 * n ** 3 / best
 
 
 def bench_preset(config: ModelConfig, batch: int, seq_len: int, steps: int, lr: float):

@@ -46,6 +46,7 @@ from leser_jax import sampler
 from leser_jax.model import Llama, ModelConfig, flops_per_token, param_count
 from leser_jax.profiling import StepProfiler
 from leser_jax.sampler import SamplingConfig
+from tools.timing import matmul_peak_flops, timed
 
 flags.DEFINE_list("presets", ["demo", "cpu"], "ModelConfig presets.")
 flags.DEFINE_list("batch", ["32"], "Batch sizes B (rows sampled at once).")
@@ -61,20 +62,6 @@ flags.DEFINE_integer("bandwidth_mb", 256, "Size of the array summed to measure r
 flags.DEFINE_string("profile_dir", None, "Write a jax.profiler trace of our timed calls of the "
                     "first configuration here (scopes prefill, decode, decode_step, sample).")
 FLAGS = flags.FLAGS
-
-
-def timed(fn, *args):
-    start = time.perf_counter()
-    out = jax.block_until_ready(fn(*args))
-    return out, time.perf_counter() - start
-
-
-def matmul_peak_flops(n: int, repeats: int) -> float:
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-    matmul = jax.jit(jnp.matmul)
-    timed(matmul, a, b)
-    return 2 * n ** 3 / min(timed(matmul, a, b)[1] for _ in range(repeats))
 
 
 def read_bandwidth(megabytes: int, repeats: int = 10) -> float:
