@@ -12,8 +12,30 @@ A params checkpoint is a directory:
 
 `save_params` writes it under a temporary name and renames it into place, so an interrupted save
 never leaves a half checkpoint at DIR. `load_params` restores against abstract targets built with
-`nnx.eval_shape`, so no random initialisation is ever computed. Full train-state checkpoints
-(optimizer, step, RNG) are a separate, later addition to this module.
+`nnx.eval_shape`, so no random initialisation is ever computed. A params checkpoint may also hold
+the tokenizer's files (tokenizer.model or tokenizer.json, `save_params(..., tokenizer=)`), which
+is what `--init=DIR` of the launchers reads: pretraining's export and tools/convert_hf_llama.py's
+output have the same layout.
+
+## Train-state checkpoints (resume)
+A training run (pretraining, warm-up, GRPO) checkpoints its whole state to
+
+    RUN_DIR/checkpoints/step_00000400/
+        state/          the train state pytree (params, optimizer state, step, RNG) by Orbax
+        configs.json    the run's resolved configs, {"model": {...}, "optim": {...}, ...}
+        tokenizer/      the tokenizer's files
+        COMPLETE.json   written last: {"step": 400, "files": {relative path: size in bytes}}
+
+`save_checkpoint` writes all of it into a hidden temporary directory beside the others, fsyncs
+every file and directory, writes COMPLETE.json (fsynced), then renames the directory into place
+and fsyncs the parent: a save killed at any point leaves either no new checkpoint or a complete
+one, and never touches the last good one. It then keeps the `keep` newest checkpoints.
+`restore_latest` tries checkpoints newest first; one whose COMPLETE.json is missing or invalid,
+whose files do not match their recorded sizes, or that Orbax cannot restore is reported with a
+warning that names its path and the error, and the next older one is tried. It restores against
+an abstract target (`train.abstract_train_state`, built with `nnx.eval_shape`), so the optimizer
+state comes back as optax's own structures, not dicts and lists. One writer per run directory:
+a save also deletes the temporary directories that killed saves left behind.
 
 Reading safetensors: `safetensors.numpy` (0.8) raises "data type 'bfloat16' not understood" on
 BF16 tensors, which is how LLaMA 3.2 ships, so `read_safetensors` parses the format itself (an
@@ -29,9 +51,13 @@ half-split RoPE layout that `model.apply_rope` uses, so no permutation is needed
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import shutil
+import time
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 
 import jax
@@ -44,6 +70,16 @@ from leser_jax.model import Llama, ModelConfig
 
 _CONFIG_FILE = "config.json"
 _PARAMS_DIR = "params"
+
+CHECKPOINTS_DIR = "checkpoints"
+_STATE_DIR = "state"
+_CONFIGS_FILE = "configs.json"
+_TOKENIZER_DIR = "tokenizer"
+_COMPLETE_FILE = "COMPLETE.json"
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+_TMP_PREFIX = ".tmp-step_"
+
+log = logging.getLogger(__name__)
 
 _SAFETENSORS_DTYPES = {
     "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
@@ -205,10 +241,11 @@ def _abstract_model(config: ModelConfig) -> Llama:
 
 
 def save_params(path: str | os.PathLike, model: Llama, config: ModelConfig | None = None, *,
-                overwrite: bool = False) -> Path:
+                overwrite: bool = False, tokenizer=None) -> Path:
     """Writes DIR/config.json and DIR/params/ atomically (temporary directory, then rename).
 
-    `config` defaults to `model.config` (and must equal it when given).
+    `config` defaults to `model.config` (and must equal it when given). `tokenizer`, if given
+    (a tokenizer.Tokenizer), saves its files into DIR too, so that DIR alone is an `--init`.
     """
     from orbax.checkpoint import v1
 
@@ -222,6 +259,9 @@ def save_params(path: str | os.PathLike, model: Llama, config: ModelConfig | Non
     try:
         v1.save(tmp / _PARAMS_DIR, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
         (tmp / _CONFIG_FILE).write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
+        if tokenizer is not None:
+            tokenizer.save(tmp)
+        _fsync_tree(tmp)
         if path.exists():
             old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
             path.rename(old)
@@ -266,3 +306,212 @@ def load_params(path: str | os.PathLike) -> tuple[Llama, ModelConfig]:
         raise ValueError(f"could not restore parameters from {path / _PARAMS_DIR}: {e}") from e
     nnx.replace_by_pure_dict(state, restored)
     return nnx.merge(graphdef, state), config
+
+
+def load_init(path: str | os.PathLike):
+    """What `--init=DIR` names -> (model, config, tokenizer).
+
+    DIR is a params checkpoint with the tokenizer's files beside it (pretraining's export,
+    tools/convert_hf_llama.py's output), or a run directory holding one at DIR/params.
+    """
+    from leser_jax.tokenizer import load_tokenizer
+
+    path = Path(path)
+    if not (path / _CONFIG_FILE).exists() and (path / _PARAMS_DIR / _CONFIG_FILE).exists():
+        path = path / _PARAMS_DIR
+    model, config = load_params(path)
+    try:
+        tokenizer = load_tokenizer(path)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{path} holds parameters but no tokenizer: {e}") from e
+    if tokenizer.vocab_size > config.vocab_size:
+        raise ValueError(f"{path}: tokenizer has {tokenizer.vocab_size} tokens, the model's "
+                         f"vocab_size is {config.vocab_size}")
+    return model, config, tokenizer
+
+
+# ----------------------------------------------------------------------------- train checkpoints
+
+class CheckpointError(ValueError):
+    """A train-state checkpoint is partial or corrupt."""
+
+
+def _fsync_tree(root: Path) -> None:
+    """fsync every file and directory under root (files first, then their directories)."""
+    for dirpath, _, filenames in os.walk(root, topdown=False):
+        for name in filenames:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(dirpath))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _file_sizes(root: Path) -> dict[str, int]:
+    return {str(Path(d, f).relative_to(root)): os.path.getsize(os.path.join(d, f))
+            for d, _, fs in os.walk(root) for f in fs}
+
+
+def checkpoint_dir(run_dir: str | os.PathLike, step: int) -> Path:
+    return Path(run_dir) / CHECKPOINTS_DIR / f"step_{step:08d}"
+
+
+def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """(step, path) of every checkpoint directory of a run, oldest first, valid or not."""
+    root = Path(run_dir) / CHECKPOINTS_DIR
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), root / name) for name in os.listdir(root)
+             if (m := _STEP_DIR.match(name)) and (root / name).is_dir()]
+    return sorted(found)
+
+
+def validate_checkpoint(path: str | os.PathLike) -> dict:
+    """COMPLETE.json of a checkpoint whose files are all there at their recorded sizes.
+
+    Raises CheckpointError saying what is wrong (cheap: no array is read).
+    """
+    path = Path(path)
+    marker = path / _COMPLETE_FILE
+    if not marker.exists():
+        raise CheckpointError(f"{path}: no {_COMPLETE_FILE} (a partial checkpoint)")
+    try:
+        meta = json.loads(marker.read_text())
+        files, step = dict(meta["files"]), int(meta["step"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{marker}: invalid completion marker: {e!r}") from e
+    m = _STEP_DIR.match(path.name)
+    if m and int(m.group(1)) != step:
+        raise CheckpointError(f"{marker}: records step {step}, directory says {int(m.group(1))}")
+    for rel, size in files.items():
+        f = path / rel
+        if not f.is_file():
+            raise CheckpointError(f"{path}: file {rel} is missing")
+        if f.stat().st_size != size:
+            raise CheckpointError(f"{path}: file {rel} has {f.stat().st_size} bytes, "
+                                  f"{size} were written")
+    return meta
+
+
+def save_checkpoint(run_dir: str | os.PathLike, state, *, step: int,
+                    configs: Mapping[str, object] | None = None, tokenizer=None,
+                    keep: int = 3) -> Path:
+    """Saves a train state (any pytree of arrays) as RUN_DIR/checkpoints/step_STEP, atomically.
+
+    `configs`: JSON-able dicts (e.g. {"model": config.to_dict(), ...}); `tokenizer`: a
+    tokenizer.Tokenizer whose files go along. Keeps the `keep` newest valid checkpoints. See the
+    module docstring for the write protocol.
+    """
+    from orbax.checkpoint import v1
+
+    if keep < 1:
+        raise ValueError(f"keep must be >= 1, got {keep}")
+    root = (Path(run_dir) / CHECKPOINTS_DIR).absolute()
+    root.mkdir(parents=True, exist_ok=True)
+    for name in os.listdir(root):  # left by saves that were killed (one writer per run dir)
+        if name.startswith(_TMP_PREFIX):
+            shutil.rmtree(root / name, ignore_errors=True)
+    final = checkpoint_dir(root.parent, step)
+    tmp = root / f"{_TMP_PREFIX}{step:08d}-{uuid.uuid4().hex[:8]}"
+    try:
+        v1.save(tmp / _STATE_DIR, state)
+        (tmp / _CONFIGS_FILE).write_text(json.dumps(dict(configs or {}), indent=2, sort_keys=True)
+                                         + "\n")
+        if tokenizer is not None:
+            tokenizer.save(tmp / _TOKENIZER_DIR)
+        meta = {"step": int(step), "time": time.time(), "files": _file_sizes(tmp)}
+        _fsync_tree(tmp)
+        marker = tmp / _COMPLETE_FILE
+        with open(marker, "w") as f:
+            f.write(json.dumps(meta, indent=1) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        _fsync_dir(tmp)
+        if final.exists():  # the same step saved again (a resumed run): swap it out
+            old = root / f"{_TMP_PREFIX}old-{step:08d}-{uuid.uuid4().hex[:8]}"
+            final.rename(old)
+            tmp.rename(final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(final)
+        _fsync_dir(root)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    _prune(root.parent, keep)
+    return final
+
+
+def _prune(run_dir: Path, keep: int) -> None:
+    """Deletes every checkpoint older than the `keep` newest valid ones."""
+    valid = []
+    for step, path in reversed(list_checkpoints(run_dir)):
+        try:
+            validate_checkpoint(path)
+            valid.append(step)
+        except CheckpointError:
+            continue
+        if len(valid) == keep:
+            break
+    if len(valid) < keep:
+        return
+    for step, path in list_checkpoints(run_dir):
+        if step < valid[-1]:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _with_device(abstract):
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                        abstract)
+
+
+def restore_checkpoint(path: str | os.PathLike, abstract_state):
+    """The train state of one checkpoint, restored against `abstract_state` (same pytree
+    structure, leaves with .shape and .dtype). Raises CheckpointError if it is partial or
+    corrupt."""
+    from orbax.checkpoint import v1
+
+    path = Path(path)
+    validate_checkpoint(path)
+    try:
+        return v1.load(path / _STATE_DIR, _with_device(abstract_state))
+    except Exception as e:  # orbax raises many types; the caller needs the path and the error
+        raise CheckpointError(f"{path}: Orbax could not restore the state: "
+                              f"{type(e).__name__}: {e}") from e
+
+
+def restore_latest(run_dir: str | os.PathLike, abstract_state):
+    """(state, path) of the newest checkpoint that restores, or (None, None) if none does.
+
+    Each one that fails is logged as a warning naming its path and why, and the next older one
+    is tried.
+    """
+    for step, path in reversed(list_checkpoints(run_dir)):
+        try:
+            state = restore_checkpoint(path, abstract_state)
+        except CheckpointError as e:
+            log.warning("skipping checkpoint %s: %s; trying an older one", path, e)
+            continue
+        log.info("restored step %d from %s", step, path)
+        return state, path
+    return None, None
+
+
+def checkpoint_configs(path: str | os.PathLike) -> dict:
+    """The configs a checkpoint was saved with (configs.json)."""
+    return json.loads((Path(path) / _CONFIGS_FILE).read_text())
+
+
+def checkpoint_tokenizer(path: str | os.PathLike):
+    from leser_jax.tokenizer import load_tokenizer
+
+    return load_tokenizer(Path(path) / _TOKENIZER_DIR)

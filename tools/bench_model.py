@@ -3,8 +3,9 @@
     taskset -c 0,1 .venv/bin/python -m tools.bench_model --presets=demo,cpu --batch=8 --seq_len=256
 
 For each preset: the full uncached forward (logits [B, T, V] float32, what GRPO's log-probs need)
-and one optax AdamW step on next-token cross-entropy with the train state donated, both jitted
-over nnx.split state. Compile time (first call) is reported apart from the steady state (mean of
+and one train step exactly as the training launchers run it (leser_jax.train.make_train_step:
+next-token cross-entropy, global-norm clipping, masked AdamW on a warmup-cosine schedule, the
+TrainState donated), both jitted over nnx.split state. Compile time (first call) is reported apart from the steady state (mean of
 --steps calls after one warm-up call); every clock is read after block_until_ready. MFU =
 model FLOPs (`model.flops_per_token`: 2N + attention forward, 3x that for a train step) per second
 divided by the float32 matmul peak measured in the same run (the best of --peak_repeats jitted
@@ -14,17 +15,17 @@ so the number is relative to what this machine can do now.
 
 from __future__ import annotations
 
-import functools
 import time
 
 import jax
 import jax.numpy as jnp
-import optax
 from absl import app, flags
 
 from flax import nnx
 from leser_jax.model import Llama, ModelConfig, flops_per_token, param_count
 from tools.timing import matmul_peak_flops, timed
+from leser_jax.optim import OptimConfig, make_optimizer
+from leser_jax.train import init_train_state, make_train_step, masked_lm_loss
 
 flags.DEFINE_list("presets", ["demo", "cpu"], "ModelConfig presets to benchmark.")
 flags.DEFINE_integer("batch", 8, "B: sequences per call.")
@@ -33,6 +34,7 @@ flags.DEFINE_integer("steps", 5, "Timed calls after the compile call and one war
 flags.DEFINE_integer("peak_size", 2048, "N of the N x N x N float32 matmul that measures the peak.")
 flags.DEFINE_integer("peak_repeats", 20, "Timed matmuls; the fastest gives the peak.")
 flags.DEFINE_float("learning_rate", 3e-4, "AdamW learning rate (the value does not affect speed).")
+flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Compute dtype (default: the preset's).")
 FLAGS = flags.FLAGS
 
 
@@ -42,39 +44,32 @@ def bench_preset(config: ModelConfig, batch: int, seq_len: int, steps: int, lr: 
     graphdef, params = nnx.split(model)
     jax.block_until_ready(params)
     init_s = time.perf_counter() - init_start
-    tx = optax.adamw(lr)
+    tx, schedule = make_optimizer(OptimConfig(lr=lr, warmup_steps=10, total_steps=1000))
     # One extra token so that the train step's forward, over tokens[:, :-1], also sees T tokens.
     tokens = jax.random.randint(jax.random.key(2), (batch, seq_len + 1), 0,
                                 config.vocab_size)  # [B, T + 1]
     inputs = tokens[:, :-1]  # [B, T]
+    train_batch = {"inputs": inputs, "targets": tokens[:, 1:],
+                   "weights": jnp.ones((batch, seq_len), jnp.float32),
+                   "pad_mask": jnp.ones((batch, seq_len), bool)}
 
     @jax.jit
     def forward(params, tokens):
         return nnx.merge(graphdef, params)(tokens)  # [B, T, V]
 
-    def loss_fn(params, tokens):
-        logits = nnx.merge(graphdef, params)(tokens[:, :-1])  # [B, T-1, V]
-        logp = jax.nn.log_softmax(logits, axis=-1)
-        return -jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1).mean()
-
-    @functools.partial(jax.jit, donate_argnums=0)  # the train state is replaced every step
-    def train_step(state, tokens):
-        params, opt_state = state
-        loss, grads = jax.value_and_grad(loss_fn)(params, tokens)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), loss
+    train_step = make_train_step(graphdef, tx, schedule, masked_lm_loss)  # donates the state
 
     _, fwd_compile = timed(forward, params, inputs)
     timed(forward, params, inputs)
     fwd_s = sum(timed(forward, params, inputs)[1] for _ in range(steps)) / steps
 
-    state = (params, tx.init(params))
-    (state, _), train_compile = timed(train_step, state, tokens)
-    (state, _), _ = timed(train_step, state, tokens)
+    _, state = init_train_state(model, tx, seed=0)
+    (state, _), train_compile = timed(train_step, state, train_batch)
+    (state, _), _ = timed(train_step, state, train_batch)
     train_times = []
     for i in range(steps):
         with jax.profiler.StepTraceAnnotation("train", step_num=i):
-            (state, loss), t = timed(train_step, state, tokens)
+            (state, metrics), t = timed(train_step, state, train_batch)
         train_times.append(t)
     train_s = sum(train_times) / steps
     n_tokens = batch * seq_len
@@ -84,7 +79,7 @@ def bench_preset(config: ModelConfig, batch: int, seq_len: int, steps: int, lr: 
         fwd_flops=flops_per_token(config, seq_len, training=False) * n_tokens / fwd_s,
         train_compile_s=train_compile, train_tok_s=n_tokens / train_s,
         train_flops=flops_per_token(config, seq_len, training=True) * n_tokens / train_s,
-        loss=float(loss))
+        loss=float(metrics["loss"]))
 
 
 def main(argv):
@@ -94,8 +89,10 @@ def main(argv):
               "train compile s", "train tok/s", "train GFLOP/s", "train MFU")
     rows, results = [], []
     for name in FLAGS.presets:
-        r = bench_preset(getattr(ModelConfig, name)(), FLAGS.batch, FLAGS.seq_len, FLAGS.steps,
-                         FLAGS.learning_rate)
+        config = getattr(ModelConfig, name)()
+        if FLAGS.dtype:
+            config = config.replace(dtype=FLAGS.dtype)
+        r = bench_preset(config, FLAGS.batch, FLAGS.seq_len, FLAGS.steps, FLAGS.learning_rate)
         results.append((name, r))
     # A shared machine's speed drifts: the peak is measured before and after, and the higher one
     # is used, so MFU errs low rather than high.

@@ -1,0 +1,81 @@
+"""Measures format validity: the share of sampled answers that parse_answer accepts.
+
+    python -m experiments.measure_format --init=runs/demo/warmup --dataset=synthetic --index=runs/demo/index --split=dev --context_k=5 --context_max_tokens=128
+
+Samples one answer per query of --split at --temperature (GRPO's 0.9) from any params checkpoint
+with its tokenizer (a stage's RUN_DIR or RUN_DIR/params, or a converted LLaMA), with the prompt
+GRPO uses, and prints the parse rate and the rejection reasons (prompts.REJECTION_REASONS). The
+warm-up's target on the demo preset is >= 95% on dev queries. --out writes the report as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from absl import app, flags
+
+from experiments import common
+from leser_jax import checkpoint, run_log, sampler, sft
+from leser_jax.context import ContextConfig
+from leser_jax.search import SearchEngine
+
+common.define_dataset_flags()
+flags.DEFINE_string("init", None, "Params checkpoint with tokenizer, or a run dir with DIR/params.",
+                    required=True)
+flags.DEFINE_string("index", None, "Index folder from experiments.build_index (else built in "
+                    "memory).")
+flags.DEFINE_enum("split", "dev", ["train", "dev", "test"], "Queries to sample for.")
+flags.DEFINE_integer("num_queries", 0, "Sample for the first this many queries (0 = all).")
+flags.DEFINE_float("temperature", 0.9, "Sampling temperature.")
+flags.DEFINE_integer("max_new_tokens", 192, "Longest sampled answer.")
+flags.DEFINE_integer("batch_size", 32, "Prompts per sampler call.")
+flags.DEFINE_integer("seed", 0, "Sampling seed.")
+flags.DEFINE_integer("context_k", ContextConfig().k, "Products of the query shown as context.")
+flags.DEFINE_integer("context_max_tokens", ContextConfig().max_tokens, "Context token budget.")
+flags.DEFINE_integer("show", 5, "Completions printed (failures first).")
+flags.DEFINE_string("out", None, "Write the report here as JSON.")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    del argv
+    run_log.quiet_library_logs()
+    start = time.perf_counter()
+    model, config, tokenizer = checkpoint.load_init(FLAGS.init)
+    common.log_config("model", config)
+    context = ContextConfig(k=FLAGS.context_k, max_tokens=FLAGS.context_max_tokens)
+    common.log_config("context", context)
+    catalog = common.load_catalog()
+    try:
+        engine = SearchEngine.open(FLAGS.index, catalog) if FLAGS.index else None
+    except (FileNotFoundError, ValueError) as e:
+        print(f"not reusing the index at {FLAGS.index} ({e}): building one in memory")
+        engine = None
+    engine = engine or SearchEngine.build(catalog)
+    queries = [q.text for q in catalog.split(FLAGS.split)]
+    queries = queries[:FLAGS.num_queries] if FLAGS.num_queries else queries
+    prompts = [sft.prompt_for(q, engine, context) for q in queries]
+    texts, timing = sft.sample_answers(
+        model, tokenizer, prompts, batch_size=FLAGS.batch_size, seed=FLAGS.seed,
+        config=sampler.SamplingConfig(temperature=FLAGS.temperature,
+                                      max_new_tokens=FLAGS.max_new_tokens))
+    report = sft.format_report(texts)
+    report.update(timing, init=FLAGS.init, split=FLAGS.split, temperature=FLAGS.temperature,
+                  seconds_total=round(time.perf_counter() - start, 1))
+    failures = [(q, t) for q, t in zip(queries, texts) if not sft.format_report([t])["parsed"]]
+    shown = (failures + [(q, t) for q, t in zip(queries, texts)])[:FLAGS.show]
+    for q, t in shown:
+        print(f"\n{q!r}\n  {t}")
+    if FLAGS.out:
+        with open(FLAGS.out, "w") as f:
+            json.dump({**report, "completions": [{"query": q, "completion": t}
+                                                 for q, t in zip(queries, texts)]}, f, indent=1)
+    print(f"\n{FLAGS.init}: {report['parsed']}/{report['samples']} = {report['parse_rate']:.1%} "
+          f"of {FLAGS.split} answers at T={FLAGS.temperature} parse; rejected: "
+          f"{report['reasons'] or 'none'}; {report['mean_expansions']:.2f} expansions per valid "
+          f"answer; {timing['new_tok_s']:,.0f} sampled tok/s; {report['seconds_total']} s")
+
+
+if __name__ == "__main__":
+    app.run(main)

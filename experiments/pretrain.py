@@ -1,0 +1,146 @@
+"""Pretrains the policy from scratch on the catalog's language (next-token prediction).
+
+    python -m experiments.pretrain --preset=demo --dataset=synthetic --run_dir=runs/demo/pretrain
+
+The paper starts from a pretrained LLaMA 3.2; on a CPU without one, the model first learns the
+catalog's own text: product titles, attributes and descriptions, and the TRAIN split's queries
+(dev and test queries stay unseen; written as JSON lists, so the model learns the answer's list
+syntax), packed into fixed-length rows with eos between documents (leser_jax.lm_data). Users
+with real LLaMA weights skip this stage and pass the converted checkpoint to
+experiments.warmup --init.
+
+Writes into --run_dir: tokenizer/ (SentencePiece BPE trained on the same text plus the prompt's
+instruction, if the run dir has none), checkpoints/ (resumed from automatically: rerun the same
+command after a crash), metrics.jsonl and tb/, and params/, the final parameters with the
+tokenizer, which is what `experiments.warmup --init` reads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+
+from absl import app, flags, logging
+from flax import nnx
+
+from experiments import common
+from leser_jax import checkpoint, lm_data, run_log
+from leser_jax.model import Llama, ModelConfig, flops_per_token, param_count
+from leser_jax.optim import OptimConfig, make_optimizer
+from leser_jax.prompts import INSTRUCTION, AnswerFormat
+from leser_jax.tokenizer import SENTENCEPIECE_FILE, load_tokenizer, train_sentencepiece
+from leser_jax.train import LoopConfig, masked_lm_loss, train_loop
+
+# Per preset: the model and the run's defaults. demo: 400 steps (0.5 epoch, ~6.5 min on the
+# shared 2-core machine) because the warm-up needs a model that can copy from its context: after
+# 150 steps (loss 1.1) the warmed-up policy parsed 87% of dev answers at T=0.9, after 400 (loss
+# 0.46) 92% (WORKSPACE.md log, 2026-11-25).
+PRESETS = {
+    "tiny": dict(model=ModelConfig.tiny, steps=50, batch_size=8, seq_len=64, lr=3e-3),
+    "demo": dict(model=ModelConfig.demo, steps=400, batch_size=16, seq_len=128, lr=2e-3),
+    "cpu": dict(model=ModelConfig.cpu, steps=1500, batch_size=16, seq_len=256, lr=1e-3),
+}
+
+common.define_dataset_flags()
+flags.DEFINE_enum("preset", "demo", list(PRESETS), "Model size and run defaults.")
+flags.DEFINE_string("run_dir", None, "Output folder of this stage.", required=True)
+flags.DEFINE_integer("steps", None, "Optimizer steps (default: the preset's).")
+flags.DEFINE_integer("batch_size", None, "Rows per step (default: the preset's).")
+flags.DEFINE_integer("seq_len", None, "Tokens per row (default: the preset's).")
+flags.DEFINE_float("lr", None, "Peak learning rate (default: the preset's).")
+flags.DEFINE_float("warmup_fraction", 0.05, "Share of the steps spent in linear warmup.")
+flags.DEFINE_float("weight_decay", 0.1, "AdamW decoupled weight decay of the matrices.")
+flags.DEFINE_integer("vocab_size", None, "SentencePiece vocabulary (default: the model's).")
+flags.DEFINE_bool("fit_vocab", True, "Shrink the model's vocab_size to the tokenizer's when "
+                  "SentencePiece finds fewer pieces than asked.")
+flags.DEFINE_integer("seed", 0, "Seeds the init, the tokenizer, the document order and batches.")
+flags.DEFINE_integer("checkpoint_every", 100, "Steps between checkpoints.")
+flags.DEFINE_integer("keep_checkpoints", 2, "Newest checkpoints kept.")
+flags.DEFINE_string("profile_dir", None, "Write a jax.profiler trace of 3 steps here.")
+FLAGS = flags.FLAGS
+
+
+def tokenizer_texts(documents: list[str]) -> list[str]:
+    # The instruction is repeated so that its words become tokens: it opens every prompt, and
+    # spelled out in bytes it would cost the warm-up and GRPO hundreds of tokens per example.
+    return documents + [INSTRUCTION.format(m_max=AnswerFormat().m_max)] * 200
+
+
+def main(argv):
+    del argv
+    run_log.quiet_library_logs()
+    start = time.perf_counter()
+    preset = PRESETS[FLAGS.preset]
+    model_config: ModelConfig = preset["model"]()
+    steps = FLAGS.steps or preset["steps"]
+    batch_size = FLAGS.batch_size or preset["batch_size"]
+    seq_len = FLAGS.seq_len or preset["seq_len"]
+    optim = OptimConfig(lr=FLAGS.lr or preset["lr"], total_steps=steps,
+                        warmup_steps=int(FLAGS.warmup_fraction * steps),
+                        weight_decay=FLAGS.weight_decay)
+    loop = LoopConfig(total_steps=steps, checkpoint_every=FLAGS.checkpoint_every,
+                      keep_checkpoints=FLAGS.keep_checkpoints, seed=FLAGS.seed,
+                      profile_dir=FLAGS.profile_dir)
+    common.log_config("model", model_config)
+    common.log_config("optim", optim)
+    common.log_config("loop", loop)
+    data = {"dataset": FLAGS.dataset, "batch_size": batch_size, "seq_len": seq_len,
+            "seed": FLAGS.seed}
+    logging.info("data: %s", json.dumps(data))
+
+    catalog = common.load_catalog()
+    documents = lm_data.catalog_documents(catalog, seed=FLAGS.seed)
+    tok_dir = os.path.join(FLAGS.run_dir, "tokenizer")
+    if not os.path.exists(os.path.join(tok_dir, SENTENCEPIECE_FILE)):
+        t = time.perf_counter()
+        vocab = FLAGS.vocab_size or model_config.vocab_size
+        train_sentencepiece(tokenizer_texts(documents), vocab_size=vocab,
+                            seed=FLAGS.seed).save(tok_dir)
+        logging.info("trained the tokenizer (vocab <= %d) in %.1f s", vocab, time.perf_counter() - t)
+    tokenizer = load_tokenizer(tok_dir)
+    if tokenizer.vocab_size > model_config.vocab_size:
+        raise ValueError(f"tokenizer has {tokenizer.vocab_size} tokens, model vocab_size is "
+                         f"{model_config.vocab_size}")
+    fitted = tokenizer.vocab_size
+    if FLAGS.fit_vocab and fitted < model_config.vocab_size:
+        # A small catalog gives fewer pieces than asked (hard_vocab_limit=False); the rows past
+        # them would never be trained, their logits would still cost a matmul on every token,
+        # and a sampler could draw an id that the tokenizer cannot decode. Not rounded up to a
+        # multiple of 128 for the same last reason.
+        logging.info("tokenizer has %d pieces: model vocab_size %d -> %d", tokenizer.vocab_size,
+                     model_config.vocab_size, fitted)
+        model_config = model_config.replace(vocab_size=fitted)
+        common.log_config("model", model_config)
+
+    t = time.perf_counter()
+    rows = lm_data.pack([tokenizer.encode(d) for d in documents], seq_len, tokenizer.eos_id,
+                        seed=FLAGS.seed)  # [R, T + 1]
+    epochs = steps * batch_size / len(rows)
+    print(f"corpus: {len(documents):,} documents, {rows.size:,} tokens in {len(rows):,} rows of "
+          f"{seq_len}; {steps} steps x {batch_size} rows = {epochs:.2f} epochs "
+          f"(tokenized in {time.perf_counter() - t:.1f} s)")
+    print(f"model: {param_count(model_config) / 1e6:.1f}M parameters, "
+          f"{flops_per_token(model_config, seq_len) / 1e6:.1f} MFLOP per trained token")
+
+    def batch_fn(step):
+        return lm_data.packed_batch(rows, batch_size, FLAGS.seed, step), {
+            "tokens": batch_size * seq_len}
+
+    tx, schedule = make_optimizer(optim)
+    model, _ = train_loop(
+        FLAGS.run_dir, model_fn=lambda: Llama(model_config, rngs=nnx.Rngs(FLAGS.seed)),
+        abstract_fn=lambda: Llama(model_config, rngs=nnx.Rngs(0)), tx=tx,
+        schedule=schedule, loss_fn=masked_lm_loss, batch_fn=batch_fn, loop=loop,
+        configs={"model": model_config.to_dict(), "optim": dataclasses.asdict(optim),
+                 "loop": dataclasses.asdict(loop), "data": data},
+        tokenizer=tokenizer)
+    out = checkpoint.save_params(os.path.join(FLAGS.run_dir, "params"), model, overwrite=True,
+                                 tokenizer=tokenizer)
+    print(f"wrote {out} (use it as experiments.warmup --init) in "
+          f"{time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    app.run(main)
