@@ -9,12 +9,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 
 from absl import flags
 
 from leser_jax.catalog import Catalog, SplitConfig
 from leser_jax.data import load_dataset
 from leser_jax.data.synthetic import SyntheticConfig
+from leser_jax.search import SearchEngine
 
 FLAGS = flags.FLAGS
 
@@ -51,3 +53,17 @@ def load_catalog() -> Catalog:
 def log_config(name: str, config) -> None:
     """Logs a resolved config dataclass as JSON, so every run's log says what it ran."""
     logging.info("%s: %s", name, json.dumps(dataclasses.asdict(config), sort_keys=True))
+
+
+def open_engine(catalog: Catalog, folder: str | None) -> SearchEngine:
+    """The index in `folder` (experiments.build_index's DIR/index) if it was built from this
+    catalog, else a fresh in-memory index (with the reason logged): a stale index must not
+    silently serve another catalog's rows."""
+    if folder and os.path.isdir(folder):
+        try:
+            engine = SearchEngine.open(folder, catalog)
+            logging.info("reusing the index at %s", folder)
+            return engine
+        except (FileNotFoundError, ValueError) as e:
+            logging.warning("not reusing the index at %s (%s): building one in memory", folder, e)
+    return SearchEngine.build(catalog)

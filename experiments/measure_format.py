@@ -18,7 +18,6 @@ from absl import app, flags
 from experiments import common
 from leser_jax import checkpoint, run_log, sampler, sft
 from leser_jax.context import ContextConfig
-from leser_jax.search import SearchEngine
 
 common.define_dataset_flags()
 flags.DEFINE_string("init", None, "Params checkpoint with tokenizer, or a run dir with DIR/params.",
@@ -47,12 +46,7 @@ def main(argv):
     context = ContextConfig(k=FLAGS.context_k, max_tokens=FLAGS.context_max_tokens)
     common.log_config("context", context)
     catalog = common.load_catalog()
-    try:
-        engine = SearchEngine.open(FLAGS.index, catalog) if FLAGS.index else None
-    except (FileNotFoundError, ValueError) as e:
-        print(f"not reusing the index at {FLAGS.index} ({e}): building one in memory")
-        engine = None
-    engine = engine or SearchEngine.build(catalog)
+    engine = common.open_engine(catalog, FLAGS.index)
     queries = [q.text for q in catalog.split(FLAGS.split)]
     queries = queries[:FLAGS.num_queries] if FLAGS.num_queries else queries
     prompts = [sft.prompt_for(q, engine, context) for q in queries]

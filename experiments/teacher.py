@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 
 import numpy as np
@@ -28,7 +27,6 @@ from experiments import common
 from leser_jax.context import ContextConfig
 from leser_jax.relevance import RelevanceModel
 from leser_jax.reward import RewardConfig
-from leser_jax.search import SearchEngine
 from leser_jax.teacher import Teacher, TeacherConfig, mean_reward, write_examples
 
 common.define_dataset_flags()
@@ -49,14 +47,6 @@ flags.DEFINE_integer("show", 3, "Examples printed at the end.")
 FLAGS = flags.FLAGS
 
 
-def open_engine(catalog, path: str | None) -> SearchEngine:
-    if path and os.path.isdir(path):
-        try:
-            return SearchEngine.open(path, catalog)
-        except (FileNotFoundError, ValueError) as e:
-            logging.warning("not reusing the index at %s (%s): building one in memory", path, e)
-    return SearchEngine.build(catalog)
-
 
 def main(argv):
     del argv
@@ -68,7 +58,7 @@ def main(argv):
     for name, c in (("context", context), ("reward", reward), ("teacher", config)):
         common.log_config(name, c)
     catalog = common.load_catalog()
-    engine = open_engine(catalog, FLAGS.index)
+    engine = common.open_engine(catalog, FLAGS.index)
     relevance = RelevanceModel.load(FLAGS.relevance, engine)
     train = [q.text for q in catalog.split("train")]
     order = np.random.default_rng(FLAGS.seed).permutation(len(train))

@@ -21,7 +21,6 @@ from absl import app, flags
 
 from experiments import common
 from leser_jax.relevance import RelevanceConfig, RelevanceModel, evaluate
-from leser_jax.search import SearchEngine
 
 common.define_dataset_flags()
 flags.DEFINE_string("out", None, "Output folder: the model and metrics.json go here.",
@@ -48,16 +47,6 @@ def config_from_flags() -> RelevanceConfig:
                            seed=FLAGS.seed, nthread=FLAGS.nthread)
 
 
-def open_or_build_index(catalog, folder: str) -> SearchEngine:
-    if os.path.isdir(folder):
-        try:
-            engine = SearchEngine.open(folder, catalog)
-            logging.info("reusing the index at %s", folder)
-            return engine
-        except (FileNotFoundError, ValueError) as e:
-            logging.warning("not reusing %s (%s): building an index in memory", folder, e)
-    return SearchEngine.build(catalog)
-
 
 def main(argv):
     del argv
@@ -66,7 +55,7 @@ def main(argv):
     print(catalog.report.summary())
     config = config_from_flags()
     common.log_config("relevance", config)
-    engine = open_or_build_index(catalog, os.path.join(FLAGS.out, "index"))
+    engine = common.open_engine(catalog, os.path.join(FLAGS.out, "index"))
     model = RelevanceModel.train(engine, config, log=logging.info)
     model.save(FLAGS.out)
     metrics = {"dataset": FLAGS.dataset, "catalog": repr(catalog),

@@ -32,7 +32,6 @@ from leser_jax import checkpoint, lm_data, run_log, sampler, sft
 from leser_jax.context import ContextConfig
 from leser_jax.model import Llama
 from leser_jax.optim import OptimConfig, make_optimizer
-from leser_jax.search import SearchEngine
 from leser_jax.teacher import read_examples
 from leser_jax.train import LoopConfig, masked_lm_loss, train_loop
 
@@ -72,14 +71,6 @@ flags.DEFINE_integer("sample_batch", 32, "Prompts per sampler call.")
 FLAGS = flags.FLAGS
 
 
-def open_engine(catalog, path: str | None) -> SearchEngine:
-    if path and os.path.isdir(path):
-        try:
-            return SearchEngine.open(path, catalog)
-        except (FileNotFoundError, ValueError) as e:
-            logging.warning("not reusing the index at %s (%s): building one in memory", path, e)
-    return SearchEngine.build(catalog)
-
 
 def check_format(model, tokenizer, engine, queries, context, *, temperature, max_new_tokens,
                  batch_size, seed) -> tuple[dict, list[str]]:
@@ -114,7 +105,7 @@ def main(argv):
     common.log_config("model", model_config)
     max_len = FLAGS.max_len or model_config.max_seq_len
     catalog = common.load_catalog()
-    engine = open_engine(catalog, FLAGS.index)
+    engine = common.open_engine(catalog, FLAGS.index)
     held_out = {q.text for q in catalog.split("dev") + catalog.split("test")}
     examples, report = read_examples(FLAGS.teacher_file, exclude_queries=held_out)
     print(report.summary())

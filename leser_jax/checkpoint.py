@@ -292,7 +292,7 @@ def load_params(path: str | os.PathLike) -> tuple[Llama, ModelConfig]:
     """A params checkpoint -> (model, config), restored against `nnx.eval_shape` targets."""
     from orbax.checkpoint import v1
 
-    path = Path(path)
+    path = Path(path).absolute()  # Orbax refuses relative paths
     config = load_config(path)
     if not (path / _PARAMS_DIR).is_dir():
         raise FileNotFoundError(f"{path} is not a leser-jax params checkpoint: no {_PARAMS_DIR}/")
@@ -480,7 +480,7 @@ def restore_checkpoint(path: str | os.PathLike, abstract_state):
     corrupt."""
     from orbax.checkpoint import v1
 
-    path = Path(path)
+    path = Path(path).absolute()  # Orbax refuses relative paths
     validate_checkpoint(path)
     try:
         return v1.load(path / _STATE_DIR, _with_device(abstract_state))

@@ -69,6 +69,23 @@ def format_metric(name: str, value) -> str:
     return f"{name} {value}"
 
 
+def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
+    """The step records of RUN_DIR/metrics.jsonl in order (text samples and cut lines skipped)."""
+    path = os.path.join(os.fspath(run_dir), METRICS_FILE)
+    if not os.path.exists(path):
+        return []
+    records = []
+    with open(path) as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except ValueError:  # a line cut short by a crash
+                continue
+            if "text" not in record:
+                records.append(record)
+    return records
+
+
 class RunLog:
     """Writes metrics to stdout, RUN_DIR/metrics.jsonl and RUN_DIR/tb (module docstring)."""
 

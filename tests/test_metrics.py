@@ -13,7 +13,7 @@ from leser_jax.metrics import bootstrap, evaluate, merged_ranking, ndcg_at
 from leser_jax.prompts import ParsedAnswer
 from leser_jax.reward import RewardConfig, SearchFeedback
 from leser_jax.search import SearchEngine
-from tests.test_reward import TABLE, TITLES, TableRelevance
+from tests.test_reward import TITLES, TableRelevance
 
 
 @pytest.fixture()

@@ -81,10 +81,10 @@ def main(argv):
         return statistics.median(times)
 
     print(f"\nload average before: {os.getloadavg()[0]:.2f} (2 cores)")
-    print(f"| batch | calls | cold pairs/s | cold pairs/CPU-s | warm pairs/s | group pairs/s | "
-          f"features us/call | predict us/call |")
-    print(f"|------:|------:|-------------:|-----------------:|-------------:|--------------:|"
-          f"-----------------:|----------------:|")
+    print("| batch | calls | cold pairs/s | cold pairs/CPU-s | warm pairs/s | group pairs/s | "
+          "features us/call | predict us/call |")
+    print("|------:|------:|-------------:|-----------------:|-------------:|--------------:|"
+          "-----------------:|----------------:|")
     for b in sizes:
         batches = [rows[:b] for rows in candidates]
         calls = list(zip(texts, batches))

@@ -1,0 +1,155 @@
+"""GRPO with the search engine in the loop: LESER's RL stage.
+
+    python -m experiments.grpo --preset=demo --dataset=synthetic --init=runs/demo/warmup/params --index=runs/demo/index --relevance=runs/demo/relevance --run_dir=runs/demo/grpo --context_k=5 --context_max_tokens=128
+
+Each step samples --queries_per_step train queries, renders their prompts (each query's top-k
+products as context), samples --num_rollouts completions per prompt at --temperature, rewards
+every completion with r = r_rel + lambda * r_size (leser_jax.reward: Tantivy + the relevance
+model, never the human judgments), and makes --mu updates of the clipped GRPO loss with a KL
+penalty towards the --init model, which stays frozen as the reference (leser_jax.grpo_trainer).
+
+--init: a warm-up checkpoint (experiments.warmup's RUN_DIR/params), a pretrained-only one
+(experiments.pretrain's: the paper's "GRPO without warm-up" ablation), or converted LLaMA weights
+(tools/convert_hf_llama.py). The context flags must be those the warm-up used: the policy was
+taught to read that prompt.
+
+Writes into --run_dir: metrics.jsonl and tb/ (one record per step: reward and its parts, format
+validity and rejection reasons, KL, clip fraction, entropy, completion length, seconds by phase;
+dev/* every --eval_every steps), checkpoints/ (rerun the same command after a crash: it resumes
+at the last checkpoint with the same queries and keys), params/ (the final policy with its
+tokenizer, what experiments.evaluate and measure_format read) and DONE.json (the run's summary,
+written last).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+
+from absl import app, flags, logging
+
+from experiments import common
+from leser_jax import checkpoint, run_log
+from leser_jax.context import ContextConfig
+from leser_jax.grpo import AGGREGATIONS, KL_ESTIMATORS, GRPOConfig
+from leser_jax.grpo_trainer import GRPOTrainer, LoopConfig
+from leser_jax.optim import OptimConfig, make_optimizer
+from leser_jax.prompts import AnswerFormat
+from leser_jax.relevance import RelevanceModel
+from leser_jax.reward import RewardConfig, RewardFunction, SearchFeedback
+
+# Per preset: B queries a step (B * N rollouts), steps, peak learning rate, longest completion.
+# RL fine-tuning uses a learning rate well below the warm-up's: each update follows noisy
+# advantages, and the KL penalty only slows drift that a large step has already made.
+PRESETS = {
+    "tiny": dict(steps=10, queries_per_step=4, lr=1e-3, max_new_tokens=48),
+    "demo": dict(steps=60, queries_per_step=8, lr=2e-4, max_new_tokens=96),
+    "cpu": dict(steps=200, queries_per_step=16, lr=5e-5, max_new_tokens=128),
+}
+_G, _R = GRPOConfig(), RewardConfig()
+
+common.define_dataset_flags()
+flags.DEFINE_enum("preset", "demo", list(PRESETS), "Run defaults (the model comes from --init).")
+flags.DEFINE_string("run_dir", None, "Output folder of this stage.", required=True)
+flags.DEFINE_string("init", None, "Start policy and reference: a params checkpoint with its "
+                    "tokenizer, or a run dir holding one at DIR/params.", required=True)
+flags.DEFINE_string("relevance", None, "Folder of a model from experiments.train_relevance.",
+                    required=True)
+flags.DEFINE_string("index", None, "Index folder from experiments.build_index (else built in "
+                    "memory).")
+flags.DEFINE_integer("steps", None, "GRPO steps (default: the preset's).")
+flags.DEFINE_integer("queries_per_step", None, "Train queries per step [B] (default: preset's).")
+flags.DEFINE_integer("num_rollouts", _G.num_rollouts, "Completions per query [N].")
+flags.DEFINE_float("temperature", _G.temperature, "Sampling temperature of the rollouts.")
+flags.DEFINE_integer("max_new_tokens", None, "Longest completion (default: the preset's).")
+flags.DEFINE_float("clip_eps", _G.clip_eps, "PPO ratio clipping [epsilon].")
+flags.DEFINE_float("kl_coef", _G.kl_coef, "KL penalty to the reference [beta].")
+flags.DEFINE_enum("kl_estimator", _G.kl_estimator, list(KL_ESTIMATORS), "KL estimator.")
+flags.DEFINE_enum("aggregation", _G.aggregation, list(AGGREGATIONS), "Loss aggregation.")
+flags.DEFINE_bool("normalize_std", _G.normalize_std, "Divide advantages by the group's std.")
+flags.DEFINE_integer("mu", _G.mu, "Optimizer updates per batch of rollouts [mu].")
+flags.DEFINE_integer("micro_batches", _G.micro_batches, "Gradient accumulation micro-batches.")
+flags.DEFINE_float("lr", None, "Peak learning rate (default: the preset's).")
+flags.DEFINE_integer("warmup_steps", 5, "Linear learning-rate warmup, in optimizer updates.")
+flags.DEFINE_float("weight_decay", 0.0, "AdamW decoupled weight decay (0: the KL term already "
+                   "holds the policy near the reference).")
+flags.DEFINE_integer("reward_k", _R.k, "Hits per search in the reward [k].")
+flags.DEFINE_float("reward_tau", _R.tau, "Relevance threshold of a hit [tau].")
+flags.DEFINE_float("reward_lambda", _R.lam, "Weight of the coverage reward [lambda].")
+flags.DEFINE_integer("context_k", ContextConfig().k, "Products of the query shown as context.")
+flags.DEFINE_integer("context_max_tokens", ContextConfig().max_tokens, "Context token budget.")
+flags.DEFINE_integer("eval_every", 20, "Greedy evaluation on dev queries every E steps (0: off).")
+flags.DEFINE_integer("eval_queries", 64, "Dev queries of that evaluation.")
+flags.DEFINE_integer("samples_every", 10, "Log rollout texts every this many steps (0: never).")
+flags.DEFINE_integer("checkpoint_every", 20, "Steps between checkpoints.")
+flags.DEFINE_integer("keep_checkpoints", 2, "Newest checkpoints kept.")
+flags.DEFINE_integer("seed", 0, "Seeds each step's queries and sampling keys (with the step).")
+flags.DEFINE_string("profile_dir", None, "Write a jax.profiler trace of 3 steady-state steps.")
+FLAGS = flags.FLAGS
+
+
+def configs_from_flags() -> tuple[GRPOConfig, OptimConfig, RewardConfig, ContextConfig,
+                                  LoopConfig]:
+    preset = PRESETS[FLAGS.preset]
+    steps = FLAGS.steps or preset["steps"]
+    grpo = GRPOConfig(
+        num_rollouts=FLAGS.num_rollouts, temperature=FLAGS.temperature, clip_eps=FLAGS.clip_eps,
+        kl_coef=FLAGS.kl_coef, kl_estimator=FLAGS.kl_estimator, aggregation=FLAGS.aggregation,
+        normalize_std=FLAGS.normalize_std, mu=FLAGS.mu, micro_batches=FLAGS.micro_batches,
+        queries_per_step=FLAGS.queries_per_step or preset["queries_per_step"],
+        max_new_tokens=FLAGS.max_new_tokens or preset["max_new_tokens"])
+    updates = steps * grpo.mu  # the schedule counts optimizer updates
+    optim = OptimConfig(lr=FLAGS.lr or preset["lr"], total_steps=updates,
+                        warmup_steps=min(FLAGS.warmup_steps, updates - 1),
+                        weight_decay=FLAGS.weight_decay)
+    reward = RewardConfig(k=FLAGS.reward_k, tau=FLAGS.reward_tau, lam=FLAGS.reward_lambda)
+    context = ContextConfig(k=FLAGS.context_k, max_tokens=FLAGS.context_max_tokens)
+    loop = LoopConfig(total_steps=steps, checkpoint_every=FLAGS.checkpoint_every,
+                      keep_checkpoints=FLAGS.keep_checkpoints, eval_every=FLAGS.eval_every,
+                      eval_queries=FLAGS.eval_queries, samples_every=FLAGS.samples_every,
+                      seed=FLAGS.seed, profile_dir=FLAGS.profile_dir)
+    return grpo, optim, reward, context, loop
+
+
+def main(argv):
+    del argv
+    run_log.quiet_library_logs()
+    start = time.perf_counter()
+    grpo, optim, reward, context, loop = configs_from_flags()
+    configs = {"grpo": grpo, "optim": optim, "reward": reward, "context": context, "loop": loop}
+    for name, c in configs.items():
+        common.log_config(name, c)
+
+    init_model, model_config, tokenizer = checkpoint.load_init(FLAGS.init)
+    common.log_config("model", model_config)
+    catalog = common.load_catalog()
+    engine = common.open_engine(catalog, FLAGS.index)
+    relevance = RelevanceModel.load(FLAGS.relevance, engine)
+    reward_fn = RewardFunction(SearchFeedback(engine, relevance, reward))
+    tx, schedule = make_optimizer(optim)
+    saved = {name: dataclasses.asdict(c) for name, c in configs.items()}
+    saved.update(model=model_config.to_dict(), data={"dataset": FLAGS.dataset, "init": FLAGS.init,
+                                                     "relevance": FLAGS.relevance})
+    trainer = GRPOTrainer(
+        FLAGS.run_dir, init_model=init_model, tokenizer=tokenizer, reward_fn=reward_fn,
+        train_queries=catalog.split("train"), dev_queries=catalog.split("dev"), catalog=catalog,
+        grpo_config=grpo, tx=tx, schedule=schedule, context=context, answer=AnswerFormat(),
+        loop=loop, configs=saved)
+    trainer.run()
+    out = checkpoint.save_params(os.path.join(FLAGS.run_dir, "params"), trainer.policy(),
+                                 overwrite=True, tokenizer=tokenizer)
+    summary = {"steps": loop.total_steps, "seconds": round(time.perf_counter() - start, 1),
+               "params": "params", "configs": saved}
+    summary.update(trainer.summary())
+    with open(os.path.join(FLAGS.run_dir, "DONE.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    logging.info("wrote %s", out)
+    print(f"GRPO: {loop.total_steps} steps in {summary['seconds']:.0f} s; reward "
+          f"{summary['reward_first']:.3f} (first {summary['window']} steps) -> "
+          f"{summary['reward_last']:.3f} (last {summary['window']}); wrote {out}")
+
+
+if __name__ == "__main__":
+    app.run(main)

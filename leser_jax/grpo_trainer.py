@@ -1,0 +1,261 @@
+"""The GRPO training run: LESER's search-engine-in-the-loop RL, one step at a time.
+
+One step, for B training queries (sampled from (seed, step), so a resumed run replays the same
+queries):
+
+    rollout   render each query's prompt (its top-k products as context), sample N completions
+              per prompt at temperature 0.9 with the current policy (rollout.generate_rollouts:
+              group layout [q0 x N, q1 x N, ...], group ids alongside, log-probs recorded)
+    reward    parse every completion and score it with the search engine (reward.RewardFunction:
+              each distinct expansion searched once, relevance in one call per query)
+    update    advantages = reward - group mean; reference log-probs from the frozen start
+              model; `mu` jitted updates of the clipped GRPO loss + KL (grpo.rollout_loss),
+              gradients accumulated over micro-batches, train state donated
+
+Every `eval_every` steps the policy expands dev queries greedily and metrics.evaluate measures
+it. Each step logs one stdout line and, to JSONL and TensorBoard: reward mean/std and each
+component, the share of groups whose rewards are all equal (no learning signal), format validity
+and each rejection reason, KL, clip fraction, entropy, completion length, tokens/s and seconds by
+phase. Checkpoints (checkpoint.save_checkpoint) hold the policy's train state; the reference is
+the `--init` model, reloaded on resume.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import logging
+import time
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+import optax
+from flax import nnx
+
+from leser_jax import checkpoint, grpo
+from leser_jax.catalog import Query
+from leser_jax.context import ContextConfig
+from leser_jax.grpo import GRPOConfig
+from leser_jax.metrics import evaluate
+from leser_jax.policy import PolicySystem
+from leser_jax.profiling import StepProfiler, phase
+from leser_jax.prompts import REJECTION_REASONS, AnswerFormat
+from leser_jax.reward import RewardFunction
+from leser_jax.rollout import generate_rollouts
+from leser_jax.run_log import RunLog, read_metrics
+from leser_jax.sampler import SamplingConfig
+from leser_jax.sft import prompt_for
+from leser_jax.tokenizer import Tokenizer
+from leser_jax.train import TrainState, abstract_train_state, init_train_state, make_train_step
+
+log = logging.getLogger(__name__)
+
+LINE = ("reward", "valid", "kl", "clip_fraction", "entropy", "length", "rollout_s", "reward_s",
+        "update_s", "tok_s")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LoopConfig:
+    """Attributes:
+      total_steps: GRPO steps of the run.
+      checkpoint_every, keep_checkpoints: how often to save, how many to keep.
+      eval_every, eval_queries: greedy evaluation on this many dev queries every E steps (0 = off).
+      samples_every: print rollout texts every this many steps (0 = never).
+      seed: picks each step's queries and sampling keys (with the step number).
+      profile_dir, profile_start, profile_steps: a jax.profiler trace of a few steady-state steps.
+    """
+
+    total_steps: int
+    checkpoint_every: int = 20
+    keep_checkpoints: int = 3
+    eval_every: int = 0
+    eval_queries: int = 64
+    samples_every: int = 10
+    seed: int = 0
+    profile_dir: str | None = None
+    profile_start: int = 3
+    profile_steps: int = 3
+
+    def __post_init__(self):
+        if min(self.total_steps, self.checkpoint_every, self.keep_checkpoints) < 1:
+            raise ValueError("total_steps, checkpoint_every and keep_checkpoints must be >= 1")
+        if min(self.eval_every, self.eval_queries, self.samples_every) < 0:
+            raise ValueError("eval_every, eval_queries and samples_every must be >= 0")
+
+
+def step_queries(queries: Sequence[Query], n: int, seed: int, step: int) -> list[Query]:
+    """The n training queries of a step: a function of (seed, step) only, so resuming replays it."""
+    rng = np.random.default_rng([seed, step])
+    return [queries[i] for i in rng.choice(len(queries), size=min(n, len(queries)), replace=False)]
+
+
+def reward_metrics(breakdowns, num_rollouts: int) -> dict[str, float]:
+    """Step-level reward statistics from the per-rollout breakdowns."""
+    rewards = np.array([b.reward for b in breakdowns], np.float64)  # [R]
+    groups = rewards.reshape(-1, num_rollouts)  # [B, N]
+    valid = [b for b in breakdowns if b.valid]
+    out = {"reward": rewards.mean(), "reward_std": rewards.std(),
+           "equal_groups": float(np.mean(np.ptp(groups, axis=1) == 0)),
+           "valid": len(valid) / len(breakdowns)}
+    for name in ("r_rel", "r_size", "rel", "hits", "retrieved", "n_expansions"):
+        out[name] = float(np.mean([getattr(b, name) for b in valid])) if valid else 0.0
+    reasons = collections.Counter(b.reject_reason for b in breakdowns if not b.valid)
+    out.update({f"reject/{r}": reasons.get(r, 0) / len(breakdowns) for r in REJECTION_REASONS})
+    return out
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def reference_logprobs(graphdef, params, batch, temperature: float) -> jax.Array:
+    """Log-probs [R, T] of the completions under the frozen reference model (no gradient)."""
+    return grpo.completion_logprobs(nnx.merge(graphdef, params), batch["prompt_tokens"],
+                                    batch["prompt_mask"], batch["completion_tokens"],
+                                    batch["completion_mask"], temperature)
+
+
+@functools.lru_cache(maxsize=8)
+def grpo_update(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, schedule: optax.Schedule,
+                config: GRPOConfig):
+    """The jitted, state-donating GRPO update (train.make_train_step with grpo.rollout_loss).
+
+    Cached: trainers of one model structure, optimizer and config (a test's several seeds, a
+    crash and resume in one process) share one jitted function, so it compiles once per shape.
+    """
+
+    def loss(model, batch, rng):
+        del rng  # the loss is deterministic given the rollouts
+        return grpo.rollout_loss(model, batch, config)
+
+    return make_train_step(graphdef, tx, schedule, loss, micro_batches=config.micro_batches)
+
+
+class GRPOTrainer:
+    """Runs GRPO from a start model (`init_model`, also the frozen reference) in `run_dir`."""
+
+    def __init__(self, run_dir: str, *, init_model: nnx.Module, tokenizer: Tokenizer,
+                 reward_fn: RewardFunction, train_queries: Sequence[Query],
+                 dev_queries: Sequence[Query], catalog, grpo_config: GRPOConfig,
+                 tx: optax.GradientTransformation, schedule: optax.Schedule,
+                 context: ContextConfig, answer: AnswerFormat, loop: LoopConfig, configs: dict):
+        if not train_queries:
+            raise ValueError("no training queries")
+        self.run_dir, self.tokenizer, self.reward_fn = run_dir, tokenizer, reward_fn
+        self.engine = reward_fn.feedback.engine
+        self.train_queries, self.dev_queries, self.catalog = train_queries, dev_queries, catalog
+        self.config, self.context, self.answer, self.loop = grpo_config, context, answer, loop
+        self.tx, self.schedule, self.configs = tx, schedule, configs
+        self.sampling = SamplingConfig(temperature=grpo_config.temperature,
+                                       max_new_tokens=grpo_config.max_new_tokens)
+        model_config = init_model.config
+        self.ref_graphdef, self.ref_params = nnx.split(init_model)
+        graphdef, abstract = abstract_train_state(
+            lambda: type(init_model)(model_config, rngs=nnx.Rngs(0)), tx)
+        state, path = checkpoint.restore_latest(run_dir, abstract)
+        if state is None:
+            # A copy: the train state is donated to each update, the reference must survive it.
+            graphdef, state = init_train_state(nnx.merge(graphdef, jax.tree.map(
+                lambda x: x.copy(), self.ref_params)), tx, seed=loop.seed)
+            log.info("GRPO: fresh start in %s", run_dir)
+        else:
+            log.info("GRPO: resumed from %s at step %d", path, int(state.step))
+        self.graphdef, self.state = graphdef, state
+        self.update = grpo_update(graphdef, tx, schedule, grpo_config)
+        self._prompts: dict[str, str] = {}  # query text -> prompt (contexts repeat across steps)
+
+    def prompt(self, query: str) -> str:
+        if query not in self._prompts:
+            self._prompts[query] = prompt_for(query, self.engine, self.context, self.answer)
+        return self._prompts[query]
+
+    def train_step(self, step: int) -> tuple[dict, list[str], list]:
+        """One GRPO step (module docstring); returns its metrics, prompts' queries and breakdowns."""
+        c = self.config
+        queries = step_queries(self.train_queries, c.queries_per_step, self.loop.seed, step)
+        timing = {}
+        t = time.perf_counter()
+        with phase("rollout"):
+            rollouts = generate_rollouts(
+                self.graphdef, self.state.params, self.tokenizer, [self.prompt(q.text) for q in queries],
+                num_rollouts=c.num_rollouts, sampling=self.sampling,
+                base_key=jax.random.key(self.loop.seed), step=step)
+        timing["rollout_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        with phase("reward"):
+            originals = [queries[g].text for g in rollouts.group_ids]
+            breakdowns = self.reward_fn(originals, rollouts.texts)
+            rewards = np.array([b.reward for b in breakdowns], np.float32)  # [R]
+        timing["reward_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        with phase("update"):
+            batch = {"prompt_tokens": rollouts.prompt_tokens, "prompt_mask": rollouts.prompt_mask,
+                     "completion_tokens": rollouts.completion_tokens,
+                     "completion_mask": rollouts.completion_mask, "old_logp": rollouts.logprobs,
+                     "advantages": np.asarray(grpo.group_advantages(
+                         rewards, c.num_rollouts, normalize_std=c.normalize_std))}
+            batch["ref_logp"] = reference_logprobs(self.ref_graphdef, self.ref_params, batch,
+                                                   c.temperature)
+            for _ in range(c.mu):
+                self.state, update_metrics = self.update(self.state, batch)
+            update_metrics = jax.device_get(update_metrics)  # waits for the last update
+        timing["update_s"] = time.perf_counter() - t
+        step_s = sum(timing.values())
+        tokens = int(rollouts.lengths.sum())
+        metrics = {**reward_metrics(breakdowns, c.num_rollouts), **timing,
+                   **{k: float(v) for k, v in update_metrics.items()},
+                   "length": float(rollouts.lengths.mean()), "step_s": step_s,
+                   "tok_s": tokens / timing["rollout_s"], "rollouts_s": len(rewards) / step_s}
+        return metrics, [q.text for q in queries], list(zip(originals, rollouts.texts, breakdowns))
+
+    def evaluate_dev(self) -> dict[str, float]:
+        """Greedy expansions of the first `eval_queries` dev queries, measured as in evaluation."""
+        system = PolicySystem(self.graphdef, self.state.params, self.tokenizer, self.engine,
+                              context=self.context, answer=self.answer,
+                              sampling=SamplingConfig(temperature=0.0,
+                                                      max_new_tokens=self.config.max_new_tokens))
+        result = evaluate(system, self.dev_queries[:self.loop.eval_queries], self.catalog,
+                          self.reward_fn.feedback, bootstrap_samples=200)
+        return {f"dev/{name}": e.mean for name, e in result.metrics.items()}
+
+    def run(self) -> TrainState:
+        loop = self.loop
+        start = int(self.state.step) // self.config.mu  # a GRPO step makes mu optimizer updates
+        profiler = StepProfiler(loop.profile_dir, start_step=start + loop.profile_start,
+                                num_steps=loop.profile_steps)
+        with RunLog(self.run_dir, total_steps=loop.total_steps, resume_step=start) as run_log:
+            for step in range(start, loop.total_steps):
+                with profiler.step(step):
+                    metrics, _, samples = self.train_step(step)
+                if loop.eval_every and (step + 1) % loop.eval_every == 0:
+                    metrics.update(self.evaluate_dev())
+                run_log.log(step + 1, metrics, line=LINE)
+                if loop.samples_every and (step + 1) % loop.samples_every == 0:
+                    # One group: its N rollouts of one query, side by side.
+                    shown = "\n\n".join(
+                        f"q={query!r} reward={b.reward:.3f} ({b.reject_reason or 'valid'})\n{text}"
+                        for query, text, b in samples[:self.config.num_rollouts])
+                    log.info("rollouts of step %d:\n%s", step + 1, shown)
+                    run_log.text(step + 1, "rollouts", shown)
+                if (step + 1) % loop.checkpoint_every == 0 or step + 1 == loop.total_steps:
+                    checkpoint.save_checkpoint(self.run_dir, self.state, step=step + 1,
+                                               configs=self.configs, tokenizer=self.tokenizer,
+                                               keep=loop.keep_checkpoints)
+        profiler.close()
+        return self.state
+
+    def policy(self) -> nnx.Module:
+        """The current policy as a model (shares the train state's arrays)."""
+        return nnx.merge(self.graphdef, self.state.params)
+
+    def summary(self, window: int = 10) -> dict[str, float]:
+        """Mean reward and validity of the first and last `window` steps, from metrics.jsonl."""
+        records = [r for r in read_metrics(self.run_dir) if "reward" in r]
+        w = max(1, min(window, len(records) // 2))
+        first, last = records[:w], records[-w:]
+
+        def mean(rs, name):
+            return float(np.mean([r[name] for r in rs])) if rs else float("nan")
+
+        return {"window": w, "reward_first": mean(first, "reward"),
+                "reward_last": mean(last, "reward"), "valid_first": mean(first, "valid"),
+                "valid_last": mean(last, "valid")}
