@@ -28,6 +28,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from leser_jax.model import init_cache
 from leser_jax.sampler import token_logprobs
 
 KL_ESTIMATORS = ("k1", "k3")
@@ -47,7 +48,8 @@ class GRPOConfig:
       aggregation: "sequence_mean" or "token_mean" (module docstring).
       normalize_std: divide advantages by the group's std (GRPO's original form; LESER: off).
       mu: optimizer updates per batch of rollouts [mu]; ratio != 1 only from the second.
-      micro_batches: gradient accumulation: the rollout batch is split into this many parts.
+      micro_batches: gradient accumulation: the rollout batch is split into this many parts,
+        each of whole groups (queries_per_step must be a multiple).
       queries_per_step: queries per step [B]; a step has B * N rollouts.
       max_new_tokens: longest completion.
     """
@@ -75,9 +77,10 @@ class GRPOConfig:
             raise ValueError(f"kl_estimator in {KL_ESTIMATORS}, aggregation in {AGGREGATIONS}")
         if min(self.mu, self.micro_batches, self.queries_per_step, self.max_new_tokens) < 1:
             raise ValueError("mu, micro_batches, queries_per_step and max_new_tokens must be >= 1")
-        if (self.queries_per_step * self.num_rollouts) % self.micro_batches:
-            raise ValueError(f"{self.queries_per_step * self.num_rollouts} rollouts do not split "
-                             f"into {self.micro_batches} micro-batches")
+        if self.queries_per_step % self.micro_batches:
+            # A micro-batch holds whole groups: their prompt is run once (completion_logprobs).
+            raise ValueError(f"{self.queries_per_step} queries (groups) do not split into "
+                             f"{self.micro_batches} micro-batches")
 
 
 def group_advantages(rewards: jax.Array, num_rollouts: int, *, normalize_std: bool = False,
@@ -157,23 +160,39 @@ def completion_logprobs(model, prompt_tokens: jax.Array, prompt_mask: jax.Array,
 
     Exactly the quantity the sampler records (sampler.token_logprobs: temperature-scaled, before
     any top-k/top-p cut), so at the first update ratio = exp(logp - old_logp) is 1 up to float
-    rounding. The sequence is the left-padded prompt [R, P] followed by the right-padded
-    completion [R, T]; the logits at position P - 1 + t predict completion token t:
+    rounding.
 
-        tokens  [pad p0 p1 | c0 c1 pad]      logits used: at p1 (-> c0), c0 (-> c1), c1 (-> pad)
+    prompt_tokens/prompt_mask [Q, P] (left-padded) hold each GROUP's prompt once; the
+    completions [R, T] (right-padded) are in the group layout, R = Q * N, row r continuing prompt
+    r // N. The N rollouts of a group share their prompt, so the prompt is run once per group
+    (`model.prefill` into a KV cache, whose rows are then repeated N times) and only the
+    completions are run per rollout: with a 300-token prompt and 60-token completions that is
+    about a third of the work of running [prompt, completion] per rollout, forward and backward
+    (the gradient reaches the prompt's activations through the repeated cache, summed over the
+    group). The logits at the prompt's last token predict completion token 0, those at
+    completion token t predict token t + 1:
+
+        prompt  [pad p0 p1] -> cache, logits at p1 (-> c0)
+        rollout [c0 c1 pad] -> logits at c0 (-> c1), c1 (-> pad, masked)
     """
-    T = completion_tokens.shape[1]
-    tokens = jnp.concatenate([prompt_tokens, completion_tokens], axis=1)  # [R, P + T]
-    pad_mask = jnp.concatenate([prompt_mask, completion_mask], axis=1)  # [R, P + T]
-    logits = model(tokens, pad_mask, last_n=T + 1)[:, :-1]  # [R, T, V]
+    Q, P = prompt_tokens.shape
+    R, T = completion_tokens.shape
+    if R % Q:
+        raise ValueError(f"{R} completions do not form groups of the {Q} prompts")
+    cache = init_cache(model.config, Q, P + T)
+    first, cache = model.prefill(prompt_tokens, prompt_mask, cache, last_only=True)  # [Q, V]
+    cache = jax.tree.map(lambda x: jnp.repeat(x, R // Q, axis=0) if x.ndim else x, cache)  # [R, ...]
+    rest, _ = model.prefill(completion_tokens, completion_mask, cache)  # [R, T, V]
+    logits = jnp.concatenate([jnp.repeat(first, R // Q, axis=0)[:, None], rest[:, :-1]], axis=1)
     return token_logprobs(logits, completion_tokens, temperature)  # [R, T]
 
 
 def rollout_loss(model, batch, config) -> tuple[jax.Array, dict[str, jax.Array]]:
     """grpo_loss of a rollout batch under `model` (the policy being trained).
 
-    batch: prompt_tokens/prompt_mask [R, P], completion_tokens/completion_mask [R, T], old_logp
-    and ref_logp [R, T] (the sampler's and the frozen reference's), advantages [R].
+    batch: prompt_tokens/prompt_mask [Q, P] (each group's prompt once), completion_tokens/
+    completion_mask [R, T] in the group layout (R = Q * N), old_logp and ref_logp [R, T] (the
+    sampler's and the frozen reference's), advantages [R].
     config: a GRPOConfig (temperature, clip_eps, kl_coef, kl_estimator, aggregation).
     """
     logp = completion_logprobs(model, batch["prompt_tokens"], batch["prompt_mask"],

@@ -52,6 +52,7 @@ from leser_jax.train import TrainState, abstract_train_state, init_train_state, 
 
 log = logging.getLogger(__name__)
 
+COMPLETION_BUCKET = 32  # the update's completion width is a multiple of this (or max_new_tokens)
 LINE = ("reward", "valid", "kl", "clip_fraction", "entropy", "length", "rollout_s", "reward_s",
         "update_s", "tok_s")
 
@@ -162,6 +163,7 @@ class GRPOTrainer:
         self.graphdef, self.state = graphdef, state
         self.update = grpo_update(graphdef, tx, schedule, grpo_config)
         self._prompts: dict[str, str] = {}  # query text -> prompt (contexts repeat across steps)
+        self.last_batch: dict | None = None  # the last update's input (tools/bench_grpo)
 
     def prompt(self, query: str) -> str:
         if query not in self._prompts:
@@ -180,6 +182,7 @@ class GRPOTrainer:
                 num_rollouts=c.num_rollouts, sampling=self.sampling,
                 base_key=jax.random.key(self.loop.seed), step=step)
         timing["rollout_s"] = time.perf_counter() - t
+        timing.update(prefill_s=rollouts.timing["prefill_s"], decode_s=rollouts.timing["decode_s"])
         t = time.perf_counter()
         with phase("reward"):
             originals = [queries[g].text for g in rollouts.group_ids]
@@ -188,9 +191,16 @@ class GRPOTrainer:
         timing["reward_s"] = time.perf_counter() - t
         t = time.perf_counter()
         with phase("update"):
-            batch = {"prompt_tokens": rollouts.prompt_tokens, "prompt_mask": rollouts.prompt_mask,
-                     "completion_tokens": rollouts.completion_tokens,
-                     "completion_mask": rollouts.completion_mask, "old_logp": rollouts.logprobs,
+            # Each group's prompt once: the loss runs it once per group (grpo.completion_logprobs).
+            # Completion columns past the longest completion are all padding: cut them, to a
+            # multiple of COMPLETION_BUCKET so the update compiles for a few widths only.
+            T = min(rollouts.completion_tokens.shape[1],
+                    -(-int(rollouts.lengths.max()) // COMPLETION_BUCKET) * COMPLETION_BUCKET)
+            batch = {"prompt_tokens": rollouts.group_prompt_tokens,
+                     "prompt_mask": rollouts.group_prompt_mask,
+                     "completion_tokens": rollouts.completion_tokens[:, :T],
+                     "completion_mask": rollouts.completion_mask[:, :T],
+                     "old_logp": rollouts.logprobs[:, :T],
                      "advantages": np.asarray(grpo.group_advantages(
                          rewards, c.num_rollouts, normalize_std=c.normalize_std))}
             batch["ref_logp"] = reference_logprobs(self.ref_graphdef, self.ref_params, batch,
@@ -199,7 +209,8 @@ class GRPOTrainer:
                 self.state, update_metrics = self.update(self.state, batch)
             update_metrics = jax.device_get(update_metrics)  # waits for the last update
         timing["update_s"] = time.perf_counter() - t
-        step_s = sum(timing.values())
+        self.last_batch = batch
+        step_s = timing["rollout_s"] + timing["reward_s"] + timing["update_s"]
         tokens = int(rollouts.lengths.sum())
         metrics = {**reward_metrics(breakdowns, c.num_rollouts), **timing,
                    **{k: float(v) for k, v in update_metrics.items()},

@@ -101,6 +101,8 @@ class Rollouts:
 
     prompt_tokens: np.ndarray  # [R, P] int32, left-padded
     prompt_mask: np.ndarray  # [R, P] bool, True at real prompt tokens
+    group_prompt_tokens: np.ndarray  # [Q, P] int32: each group's prompt once (rows r*N..r*N+N-1)
+    group_prompt_mask: np.ndarray  # [Q, P] bool
     completion_tokens: np.ndarray  # [R, T_new] int32, pad after the stop token
     completion_mask: np.ndarray  # [R, T_new] bool, generated tokens up to and including the stop
     logprobs: np.ndarray  # [R, T_new] float32, sampler.token_logprobs at the sampling temperature
@@ -128,16 +130,21 @@ def generate_rollouts(graphdef, params, tokenizer: Tokenizer, prompts: Sequence[
     tokens, mask, group_ids = tile_groups(prompt_tokens, prompt_mask, num_rollouts)  # [R, P]
     R = len(group_ids)
     rows = bucket(R, batch_buckets) if batch_buckets else R
-    # Filler rows repeat row 0 (a real prompt: no all-pad row reaches the model); dropped below.
-    filler = np.zeros(rows - R, np.int64)
-    padded_tokens = np.concatenate([tokens, tokens[filler]])  # [rows, P]
-    padded_mask = np.concatenate([mask, mask[filler]])
+    # The prompts are prefilled once per group (sampler.prefill's `rows`), then each of their N
+    # rows samples on its own. Filler rows (up to the batch bucket) and filler prompts (up to
+    # ceil(rows / N), so a bucket's shapes never depend on Q) repeat prompt 0: a real prompt, so
+    # no all-pad row reaches the model; they are dropped below.
+    num_prompts = -(-rows // num_rollouts)
+    filler = np.zeros(num_prompts - len(prompt_tokens), np.int64)
+    padded_tokens = np.concatenate([prompt_tokens, prompt_tokens[filler]])  # [Q', P]
+    padded_mask = np.concatenate([prompt_mask, prompt_mask[filler]])
+    row_prompts = np.concatenate([group_ids, np.zeros(rows - R, np.int32)])  # [rows]
     stop_array = sampler.stop_id_array(stop_ids(tokenizer) if stop is None else stop)
     key = jax.random.fold_in(base_key, step)
 
     start = time.perf_counter()
     state = sampler.prefill(graphdef, params, padded_tokens, padded_mask, key, sampling,
-                            stop_ids=stop_array, pad_id=tokenizer.pad_id)
+                            stop_ids=stop_array, pad_id=tokenizer.pad_id, rows=row_prompts)
     jax.block_until_ready(state)
     prefilled = time.perf_counter()
     state = sampler.decode(graphdef, params, state, sampling, stop_ids=stop_array,
@@ -152,7 +159,8 @@ def generate_rollouts(graphdef, params, tokenizer: Tokenizer, prompts: Sequence[
     timing = dict(prefill_s=prefilled - start, decode_s=decoded - prefilled,
                   detokenize_s=time.perf_counter() - decoded, new_tokens=float(new_tokens),
                   new_tokens_per_s=new_tokens / (decoded - start))
-    return Rollouts(prompt_tokens=tokens, prompt_mask=mask, completion_tokens=completion,
+    return Rollouts(prompt_tokens=tokens, prompt_mask=mask, group_prompt_tokens=prompt_tokens,
+                    group_prompt_mask=prompt_mask, completion_tokens=completion,
                     completion_mask=np.asarray(samples.mask)[:R],
                     logprobs=np.asarray(samples.logprobs)[:R], group_ids=group_ids,
                     lengths=lengths, texts=texts, num_rollouts=num_rollouts, timing=timing)

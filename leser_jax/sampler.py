@@ -54,6 +54,7 @@ from collections.abc import Sequence
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from leser_jax.model import KVCache, init_cache
@@ -182,7 +183,7 @@ def sample_tokens(logits: jax.Array, key: jax.Array, temperature: jax.Array, *, 
 class SamplerState:
     """What the decode loop carries from one token to the next (B rows, T_new = max_new_tokens)."""
 
-    cache: KVCache  # k, v [L, B, S, K, H] with S = P + T_new; valid [B, S]; pos [B]; index []
+    cache: KVCache  # k, v L x [B, K, S, H] with S = P + T_new; valid [B, S]; pos [B]; index []
     tokens: jax.Array  # [B, T_new] int32: sampled tokens, pad_id after a row's stop token
     logprobs: jax.Array  # [B, T_new] float32: token_logprobs of each sampled token, 0 after stop
     done: jax.Array  # [B] bool: the row has emitted a stop token
@@ -225,17 +226,24 @@ _STATIC = ("max_new_tokens", "top_k", "top_p", "pad_id")
 
 
 @functools.partial(jax.jit, static_argnums=0, static_argnames=_STATIC)
-def _prefill(graphdef, params, prompt_tokens, prompt_mask, key, temperature, stop_ids, *,
+def _prefill(graphdef, params, prompt_tokens, prompt_mask, rows, key, temperature, stop_ids, *,
              max_new_tokens: int, top_k: int, top_p: float, pad_id: int) -> SamplerState:
-    """Prefill prompt [B, P] into a fresh cache of P + T_new slots and sample column 0.
+    """Prefill prompts [Q, P] into a fresh cache of P + T_new slots, give sampled row b the
+    cache row of prompt rows[b] ([B] int32), and sample column 0.
 
-    The cache is made here, inside the jit (an XLA allocation, nothing to transfer or donate).
+    Rollouts of one prompt share its prefill: the prompt runs once and its cache row (and its
+    last logits) are copied to each of its rows. The cache is made here, inside the jit (an XLA
+    allocation, nothing to transfer or donate).
     """
     model = nnx.merge(graphdef, params)
-    B, P = prompt_tokens.shape
+    Q, P = prompt_tokens.shape
+    B = rows.shape[0]
     with jax.named_scope("prefill"):
-        cache = init_cache(model.config, B, P + max_new_tokens)
-        logits, cache = model.prefill(prompt_tokens, prompt_mask, cache, last_only=True)  # [B, V]
+        cache = init_cache(model.config, Q, P + max_new_tokens)
+        logits, cache = model.prefill(prompt_tokens, prompt_mask, cache, last_only=True)  # [Q, V]
+        # Every per-row array [Q, ...] -> [B, ...]; the shared slot index [] stays.
+        cache = jax.tree.map(lambda x: jnp.take(x, rows, axis=0) if x.ndim else x, cache)
+        logits = jnp.take(logits, rows, axis=0)  # [B, V]
         state = SamplerState(
             cache=cache,
             tokens=jnp.full((B, max_new_tokens), pad_id, jnp.int32),  # [B, T_new]
@@ -275,10 +283,15 @@ def _stop_array(stop_ids: jax.Array | Sequence[int]) -> jax.Array:
 
 
 def prefill(graphdef, params, prompt_tokens, prompt_mask, key, config: SamplingConfig, *,
-            stop_ids: jax.Array | Sequence[int], pad_id: int) -> SamplerState:
-    """The first half of `generate`: prefill and column 0 (exposed so callers can time it)."""
+            stop_ids: jax.Array | Sequence[int], pad_id: int, rows=None) -> SamplerState:
+    """The first half of `generate`: prefill and column 0 (exposed so callers can time it).
+
+    rows: [B] int, the prompt of each sampled row (several rows may share one prompt, which is
+      then prefilled once); default: one row per prompt.
+    """
+    rows = np.arange(len(prompt_tokens)) if rows is None else rows
     return _prefill(graphdef, params, jnp.asarray(prompt_tokens, jnp.int32),
-                    jnp.asarray(prompt_mask, jnp.bool_), key,
+                    jnp.asarray(prompt_mask, jnp.bool_), jnp.asarray(rows, jnp.int32), key,
                     jnp.asarray(config.temperature, jnp.float32), _stop_array(stop_ids),
                     max_new_tokens=config.max_new_tokens, top_k=config.top_k,
                     top_p=float(config.top_p), pad_id=int(pad_id))
@@ -301,17 +314,18 @@ def finish(state: SamplerState) -> Samples:
 
 def generate(graphdef, params, prompt_tokens, prompt_mask, key: jax.Array,
              config: SamplingConfig, *, stop_ids: jax.Array | Sequence[int],
-             pad_id: int) -> Samples:
+             pad_id: int, rows=None) -> Samples:
     """Samples a completion for every row of a left-padded prompt batch.
 
     graphdef, params: `nnx.split(model)`. prompt_tokens [B, P] int, prompt_mask [B, P] bool (True
     at real tokens; left padding, so the last column is every row's last prompt token). `key`: a
     PRNG key (rollout.py derives one per step with fold_in). stop_ids: a `stop_id_array` (or a
     sequence of ids, converted here). Rows stop after any stop id; the loop stops when all have.
+    rows: [B] the prompt of each sampled row (`prefill`); default: one row per prompt.
     """
     stop_ids = _stop_array(stop_ids)
     state = prefill(graphdef, params, prompt_tokens, prompt_mask, key, config,
-                    stop_ids=stop_ids, pad_id=pad_id)
+                    stop_ids=stop_ids, pad_id=pad_id, rows=rows)
     return finish(decode(graphdef, params, state, config, stop_ids=stop_ids, pad_id=pad_id))
 
 

@@ -136,3 +136,38 @@ def test_completion_logprobs_equal_the_samplers():
                                samples.mask, 0.9)
     np.testing.assert_allclose(np.where(samples.mask, logp, 0), np.where(samples.mask, samples.logprobs, 0),
                                atol=1e-5)
+
+
+def test_group_shared_prompts_give_the_per_rollout_forward_and_the_samplers_logprobs():
+    """Rollouts of a group share their prompt's prefill, in the sampler and in the loss; both
+    must equal running [prompt, completion] for every rollout on its own."""
+    from flax import nnx
+
+    from leser_jax.grpo import completion_logprobs
+    from leser_jax.model import ModelConfig
+    from leser_jax.sampler import SamplingConfig, generate, stop_id_array, token_logprobs
+    from tests.test_sampler import _left_pad, _random_model, _rows
+
+    config = ModelConfig.tiny()
+    model = _random_model(config)
+    graphdef, params = nnx.split(model)
+    prompts, prompt_mask = _left_pad(_rows([5, 11]), 16)  # Q = 2 prompts
+    rows = np.array([0, 0, 0, 1, 1, 1])  # N = 3 rollouts each, the group layout
+    samples = generate(graphdef, params, prompts, prompt_mask, jax.random.key(0),
+                       SamplingConfig(temperature=0.9, max_new_tokens=8),
+                       stop_ids=stop_id_array([config.vocab_size]), pad_id=0, rows=rows)
+    assert len({tuple(t) for t in np.asarray(samples.tokens)[:3].tolist()}) > 1  # they differ
+    shared = completion_logprobs(model, prompts, prompt_mask, samples.tokens, samples.mask, 0.9)
+
+    # Reference: every rollout run alone as one sequence [its prompt, its completion].
+    tokens = jnp.concatenate([prompts[rows], samples.tokens], axis=1)  # [R, P + T]
+    mask = jnp.concatenate([prompt_mask[rows], samples.mask], axis=1)
+    T = samples.tokens.shape[1]
+    logits = model(tokens, mask)[:, -T - 1:-1]  # [R, T, V]: position P - 1 + t predicts token t
+    alone = token_logprobs(logits, samples.tokens, 0.9)
+    valid = np.asarray(samples.mask)
+    np.testing.assert_allclose(np.asarray(shared)[valid], np.asarray(alone)[valid], atol=1e-5)
+    np.testing.assert_allclose(np.asarray(shared)[valid], np.asarray(samples.logprobs)[valid],
+                               atol=1e-5)
+    with pytest.raises(ValueError, match="groups"):
+        completion_logprobs(model, prompts, prompt_mask, samples.tokens[:5], samples.mask[:5], 0.9)

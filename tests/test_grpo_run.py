@@ -161,12 +161,13 @@ def test_killed_and_resumed_grpo_run_equals_the_uninterrupted_run(setup, tmp_pat
     assert not all(jax.tree.leaves(moved))  # the comparison is not between two untouched copies
 
 
-def _rollout_batch(R=8, P=6, T=5, V=64, seed=0):
+def _rollout_batch(Q=4, N=2, P=6, T=5, V=64, seed=0):
     rng = np.random.default_rng(seed)
-    prompt_mask = np.ones((R, P), bool)
-    prompt_mask[::3, :2] = False  # left padding on some rows
+    R = Q * N
+    prompt_mask = np.ones((Q, P), bool)
+    prompt_mask[::3, :2] = False  # left padding on some prompts
     completion_mask = np.arange(T)[None] < rng.integers(1, T + 1, R)[:, None]
-    return {"prompt_tokens": rng.integers(4, V, (R, P)).astype(np.int32),
+    return {"prompt_tokens": rng.integers(4, V, (Q, P)).astype(np.int32),
             "prompt_mask": prompt_mask,
             "completion_tokens": rng.integers(4, V, (R, T)).astype(np.int32),
             "completion_mask": completion_mask,
@@ -183,7 +184,7 @@ def test_micro_batched_update_equals_the_full_batch_update():
     tx, schedule = optax.sgd(1.0), optax.constant_schedule(1.0)
     results = {}
     for m in (1, 2, 4):
-        grpo_config = GRPOConfig(queries_per_step=2, micro_batches=m)
+        grpo_config = GRPOConfig(queries_per_step=4, num_rollouts=2, micro_batches=m)
         graphdef, state = init_train_state(Llama(config, rngs=nnx.Rngs(0)), tx, seed=0)
         step = make_train_step(graphdef, tx, schedule,
                                lambda model, b, rng: grpo.rollout_loss(model, b, grpo_config),

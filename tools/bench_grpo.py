@@ -1,0 +1,114 @@
+"""Benchmark: one GRPO step by phase (rollout, reward, update), steady state.
+
+    taskset -c 0,1 .venv/bin/python -m tools.bench_grpo --dataset=synthetic --init=runs/demo/warmup/params --relevance=runs/demo/relevance --context_k=5 --context_max_tokens=128
+
+Runs --warmup steps (they compile) and then --steps measured steps of GRPOTrainer.train_step in a
+scratch run directory, with experiments.grpo's preset (B queries x N rollouts, max_new_tokens).
+Prints seconds by phase (rollout split into prefill and decode), rollouts/s, sampled tokens/s
+and the reward's share of the step. A warmed-up --init gives realistic completion lengths and
+valid answers (the reward phase does nothing for answers that do not parse).
+
+Also times the update alone two ways on the last step's rollouts: prompts shared by each group
+(grpo.completion_logprobs runs a group's prompt once) and the same batch with the prompt
+repeated for every rollout, which is what running each [prompt, completion] alone costs.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+
+import jax
+import numpy as np
+from absl import app, flags
+
+from experiments import common
+from leser_jax import checkpoint
+from leser_jax.context import ContextConfig
+from leser_jax.grpo import GRPOConfig
+from leser_jax.grpo_trainer import GRPOTrainer, LoopConfig, grpo_update
+from leser_jax.optim import OptimConfig, make_optimizer
+from leser_jax.prompts import AnswerFormat
+from leser_jax.relevance import RelevanceModel
+from leser_jax.reward import RewardConfig, RewardFunction, SearchFeedback
+from tools.timing import timed
+
+common.define_dataset_flags()
+flags.DEFINE_string("init", None, "Policy params checkpoint (with tokenizer).", required=True)
+flags.DEFINE_string("relevance", None, "Relevance model folder.", required=True)
+flags.DEFINE_string("index", None, "Index folder (else built in memory).")
+flags.DEFINE_integer("queries_per_step", 8, "Queries per step [B] (the demo preset's).")
+flags.DEFINE_integer("num_rollouts", 4, "Rollouts per query [N].")
+flags.DEFINE_integer("max_new_tokens", 96, "Longest completion (the demo preset's).")
+flags.DEFINE_integer("context_k", 5, "Context products (as in the warm-up).")
+flags.DEFINE_integer("context_max_tokens", 128, "Context token budget (as in the warm-up).")
+flags.DEFINE_integer("warmup", 2, "Steps run first and not measured (compiles).")
+flags.DEFINE_integer("steps", 5, "Measured steps.")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    del argv
+    model, _, tokenizer = checkpoint.load_init(FLAGS.init)
+    catalog = common.load_catalog()
+    engine = common.open_engine(catalog, FLAGS.index)
+    reward_fn = RewardFunction(SearchFeedback(engine, RelevanceModel.load(FLAGS.relevance, engine),
+                                              RewardConfig()))
+    config = GRPOConfig(queries_per_step=FLAGS.queries_per_step, num_rollouts=FLAGS.num_rollouts,
+                        max_new_tokens=FLAGS.max_new_tokens)
+    total = FLAGS.warmup + FLAGS.steps
+    tx, schedule = make_optimizer(OptimConfig(lr=1e-5, total_steps=total, warmup_steps=0))
+    with tempfile.TemporaryDirectory() as run_dir:
+        trainer = GRPOTrainer(
+            run_dir, init_model=model, tokenizer=tokenizer, reward_fn=reward_fn,
+            train_queries=catalog.split("train"), dev_queries=[], catalog=catalog,
+            grpo_config=config, tx=tx, schedule=schedule,
+            context=ContextConfig(k=FLAGS.context_k, max_tokens=FLAGS.context_max_tokens),
+            answer=AnswerFormat(), loop=LoopConfig(total_steps=total, samples_every=0),
+            configs={})
+        records = []
+        for step in range(total):
+            metrics, _, _ = trainer.train_step(step)
+            if step >= FLAGS.warmup:
+                records.append(metrics)
+        batch = trainer.last_batch
+
+    def median(name):
+        return statistics.median(r[name] for r in records)
+
+    R = config.queries_per_step * config.num_rollouts
+    P = batch["prompt_tokens"].shape[1]
+    T = batch["completion_tokens"].shape[1]
+    print(f"load average: {os.getloadavg()[0]:.2f}; {FLAGS.steps} steps after {FLAGS.warmup}; "
+          f"{R} rollouts = {config.queries_per_step} queries x {config.num_rollouts}; prompt "
+          f"bucket {P}, completions {median('length'):.0f} tokens on average (max {T}); "
+          f"valid {median('valid'):.0%}")
+    step_s = median("step_s")
+    rows = [("rollout", median("rollout_s")), ("  prefill", median("prefill_s")),
+            ("  decode", median("decode_s")), ("reward", median("reward_s")),
+            ("update (ref log-probs + mu updates)", median("update_s")), ("step", step_s)]
+    print("| phase | s (median) | share of step |")
+    print("|-------|-----------:|--------------:|")
+    for name, s in rows:
+        print(f"| {name} | {s:.3f} | {s / step_s:.1%} |")
+    print(f"rollouts/s {R / step_s:.1f}; sampled tokens/s {median('tok_s'):,.0f}")
+
+    # The update alone: group-shared prompts against a prompt per rollout.
+    update = grpo_update(trainer.graphdef, tx, schedule, config)
+    tiled = dict(batch, prompt_tokens=np.repeat(batch["prompt_tokens"], config.num_rollouts, 0),
+                 prompt_mask=np.repeat(batch["prompt_mask"], config.num_rollouts, 0))
+    print("| update alone | s (best of 3) |")
+    print("|--------------|--------------:|")
+    for name, b in (("prompt once per group", batch), ("prompt per rollout", tiled)):
+        state = jax.tree.map(lambda x: x.copy(), trainer.state)
+        (state, _), _ = timed(update, state, b)  # compiles for this shape
+        best = float("inf")
+        for _ in range(3):
+            (state, _), seconds = timed(update, state, b)
+            best = min(best, seconds)
+        print(f"| {name} | {best:.3f} |")
+
+
+if __name__ == "__main__":
+    app.run(main)
