@@ -2,112 +2,378 @@
 
     python -m experiments.pipeline --preset=demo --dataset=synthetic --run_dir=runs/demo
 
-Stages, each writing into the run directory and skipped when its output is complete, so a rerun
-resumes where the last one stopped:
+Every stage but the first is a subprocess of its own launcher (`python -m experiments.X`, with
+its own flags, progress bars, log and resume logic), teed to RUN_DIR/logs/STAGE.log:
 
-    dataset   the catalog (a synthetic one is written in the canonical layout to RUN_DIR/dataset)
-    index     the Tantivy BM25 index (RUN_DIR/index)
-    searches  a few test queries of each kind and what the original query retrieves
+    dataset          synthetic only: the catalog in the canonical layout  -> DIR/dataset
+    index            experiments.build_index (Tantivy BM25)                -> DIR/index
+    relevance        experiments.train_relevance (XGBoost rel(q, p))       -> DIR/relevance
+    pretrain         experiments.pretrain (tokenizer + the catalog's text) -> DIR/pretrain
+    teacher          experiments.teacher (search-guided warm-up data)      -> RUN_DIR/teacher.jsonl
+    warmup           experiments.warmup (SFT on the teacher's answers)     -> RUN_DIR/warmup
+    grpo             experiments.grpo from the warm-up                     -> RUN_DIR/grpo
+    grpo_no_warmup   experiments.grpo from the pretrained model (the paper's ablation)
+                                                                           -> RUN_DIR/grpo_no_warmup
+    evaluate         experiments.evaluate on the TEST split: original query, RM3, teacher,
+                     warmup, grpo, grpo_no_warmup -> RUN_DIR/results.{json,md}, gains.png,
+                     grpo_training.png (reward, KL and validity over GRPO steps)
 
-The relevance model, tokenizer, pretraining, teacher data, warm-up, GRPO and evaluation stages
-join this list as they are built (issues 3-9).
+DIR is --shared_dir (default RUN_DIR): the stages that no ablation flag changes. A stage is
+skipped when its record, STAGE_ROOT/stages/STAGE.json, says that it finished with the same
+command and the file its launcher writes last exists; otherwise it runs, and its launcher resumes
+from its own checkpoints, so a rerun after a crash or Ctrl-C goes on where it stopped. A record
+with another command stops the pipeline before anything runs: that stage's outputs and
+checkpoints came from other settings (use another --run_dir, or delete the stage's output and
+record, and those of the stages after it). The end prints the results table and each stage's
+wall time.
+
+The prompt's context (k, token budget), the teacher's answer length and the longest answer are
+set once per preset (PRESETS) and passed to every stage that renders a prompt: the teacher,
+warm-up, GRPO and evaluation see the same prompt. Ablations of issue 9, one command each
+(--shared_dir reuses the main run's dataset, index, relevance model and pretraining):
+
+    --reward_lambda=0|0.1|0.5|1   the coverage weight [lambda] of the teacher's and GRPO's reward
+    --context_k=0|1|5|10|20       products in the context; the token budget scales with k up to
+                                  the preset's cap (what the model's window holds: the demo
+                                  model's 512 tokens fit a 256-token prompt bucket + 96 new
+                                  tokens, so k > 5 shows no more than k = 5 there), or is
+                                  --context_max_tokens. With k=0 the teacher still draws its
+                                  candidates from the preset's context (it has none else)
+    --warmup=false                no teacher data, warm-up, or GRPO from the warm-up
+    --num_rollouts=2|4|8          GRPO's group size [N]
+    e.g. python -m experiments.pipeline --run_dir=runs/demo_lambda0.5 --shared_dir=runs/demo --reward_lambda=0.5
+
+Demo budget: `make demo` (install + this) must finish within 15 minutes on 2 CPU cores, so the
+demo preset cuts the launchers' step counts (PRESETS below). Measured 2026-11-26 with nice -n 10
+on the shared 2-core machine (load 1.3-2.0), seconds: dataset 3, index 2, relevance 15, pretrain
+(150 steps) 157, teacher 25, warm-up (120 steps x 8) 158, GRPO (8 steps x 8 queries x 4) 138,
+GRPO without warm-up 124, evaluation (220 test queries, 6 systems) 71: 693 s in all, and about
+66 s for a fresh venv's install. GRPO costs ~12 s a step: DEMO_GRPO_STEPS is the knob.
 """
 
 from __future__ import annotations
 
-import collections
+import dataclasses
 import json
 import os
+import subprocess
+import sys
 import time
+from collections.abc import Callable, Sequence
 
 from absl import app, flags
 
 from experiments import common
-from leser_jax.catalog import Catalog
 from leser_jax.data import canonical
-from leser_jax.search import SearchConfig, SearchEngine
+from leser_jax.reward import RewardConfig
+
+# GRPO steps of the demo: THE constant to adjust to the 15-minute budget. Each step is 8 queries
+# x 4 rollouts, ~7 s on 2 busy cores since a group shares its prompt (~3 s sampling, ~4 s update),
+# for each of the two runs.
+DEMO_GRPO_STEPS = 12
+
+# What stages must agree on, once per preset, and the demo's cuts to fit its budget.
+# context_*: the prompt's context (teacher, warm-up, GRPO, evaluation); max_context_tokens: the
+# largest budget whose prompts (measured: k=5 at 128 tokens -> prompts of <= 236 tokens, k=10 at
+# 256 -> <= 400) still fit the model's max_seq_len with max_new_tokens; teacher_max_expansions:
+# the teacher's (and so the warm-up's) answers; max_new_tokens: the longest answer GRPO samples
+# and evaluation decodes. Stage tuples: extra flags of that launcher.
+PRESETS = {
+    "demo": dict(
+        context_k=5, context_max_tokens=128, max_context_tokens=128, teacher_max_expansions=2,
+        max_new_tokens=96, grpo_steps=DEMO_GRPO_STEPS,
+        pretrain=("--steps=150",),
+        warmup=("--steps=120", "--batch_size=8", "--eval_queries=64"),
+        grpo=("--eval_every=0", "--checkpoint_every=4"),
+        evaluate=()),
+    # cpu: the launchers' own presets for the step counts (experiments/*.py PRESETS).
+    "cpu": dict(
+        context_k=5, context_max_tokens=128, max_context_tokens=256, teacher_max_expansions=2,
+        max_new_tokens=128, grpo_steps=None, pretrain=(), warmup=(), grpo=(), evaluate=()),
+}
 
 common.define_dataset_flags()
-flags.DEFINE_enum("preset", "demo", ["demo", "cpu"],
+flags.DEFINE_enum("preset", "demo", list(PRESETS),
                   "demo: synthetic catalog, minutes on a laptop; cpu: real data, about an hour.")
 flags.DEFINE_string("run_dir", None, "Where every stage writes its output.", required=True)
-flags.DEFINE_integer("show_queries", 2, "Queries of each kind shown by the searches stage.")
+flags.DEFINE_string("shared_dir", None, "Where the dataset, index, relevance model and "
+                    "pretraining go (default: --run_dir); point ablation runs at the main run.")
+flags.DEFINE_float("reward_lambda", RewardConfig().lam,
+                   "Coverage weight [lambda] of the reward (teacher, GRPO).")
+flags.DEFINE_integer("context_k", None, "Products shown as context (default: the preset's).")
+flags.DEFINE_integer("context_max_tokens", None, "Context token budget (default: the preset's, "
+                     "scaled by context_k / the preset's k).")
+flags.DEFINE_bool("warmup", True, "Run the teacher, the warm-up and GRPO from the warm-up.")
+flags.DEFINE_bool("grpo_no_warmup", True, "Also run GRPO from the pretrained model (ablation).")
+flags.DEFINE_integer("num_rollouts", 4, "GRPO rollouts per query [N] (the paper's 4).")
+flags.DEFINE_integer("grpo_steps", None, "GRPO steps (default: the preset's).")
+flags.DEFINE_bool("dry_run", False, "Print each stage's command and state; run nothing.")
 FLAGS = flags.FLAGS
 
-DONE = "DONE.json"  # written last by a stage: its presence means the stage's output is complete
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def stage_done(path: str, inputs: dict) -> bool:
-    """Whether the stage at `path` finished, from the same `inputs` (its settings)."""
+# ----------------------------------------------------------------------------- stages
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """A step of the pipeline: `command` (a launcher's module and flags) writes `output` last."""
+
+    name: str
+    command: tuple[str, ...]
+    output: str
+    root: str  # the run directory whose stages/ and logs/ hold this stage's record and log
+
+    @property
+    def record(self) -> str:
+        return os.path.join(self.root, "stages", f"{self.name}.json")
+
+    @property
+    def log(self) -> str:
+        return os.path.join(self.root, "logs", f"{self.name}.log")
+
+
+class StageConflict(RuntimeError):
+    """A stage's record holds another command: its outputs came from other settings."""
+
+
+def read_record(stage: Stage) -> dict | None:
     try:
-        with open(os.path.join(path, DONE)) as f:
-            return json.load(f)["inputs"] == inputs
-    except (OSError, ValueError, KeyError):
-        return False
+        with open(stage.record) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
 
 
-def mark_done(path: str, inputs: dict, **info) -> None:
-    with open(os.path.join(path, DONE), "w") as f:
-        json.dump({"inputs": inputs, **info}, f, indent=1)
+def write_record(stage: Stage, **info) -> None:
+    os.makedirs(os.path.dirname(stage.record), exist_ok=True)
+    with open(stage.record + ".tmp", "w") as f:
+        json.dump({"command": list(stage.command), **info}, f, indent=1)
+    os.replace(stage.record + ".tmp", stage.record)
 
 
-def dataset_stage(run_dir: str) -> Catalog:
-    """Loads the dataset; a synthetic one is written out once and read back on later runs."""
-    if FLAGS.dataset != "synthetic":
-        return common.load_catalog()
-    path = os.path.join(run_dir, "dataset")
-    inputs = {"seed": FLAGS.synthetic_seed, "products": FLAGS.synthetic_products,
-              "queries": FLAGS.synthetic_queries}
-    if not stage_done(path, inputs):
-        start = time.perf_counter()
-        catalog = common.load_catalog()
-        canonical.write(catalog, path, license="synthetic, generated by leser_jax")
-        mark_done(path, inputs, seconds=round(time.perf_counter() - start, 2), catalog=repr(catalog))
-        print(f"[dataset] generated {catalog!r} -> {path}")
-    catalog = canonical.load(path, split_config=common.load_split_config())
-    print(f"[dataset] {catalog!r}")
-    return catalog
+def stage_state(stage: Stage) -> str:
+    """'done' (skip it), 'todo' (run or resume it) or 'conflict' (another command's outputs)."""
+    record = read_record(stage)
+    if record is None:
+        return "todo"
+    if record.get("command") != list(stage.command):
+        return "conflict"
+    return "done" if record.get("done") and os.path.exists(stage.output) else "todo"
 
 
-def index_stage(run_dir: str, catalog: Catalog) -> SearchEngine:
-    path = os.path.join(run_dir, "index")
-    if os.path.isdir(path):
-        try:
-            engine = SearchEngine.open(path, catalog)
-            print(f"[index] reopened {path}: {engine.num_docs:,} documents")
-            return engine
-        except (FileNotFoundError, ValueError) as e:
-            print(f"[index] rebuilding: {e}")
+def conflict_message(stages: Sequence[Stage]) -> str:
+    """What differs in each conflicting stage's command, and what to do about it."""
+    lines = []
+    for stage in stages:
+        old, new = read_record(stage)["command"], list(stage.command)
+        lines.append(f"stage {stage.name} ({stage.record}) ran with "
+                     f"{' '.join(c for c in old if c not in new) or '(other order)'}; this run "
+                     f"asks for {' '.join(c for c in new if c not in old) or '(other order)'}")
+    return "\n".join(lines + [
+        "Their outputs and checkpoints come from those settings. Use another --run_dir (with "
+        "--shared_dir to reuse the shared stages), or delete those stages' outputs and records "
+        "and those of the stages after them."])
+
+
+def launch(stage: Stage) -> None:
+    """Runs `python -m <command>`, its stdout and stderr teed to the console and stage.log."""
+    os.makedirs(os.path.dirname(stage.log), exist_ok=True)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [REPO] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
+    with open(stage.log, "ab") as log, subprocess.Popen(
+            [sys.executable, "-m", *stage.command], stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, env=env) as proc:
+        for chunk in iter(lambda: proc.stdout.read1(1 << 16), b""):
+            sys.stdout.buffer.write(chunk)
+            sys.stdout.flush()
+            log.write(chunk)
+    if proc.returncode:
+        raise subprocess.CalledProcessError(proc.returncode, stage.command)
+
+
+def run_stage(stage: Stage, runner: Callable[[Stage], None] = launch) -> dict:
+    """Skips a finished stage, else runs (or resumes) it; returns {name, seconds, skipped}."""
+    state = stage_state(stage)
+    if state == "conflict":
+        raise StageConflict(conflict_message([stage]))
+    if state == "done":
+        print(f"[pipeline] {stage.name}: done ({stage.output}), skipped", flush=True)
+        return {"name": stage.name, "seconds": read_record(stage).get("seconds"), "skipped": True}
+    print(f"\n[pipeline] {stage.name}: {' '.join(stage.command)}", flush=True)
+    write_record(stage, done=False)
     start = time.perf_counter()
-    engine = SearchEngine.build(catalog, SearchConfig(), path=path)
-    print(f"[index] built {path}: {engine.num_docs:,} documents in "
-          f"{time.perf_counter() - start:.1f} s")
-    return engine
+    runner(stage)
+    seconds = round(time.perf_counter() - start, 1)
+    if not os.path.exists(stage.output):
+        raise RuntimeError(f"stage {stage.name} exited without writing {stage.output}")
+    write_record(stage, done=True, seconds=seconds)
+    return {"name": stage.name, "seconds": seconds, "skipped": False}
 
 
-def searches_stage(catalog: Catalog, engine: SearchEngine, per_kind: int, k: int = 5) -> None:
-    """Shows what the original query finds; grades from the judgments (? = unjudged)."""
-    by_kind = collections.defaultdict(list)
-    for q in catalog.split("test"):
-        if len(by_kind[q.kind]) < per_kind:
-            by_kind[q.kind].append(q)
-    for kind, queries in sorted(by_kind.items()):
-        for q in queries:
-            judged = catalog.judgments.get(q.query_id, {})
-            print(f"\n[search] ({kind or 'query'}) {q.text!r}")
-            hits = engine.search(q.text, k)
-            for pid, score in zip(hits.product_ids, hits.scores):
-                grade = judged.get(pid)
-                print(f"   {score:6.2f}  grade {'?' if grade is None else f'{grade:g}'}  "
-                      f"{catalog.product(pid).title[:90]}")
+def run_all(stages: Sequence[Stage], runners: dict[str, Callable[[Stage], None]] = {}
+            ) -> list[dict]:
+    """Checks every record first (a conflict stops the pipeline before anything runs), then
+    runs the stages in order."""
+    conflicts = [s for s in stages if stage_state(s) == "conflict"]
+    if conflicts:
+        raise StageConflict(conflict_message(conflicts))
+    return [run_stage(s, runners.get(s.name, launch)) for s in stages]
+
+
+# ----------------------------------------------------------------------------- the plan
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Everything the plan depends on (from the flags; tests build it directly)."""
+
+    preset: str
+    run_dir: str
+    shared_dir: str
+    dataset: str  # 'synthetic' or a folder
+    dataset_flags: tuple[str, ...] = ()  # split fractions, --strict, --esci_locale
+    reward_lambda: float = RewardConfig().lam
+    context_k: int | None = None
+    context_max_tokens: int | None = None
+    warmup: bool = True
+    grpo_no_warmup: bool = True
+    num_rollouts: int = 4
+    grpo_steps: int | None = None
+
+    def context(self) -> tuple[int, int]:
+        """(k, token budget): the preset's, or the given k with a budget scaled to it (up to the
+        preset's max_context_tokens), or the given budget."""
+        p = PRESETS[self.preset]
+        k = p["context_k"] if self.context_k is None else self.context_k
+        if self.context_max_tokens is not None:
+            return k, self.context_max_tokens
+        return k, min(round(p["context_max_tokens"] * k / p["context_k"]), p["max_context_tokens"])
+
+
+def plan(s: Settings) -> list[Stage]:
+    """The stages in order, with their commands (see the module docstring)."""
+    p = PRESETS[s.preset]
+    shared, run = s.shared_dir, s.run_dir
+    data = os.path.join(shared, "dataset") if s.dataset == "synthetic" else s.dataset
+    dataset = (f"--dataset={data}", *s.dataset_flags)
+    index, relevance = os.path.join(shared, "index"), os.path.join(shared, "relevance")
+    pretrain = os.path.join(shared, "pretrain")
+    k, max_tokens = s.context()
+    context = (f"--context_k={k}", f"--context_max_tokens={max_tokens}")
+    # The teacher draws its candidates from the context: with none (k=0) it uses the preset's.
+    teacher_context = context if k else (f"--context_k={p['context_k']}",
+                                         f"--context_max_tokens={p['context_max_tokens']}")
+    preset = (f"--preset={s.preset}",)
+    grpo_steps = s.grpo_steps or p["grpo_steps"]
+    grpo = ("experiments.grpo", *preset, *dataset, f"--index={index}",
+            f"--relevance={relevance}", *context, f"--reward_lambda={s.reward_lambda}",
+            f"--num_rollouts={s.num_rollouts}", f"--max_new_tokens={p['max_new_tokens']}",
+            *((f"--steps={grpo_steps}",) if grpo_steps else ()), *p["grpo"])
+
+    def stage(name, command, output, root=run):
+        return Stage(name, tuple(command), output, root)
+
+    stages = []
+    if s.dataset == "synthetic":
+        stages.append(stage("dataset", ("dataset", *s.dataset_flags),
+                            os.path.join(data, "dataset.json"), shared))
+    stages += [
+        stage("index", ("experiments.build_index", *dataset, f"--out={shared}"),
+              os.path.join(shared, "stats.json"), shared),
+        stage("relevance", ("experiments.train_relevance", *dataset, f"--out={relevance}"),
+              os.path.join(relevance, "metrics.json"), shared),
+        stage("pretrain", ("experiments.pretrain", *preset, *dataset, f"--run_dir={pretrain}",
+                           *p["pretrain"]),
+              os.path.join(pretrain, "params", "config.json"), shared)]
+    policies = []
+    if s.warmup:
+        teacher_file = os.path.join(run, "teacher.jsonl")
+        stages += [
+            stage("teacher", ("experiments.teacher", *dataset, f"--index={index}",
+                              f"--relevance={relevance}", f"--out={teacher_file}",
+                              *teacher_context, f"--max_expansions={p['teacher_max_expansions']}",
+                              f"--reward_lambda={s.reward_lambda}"),
+                  teacher_file + ".summary.json"),
+            stage("warmup", ("experiments.warmup", *preset, *dataset, f"--init={pretrain}",
+                             f"--teacher_file={teacher_file}", f"--index={index}",
+                             f"--run_dir={os.path.join(run, 'warmup')}", *context, *p["warmup"]),
+                  os.path.join(run, "warmup", "format.json")),
+            stage("grpo", (*grpo, f"--init={os.path.join(run, 'warmup', 'params')}",
+                           f"--run_dir={os.path.join(run, 'grpo')}"),
+                  os.path.join(run, "grpo", "DONE.json"))]
+        policies += [f"--policy=warmup={os.path.join(run, 'warmup')}",
+                     f"--policy=grpo={os.path.join(run, 'grpo')}"]
+    if s.grpo_no_warmup:
+        stages.append(stage("grpo_no_warmup", (
+            *grpo, f"--init={os.path.join(pretrain, 'params')}",
+            f"--run_dir={os.path.join(run, 'grpo_no_warmup')}"),
+            os.path.join(run, "grpo_no_warmup", "DONE.json")))
+        policies.append(f"--policy=grpo_no_warmup={os.path.join(run, 'grpo_no_warmup')}")
+    stages.append(stage("evaluate", (
+        "experiments.evaluate", *dataset, f"--index={index}", f"--relevance={relevance}",
+        f"--out={run}", *context, f"--teacher_max_expansions={p['teacher_max_expansions']}",
+        f"--reward_lambda={s.reward_lambda}", f"--max_new_tokens={p['max_new_tokens']}",
+        f"--reference={'grpo' if s.warmup else 'grpo_no_warmup'}", *policies, *p["evaluate"]),
+        os.path.join(run, "results.json")))
+    return stages
+
+
+def write_dataset(stage: Stage) -> None:
+    """The dataset stage, in-process: the synthetic catalog in the canonical layout, so that
+    every later stage reads the same files (and need not regenerate it)."""
+    catalog = common.load_catalog()
+    canonical.write(catalog, os.path.dirname(stage.output),
+                    license="synthetic, generated by leser_jax")
+    print(f"[dataset] {catalog!r} -> {os.path.dirname(stage.output)}")
+
+
+def settings_from_flags() -> Settings:
+    dataset_flags = [f"--dev_fraction={FLAGS.dev_fraction}",
+                     f"--test_fraction={FLAGS.test_fraction}"]
+    if FLAGS.dataset == "synthetic":
+        # Only the dataset stage generates; what it generated is in its command (and record).
+        dataset_flags = [f"--synthetic_seed={FLAGS.synthetic_seed}",
+                         f"--synthetic_products={FLAGS.synthetic_products}",
+                         f"--synthetic_queries={FLAGS.synthetic_queries}"] + dataset_flags
+    else:
+        dataset_flags += [f"--esci_locale={FLAGS.esci_locale}"] + (["--strict"] if FLAGS.strict
+                                                                   else [])
+    return Settings(preset=FLAGS.preset, run_dir=FLAGS.run_dir,
+                    shared_dir=FLAGS.shared_dir or FLAGS.run_dir, dataset=FLAGS.dataset,
+                    dataset_flags=tuple(dataset_flags), reward_lambda=FLAGS.reward_lambda,
+                    context_k=FLAGS.context_k, context_max_tokens=FLAGS.context_max_tokens,
+                    warmup=FLAGS.warmup, grpo_no_warmup=FLAGS.grpo_no_warmup,
+                    num_rollouts=FLAGS.num_rollouts, grpo_steps=FLAGS.grpo_steps)
 
 
 def main(argv):
     del argv
-    os.makedirs(FLAGS.run_dir, exist_ok=True)
-    catalog = dataset_stage(FLAGS.run_dir)
-    engine = index_stage(FLAGS.run_dir, catalog)
-    searches_stage(catalog, engine, FLAGS.show_queries)
+    settings = settings_from_flags()
+    k, max_tokens = settings.context()
+    print(f"[pipeline] context: k={k} products in at most {max_tokens} tokens "
+          f"(teacher, warm-up, GRPO, evaluation)")
+    stages = plan(settings)
+    if FLAGS.dry_run:
+        for s in stages:
+            print(f"[{stage_state(s)}] {s.name}: {' '.join(s.command)}")
+        return
+    start = time.perf_counter()
+    try:
+        times = run_all(stages, runners={"dataset": write_dataset})
+    except StageConflict as e:
+        sys.exit(f"[pipeline] {e}")
+    except subprocess.CalledProcessError as e:
+        name = next(s for s in stages if s.command == tuple(e.cmd))
+        sys.exit(f"[pipeline] stage {name.name} failed (exit {e.returncode}); its log is "
+                 f"{name.log}. Rerun the same command to resume.")
+    with open(os.path.join(settings.run_dir, "results.md")) as f:
+        print("\n" + f.read())
+    print("| stage | seconds | |\n|---|---|---|")
+    for t in times:
+        how = "skipped (done before)" if t["skipped"] else "ran"
+        print(f"| {t['name']} | {t['seconds']} | {how} |")
+    print(f"\n[pipeline] {time.perf_counter() - start:.0f} s; results, plots and logs in "
+          f"{settings.run_dir}")
 
 
 if __name__ == "__main__":

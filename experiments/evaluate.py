@@ -1,0 +1,133 @@
+"""Evaluates query-expansion systems side by side on held-out queries (the paper's results table).
+
+    python -m experiments.evaluate --dataset=synthetic --index=runs/demo/index --relevance=runs/demo/relevance --out=runs/demo --context_k=5 --context_max_tokens=128 --teacher_max_expansions=2 --policy=warmup=runs/demo/warmup --policy=grpo=runs/demo/grpo --policy=grpo_no_warmup=runs/demo/grpo_no_warmup
+
+Systems, in this order: `original` (the query alone, Y = {}), `rm3` (pseudo-relevance feedback,
+leser_jax.baselines), `teacher` (the search-guided teacher the warm-up imitates; it optimises the
+reward with the relevance model, never the judgments) and every --policy NAME=DIR (a params
+checkpoint with its tokenizer, or a run dir holding one at DIR/params; greedy decoding, the
+prompt it was trained on). For each, on the --split queries: relevance gain, retrieval gain,
+judged recall, judged nDCG@10, format validity, expansions per answer (95% bootstrap intervals
+over queries) and generation latency per query; then --reference (warm-up + GRPO) minus each
+other system, paired over the same queries (leser_jax.evaluation).
+
+The context flags must be those the policies were trained with: a policy's run records them in
+its checkpoints, and a mismatch is an error. The teacher flags should be those that wrote the
+warm-up data. Writes OUT/results.json, OUT/results.md, OUT/gains.png and, when a policy's run
+dir has GRPO metrics, OUT/grpo_training.png (reward, KL and validity over steps); prints the table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+
+from absl import app, flags
+
+from experiments import common
+from leser_jax import evaluation, plots, run_log
+from leser_jax.context import ContextConfig
+from leser_jax.relevance import RelevanceModel
+from leser_jax.reward import RewardConfig, SearchFeedback
+from leser_jax.teacher import TeacherConfig
+
+_R = RewardConfig()
+
+common.define_dataset_flags()
+flags.DEFINE_string("out", None, "Output folder: results.json, results.md, *.png.", required=True)
+flags.DEFINE_string("index", None, "Index folder from experiments.build_index (else built in "
+                    "memory).")
+flags.DEFINE_string("relevance", None, "Folder of a model from experiments.train_relevance.",
+                    required=True)
+flags.DEFINE_multi_string("policy", [], "NAME=DIR: a policy checkpoint to evaluate (repeatable).")
+flags.DEFINE_list("baselines", list(evaluation.BASELINES), "Baseline systems to include.")
+flags.DEFINE_string("reference", "grpo", "System the others are compared with, paired.")
+flags.DEFINE_enum("split", "test", ["train", "dev", "test"], "Queries to evaluate on.")
+flags.DEFINE_integer("num_queries", 0, "Evaluate the first this many queries (0 = all).")
+flags.DEFINE_integer("context_k", ContextConfig().k, "Products of the query shown as context.")
+flags.DEFINE_integer("context_max_tokens", ContextConfig().max_tokens, "Context token budget.")
+flags.DEFINE_integer("max_new_tokens", 96, "Longest policy answer (GRPO's --max_new_tokens).")
+flags.DEFINE_integer("batch_size", 32, "Queries per system call.")
+flags.DEFINE_integer("teacher_max_expansions", None, "Teacher: most expansions per answer.")
+flags.DEFINE_integer("teacher_max_candidates", TeacherConfig().max_candidates,
+                     "Teacher: candidates per query.")
+flags.DEFINE_integer("reward_k", _R.k, "Hits per search [k].")
+flags.DEFINE_float("reward_tau", _R.tau, "Relevance from which a product is a hit [tau].")
+flags.DEFINE_float("reward_lambda", _R.lam, "Teacher: weight of coverage in its reward.")
+flags.DEFINE_integer("bootstrap_samples", 1000, "Bootstrap resamples of the queries.")
+flags.DEFINE_integer("seed", 0, "Bootstrap seed.")
+FLAGS = flags.FLAGS
+
+
+def parse_policies(specs: list[str]) -> dict[str, str]:
+    policies = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise app.UsageError(f"--policy={spec}: expected NAME=DIR")
+        if name in policies:
+            raise app.UsageError(f"--policy={spec}: the name {name!r} is taken")
+        policies[name] = path
+    return policies
+
+
+def main(argv):
+    del argv
+    run_log.quiet_library_logs()
+    start = time.perf_counter()
+    policies = parse_policies(FLAGS.policy)
+    context = ContextConfig(k=FLAGS.context_k, max_tokens=FLAGS.context_max_tokens)
+    reward = RewardConfig(k=FLAGS.reward_k, tau=FLAGS.reward_tau, lam=FLAGS.reward_lambda)
+    teacher_config = TeacherConfig(max_candidates=FLAGS.teacher_max_candidates,
+                                   max_expansions=FLAGS.teacher_max_expansions)
+    for name, c in (("context", context), ("reward", reward), ("teacher", teacher_config)):
+        common.log_config(name, c)
+    catalog = common.load_catalog()
+    engine = common.open_engine(catalog, FLAGS.index)
+    relevance = RelevanceModel.load(FLAGS.relevance, engine)
+    queries = catalog.split(FLAGS.split)
+    queries = queries[:FLAGS.num_queries] if FLAGS.num_queries else queries
+    systems = evaluation.make_systems(FLAGS.baselines, policies, engine, relevance,
+                                      context=context, reward=reward, teacher=teacher_config,
+                                      max_new_tokens=FLAGS.max_new_tokens)
+    feedback = SearchFeedback(engine, relevance, reward)
+    results, reasons = evaluation.evaluate_systems(systems, queries, catalog, feedback,
+                                          batch_size=FLAGS.batch_size,
+                                          bootstrap_samples=FLAGS.bootstrap_samples,
+                                          seed=FLAGS.seed)
+    # Judged recall is defined where a query has a judged-relevant product: the same queries for
+    # every system.
+    judged = next(iter(results.values())).metrics["judged_recall"].n
+    description = (
+        f"{len(queries)} {FLAGS.split} queries of {catalog.name} ({judged} with a judged-relevant "
+        f"product); context k={context.k}, {context.max_tokens} tokens; searches top-{reward.k}, "
+        f"hit at rel >= {reward.tau}; policies decode greedily (up to {FLAGS.max_new_tokens} tokens), "
+        f"latency in batches of {FLAGS.batch_size} (first call of each size, which compiles, "
+        "left out). Means with 95% bootstrap intervals over queries.")
+    info = {"description": description, "split": FLAGS.split, "queries": len(queries),
+            "dataset": FLAGS.dataset, "context": dataclasses.asdict(context),
+            "reward": dataclasses.asdict(reward), "teacher": dataclasses.asdict(teacher_config),
+            "max_new_tokens": FLAGS.max_new_tokens, "batch_size": FLAGS.batch_size,
+            "policies": policies, "seconds": round(time.perf_counter() - start, 1)}
+    table = evaluation.write_results(FLAGS.out, evaluation.results_dict(
+        results, reference=FLAGS.reference, reasons=reasons, info=info,
+        bootstrap_samples=FLAGS.bootstrap_samples, seed=FLAGS.seed))
+    written = [plots.plot_gains(evaluation.read_results(FLAGS.out),
+                                os.path.join(FLAGS.out, "gains.png"))]
+    curves = {}
+    for name, path in policies.items():
+        metrics_file = evaluation.run_dir_of(path) / run_log.METRICS_FILE
+        records = plots.read_jsonl(metrics_file) if metrics_file.is_file() else []
+        if any("reward" in r for r in records):  # GRPO's log (a warm-up's has a loss only)
+            curves[name] = records
+    if curves:
+        written.append(plots.plot_training(curves, os.path.join(FLAGS.out, "grpo_training.png")))
+    print("\n" + table)
+    print(f"wrote {os.path.join(FLAGS.out, 'results.json')}, results.md, "
+          f"{', '.join(os.path.basename(w) for w in written)} in "
+          f"{time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,248 @@
+"""The evaluation table: every query-expansion system on the same held-out queries, side by side.
+
+The paper's comparison (LESER, arXiv 2509.05570, its results table and the warm-up ablation):
+the original query, a pseudo-relevance-feedback baseline, the teacher the warm-up imitates, and
+the trained policies (warm-up only, GRPO without warm-up, warm-up + GRPO). Each system is run
+through `metrics.evaluate` (relevance and retrieval gain, judged recall, judged nDCG@10,
+validity, expansions per answer, all with bootstrap 95% intervals over queries) with one shared
+`SearchFeedback`, so every system is measured by the reward's own code on the same searches.
+
+Additions of ours:
+- Latency is the system's wall time per query over the calls whose batch size it has already
+  seen (`Timed`): a policy compiles its sampler on the first call of each batch shape, and a
+  compile is not generation latency. Batches of `batch_size` queries, as a GRPO step would.
+- Paired differences (`paired_differences`): the reference system (warm-up + GRPO) minus each
+  other one, bootstrapped over the per-query differences. Both systems answer the same queries,
+  so this interval, not the overlap of the two per-system intervals, says whether one beats the
+  other.
+
+`make_systems` builds the side-by-side list (the baselines by name, then policy checkpoints, each
+checked to have been trained with the context it will be shown). `results_dict` is what
+results.json holds; `markdown` renders it (so a table can be re-printed from results.json
+alone); `write_results` writes both.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import math
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from flax import nnx
+
+from leser_jax import checkpoint
+from leser_jax.baselines import RM3Expansion, no_expansion
+from leser_jax.catalog import Catalog, Query
+from leser_jax.context import ContextConfig
+from leser_jax.metrics import Estimate, Evaluation, System, bootstrap, evaluate
+from leser_jax.policy import PolicySystem
+from leser_jax.reward import Relevance, RewardConfig, SearchFeedback
+from leser_jax.sampler import SamplingConfig
+from leser_jax.search import SearchEngine
+from leser_jax.teacher import Teacher, TeacherConfig
+
+# (metric, column title, signed): the table's columns in order; gains are signed.
+COLUMNS = (("relevance_gain", "relevance gain", True), ("retrieval_gain", "retrieval gain", True),
+           ("judged_recall", "judged recall", False), ("ndcg10", "nDCG@10", False),
+           ("validity", "validity", False), ("n_expansions", "expansions", False))
+PAIRED = ("relevance_gain", "retrieval_gain", "judged_recall", "ndcg10")
+BASELINES = ("original", "rm3", "teacher")
+
+
+def run_dir_of(path: str | os.PathLike) -> Path:
+    """The run directory of a policy: DIR itself, or DIR's parent when DIR is RUN/params."""
+    path = Path(path)
+    return path.parent if path.name == "params" and not (path / "checkpoints").is_dir() else path
+
+
+def trained_context(path: str | os.PathLike) -> dict | None:
+    """The context config in the newest readable checkpoint of the policy's run (None if it
+    records none: pretrained or converted weights were never shown a context)."""
+    for _, ckpt in reversed(checkpoint.list_checkpoints(run_dir_of(path))):
+        try:
+            return checkpoint.checkpoint_configs(ckpt).get("context")
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def make_systems(baselines: Sequence[str], policies: Mapping[str, str], engine: SearchEngine,
+                 relevance: Relevance, *, context: ContextConfig, reward: RewardConfig,
+                 teacher: TeacherConfig = TeacherConfig(),
+                 max_new_tokens: int = 96) -> dict[str, System]:
+    """{name: system}: the named `baselines` (of BASELINES) in that order, then each policy
+    {name: params checkpoint or its run dir}, decoding greedily the prompt it was trained on.
+
+    ValueError for an unknown baseline, a name used twice, or a policy whose run recorded
+    another context than `context` (it would be shown a prompt it never learnt to read).
+    """
+    known = {"original": lambda: no_expansion, "rm3": lambda: RM3Expansion(engine),
+             "teacher": lambda: Teacher(engine, relevance, context=context, reward=reward,
+                                        config=teacher)}
+    unknown = [b for b in baselines if b not in known]
+    taken = [p for p in policies if p in baselines]
+    if unknown or taken:
+        raise ValueError(f"unknown baselines {unknown} (known: {BASELINES}) or policy names "
+                         f"that a baseline has {taken}")
+    systems = {name: known[name]() for name in baselines}
+    expected = dataclasses.asdict(context)
+    sampling = SamplingConfig(temperature=0.0, max_new_tokens=max_new_tokens)
+    for name, path in policies.items():
+        trained = trained_context(path)
+        if trained is not None and trained != expected:
+            raise ValueError(f"policy {name} ({path}) was trained with context {trained}, not "
+                             f"{expected}")
+        model, _, tokenizer = checkpoint.load_init(path)
+        graphdef, params = nnx.split(model)
+        systems[name] = PolicySystem(graphdef, params, tokenizer, engine, context=context,
+                                     sampling=sampling)
+    return systems
+
+
+class Timed:
+    """A system that records (batch size, seconds) of every call, and why answers were rejected
+    (parse_answer's reasons: what a policy gets wrong, not only how often)."""
+
+    def __init__(self, system: System):
+        self.system = system
+        self.calls: list[tuple[int, float]] = []
+        self.reasons: collections.Counter[str] = collections.Counter()
+
+    def __call__(self, queries: Sequence[str]):
+        start = time.perf_counter()
+        answers = self.system(queries)
+        self.calls.append((len(queries), time.perf_counter() - start))
+        self.reasons.update(a.reason for a in answers if not a.valid)
+        return answers
+
+    def latency_ms(self) -> float:
+        """Milliseconds per query over repeated batch sizes (all calls if none repeats)."""
+        seen, calls = set(), []
+        for size, seconds in self.calls:
+            if size in seen:
+                calls.append((size, seconds))
+            seen.add(size)
+        calls = calls or self.calls
+        return 1000 * sum(s for _, s in calls) / max(sum(n for n, _ in calls), 1)
+
+
+def evaluate_systems(systems: Mapping[str, System], queries: Sequence[Query], catalog: Catalog,
+                     feedback: SearchFeedback, *, batch_size: int = 32,
+                     bootstrap_samples: int = 1000, seed: int = 0,
+                     log=print) -> tuple[dict[str, Evaluation], dict[str, dict[str, int]]]:
+    """metrics.evaluate for each system on the same queries, with `Timed` latency; also each
+    system's rejection reasons {name: {reason: answers}}."""
+    out, reasons = {}, {}
+    for name, system in systems.items():
+        timed = Timed(system)
+        result = evaluate(timed, queries, catalog, feedback, batch_size=batch_size,
+                          bootstrap_samples=bootstrap_samples, seed=seed)
+        out[name] = dataclasses.replace(result, latency_ms=timed.latency_ms())
+        reasons[name] = dict(timed.reasons.most_common())
+        m = result.metrics
+        log(f"[evaluate] {name}: relevance gain {m['relevance_gain']}, retrieval gain "
+            f"{m['retrieval_gain']}, validity {m['validity'].mean:.3f} "
+            f"{reasons[name] or ''}, {out[name].latency_ms:.1f} ms/query "
+            f"({sum(s for _, s in timed.calls):.1f} s)")
+    return out, reasons
+
+
+def paired_differences(evaluations: Mapping[str, Evaluation], reference: str, *,
+                       metrics: Sequence[str] = PAIRED, samples: int = 1000,
+                       seed: int = 0) -> dict[str, dict[str, Estimate]]:
+    """{other system: {metric: mean and 95% interval of reference - other over the queries}}.
+
+    A query left out of a metric (NaN: no judged-relevant product) is left out for both
+    systems alike, since it depends on the query's judgments only.
+    """
+    ref = evaluations[reference].per_query
+    return {name: {m: bootstrap(ref[m] - e.per_query[m], samples=samples, seed=seed)
+                   for m in metrics}
+            for name, e in evaluations.items() if name != reference}
+
+
+def results_dict(evaluations: Mapping[str, Evaluation], *, reference: str | None = None,
+                 reasons: Mapping[str, Mapping[str, int]] = {}, info: Mapping[str, object] = {},
+                 bootstrap_samples: int = 1000, seed: int = 0) -> dict:
+    """What results.json holds: `info` (split, queries, configs), every system's metrics,
+    latency and rejection reasons in the order given, and the paired differences against
+    `reference` if it is one of them."""
+    out = {**info, "systems": {name: {**e.as_dict(), "rejected": dict(reasons.get(name, {}))}
+                               for name, e in evaluations.items()}}
+    if reference in evaluations and len(evaluations) > 1:
+        diffs = paired_differences(evaluations, reference, samples=bootstrap_samples, seed=seed)
+        out["paired"] = {"reference": reference, "minus": {
+            name: {m: dataclasses.asdict(e) for m, e in d.items()} for name, d in diffs.items()}}
+    return out
+
+
+def _cell(e: Mapping[str, float], signed: bool) -> str:
+    if e["mean"] is None or not math.isfinite(e["mean"]):
+        return "n/a"
+    f = "{:+.3f}" if signed else "{:.3f}"
+    return f"{f.format(e['mean'])} [{f.format(e['low'])}, {f.format(e['high'])}]"
+
+
+def markdown(results: Mapping) -> str:
+    """The results table (and the paired table) in markdown, from a `results_dict`."""
+    lines = []
+    if "description" in results:
+        lines += [str(results["description"]), ""]
+    lines += ["| system | " + " | ".join(title for _, title, _ in COLUMNS) + " | ms/query |",
+              "|---" * (len(COLUMNS) + 2) + "|"]
+    for name, s in results["systems"].items():
+        cells = [_cell(s[m], signed) for m, _, signed in COLUMNS]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {s['latency_ms']:.1f} |")
+    paired = results.get("paired")
+    if paired:
+        titles = dict((m, t) for m, t, _ in COLUMNS)
+        lines += ["", f"{paired['reference']} minus each system, paired over the same queries "
+                  "(95% bootstrap interval; * = the interval excludes 0):", "",
+                  "| minus | " + " | ".join(titles[m] for m in PAIRED) + " |",
+                  "|---" * (len(PAIRED) + 1) + "|"]
+        for name, d in paired["minus"].items():
+            excludes_0 = {m: d[m]["n"] and (d[m]["low"] > 0 or d[m]["high"] < 0) for m in PAIRED}
+            cells = [_cell(d[m], True) + (" *" if excludes_0[m] else "") for m in PAIRED]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(out_dir: str | os.PathLike, results: Mapping) -> str:
+    """Writes OUT/results.json and OUT/results.md (each atomically); returns the markdown."""
+    os.makedirs(out_dir, exist_ok=True)
+    table = markdown(results)
+    for name, text in (("results.json", json.dumps(_finite(results), indent=1) + "\n"),
+                       ("results.md", table)):
+        path = os.path.join(out_dir, name)
+        with open(path + ".tmp", "w") as f:
+            f.write(text)
+        os.replace(path + ".tmp", path)
+    return table
+
+
+def _finite(x):
+    """NaN (a metric no query defines) as null: JSON has no NaN."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, Mapping):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    if isinstance(x, np.generic):
+        return _finite(x.item())
+    return x
+
+
+def read_results(path: str | os.PathLike) -> dict:
+    """results.json as written by `write_results` (a directory holding it, or the file)."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        path = os.path.join(path, "results.json")
+    with open(path) as f:
+        return json.load(f)

@@ -1,0 +1,147 @@
+"""The evaluation table: systems side by side, paired differences, results.json/md, plots."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from flax import nnx
+
+from leser_jax import checkpoint, evaluation, plots
+from leser_jax.context import ContextConfig
+from leser_jax.metrics import METRICS, Estimate, Evaluation
+from leser_jax.model import Llama, ModelConfig
+from leser_jax.prompts import INSTRUCTION
+from leser_jax.reward import RewardConfig, SearchFeedback
+from leser_jax.search import SearchEngine
+from leser_jax.teacher import TeacherConfig
+from leser_jax.tokenizer import train_sentencepiece
+from tests.test_teacher import PRODUCTS, CategoryRelevance, make_catalog
+
+NAN = float("nan")
+
+
+def hand_made(per_query: dict[str, list[float]], estimates: dict[str, Estimate] = {},
+              latency_ms: float = 1.0) -> Evaluation:
+    """An Evaluation with the given per-query values (0 for the metrics not given)."""
+    n = len(next(iter(per_query.values())))
+    values = {m: np.asarray(per_query.get(m, [0.0] * n), np.float64) for m in METRICS}
+    metrics = {m: estimates.get(m, Estimate(float(np.nanmean(v)), 0.0, 0.0, n))
+               for m, v in values.items()}
+    return Evaluation(metrics=metrics, latency_ms=latency_ms, per_query=values)
+
+
+def test_results_json_and_table_from_a_hand_made_evaluation(tmp_path):
+    evaluations = {
+        "original": hand_made({"relevance_gain": [0, 0, 0], "judged_recall": [0.5, NAN, 0.5]}),
+        "grpo": hand_made({"relevance_gain": [0.5, 0.1, 0.3], "judged_recall": [1, NAN, 0.5]},
+                          {"relevance_gain": Estimate(0.3, 0.1, 0.5, 3),
+                           "ndcg10": Estimate(NAN, NAN, NAN, 0)}, latency_ms=12.34)}
+    results = evaluation.results_dict(evaluations, reference="grpo", info={"split": "test"})
+    table = evaluation.write_results(tmp_path, results)
+    saved = evaluation.read_results(tmp_path)
+    assert saved["split"] == "test" and list(saved["systems"]) == ["original", "grpo"]
+    assert saved["systems"]["grpo"]["relevance_gain"] == {"mean": 0.3, "low": 0.1, "high": 0.5,
+                                                          "n": 3}
+    assert saved["systems"]["grpo"]["ndcg10"]["mean"] is None  # NaN is not JSON: null
+    # Paired: grpo - original per query = [0.5, 0.1, 0.3]: mean 0.3, every resample in
+    # [0.1, 0.5]; judged recall [1 - 0.5, (left out), 0.5 - 0.5] = [0.5, 0]: mean 0.25 over 2.
+    minus = saved["paired"]["minus"]["original"]
+    assert list(saved["paired"]["minus"]) == ["original"]
+    assert minus["relevance_gain"]["mean"] == pytest.approx(0.3)
+    assert 0.1 <= minus["relevance_gain"]["low"] < minus["relevance_gain"]["high"] <= 0.5
+    assert minus["judged_recall"]["mean"] == pytest.approx(0.25)
+    assert minus["judged_recall"]["n"] == 2
+    assert table == (tmp_path / "results.md").read_text() == evaluation.markdown(saved)
+    row = next(line for line in table.splitlines() if line.startswith("| grpo |"))
+    assert "| +0.300 [+0.100, +0.500] |" in row and "| n/a |" in row and row.endswith("| 12.3 |")
+    paired_row = next(line for line in table.splitlines() if line.startswith("| original |")
+                      and "*" in line)
+    assert "+0.300 [" in paired_row  # the interval excludes 0: starred
+
+
+def test_latency_leaves_out_the_first_call_of_each_batch_size():
+    timed = evaluation.Timed(lambda queries: queries)
+    timed.calls = [(32, 5.0), (32, 0.32), (8, 3.0), (32, 0.64)]  # the 5 s and 3 s calls compile
+    assert timed.latency_ms() == pytest.approx(1000 * (0.32 + 0.64) / 64)  # = 15 ms
+    timed.calls = [(4, 0.4)]  # nothing repeats: every call counts
+    assert timed.latency_ms() == pytest.approx(100.0)
+
+
+CONTEXT = ContextConfig(k=3, max_tokens=64)
+REWARD = RewardConfig(k=3)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny catalog and engine, and a random tiny policy saved with its tokenizer in a run
+    dir whose checkpoint records the context it was trained with."""
+    catalog = make_catalog()
+    engine = SearchEngine.build(catalog)
+    texts = [title for _, title, _ in PRODUCTS] + [INSTRUCTION.format(m_max=5)] * 20
+    tokenizer = train_sentencepiece(texts, vocab_size=600)
+    config = ModelConfig.tiny().replace(vocab_size=tokenizer.vocab_size, max_seq_len=1024)
+    run = tmp_path_factory.mktemp("policy")
+    checkpoint.save_params(run / "params", Llama(config, rngs=nnx.Rngs(0)), tokenizer=tokenizer)
+    record = run / "checkpoints" / "step_00000002"
+    record.mkdir(parents=True)
+    (record / "configs.json").write_text(json.dumps({"context": {
+        "k": 3, "max_tokens": 64, "max_attributes": 3, "max_title_chars": 100,
+        "max_value_chars": 30, "min_relevance": None}}))
+    return catalog, engine, run
+
+
+def test_every_system_side_by_side_on_a_tiny_catalog(tiny, tmp_path):
+    catalog, engine, run = tiny
+    relevance = CategoryRelevance(catalog)
+    systems = evaluation.make_systems(
+        ["original", "rm3", "teacher"], {"policy": str(run)}, engine, relevance,
+        context=CONTEXT, reward=REWARD, teacher=TeacherConfig(max_expansions=2),
+        max_new_tokens=16)
+    assert list(systems) == ["original", "rm3", "teacher", "policy"]
+    results, reasons = evaluation.evaluate_systems(systems, catalog.queries, catalog,
+                                          SearchFeedback(engine, relevance, REWARD),
+                                          batch_size=2, bootstrap_samples=50, log=lambda _: None)
+    m = {name: e.metrics for name, e in results.items()}
+    assert m["original"]["relevance_gain"].mean == 0 and m["original"]["retrieval_gain"].mean == 0
+    assert m["original"]["n_expansions"].mean == 0
+    assert m["rm3"]["n_expansions"].mean == 2  # RM3Config's num_expansions, every query
+    # The teacher optimises the reward, so its retrieval gain is never negative; its answers
+    # hold 1-2 expansions (max_expansions) and all parse.
+    assert m["teacher"]["validity"].mean == 1 and 1 <= m["teacher"]["n_expansions"].mean <= 2
+    assert m["teacher"]["retrieval_gain"].mean >= 0
+    # An untrained policy writes no valid answer: validity 0, evaluated as Y = {} (gains 0).
+    assert m["policy"]["validity"].mean == 0 and m["policy"]["relevance_gain"].mean == 0
+    assert sum(reasons["policy"].values()) == len(catalog.queries) and reasons["teacher"] == {}
+    assert all(e.latency_ms > 0 and math.isfinite(e.latency_ms) for e in results.values())
+    evaluation.write_results(tmp_path, evaluation.results_dict(results, reference="teacher",
+                                                               reasons=reasons))
+    saved = evaluation.read_results(tmp_path)
+    assert saved["systems"]["policy"]["rejected"] == reasons["policy"]
+    assert list(saved["paired"]["minus"]) == ["original", "rm3", "policy"]
+    png = plots.plot_gains(saved, tmp_path / "gains.png")
+    curves = plots.plot_training({"grpo": [{"step": 1, "reward": 0.5, "kl": 0.0, "valid": 0.5},
+                                           {"step": 2, "reward": 0.7, "kl": None, "valid": 0.9}]},
+                                 tmp_path / "curves.png")
+    for path in (png, curves):
+        assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_policy_trained_with_another_context_is_refused(tiny):
+    catalog, engine, run = tiny
+    assert evaluation.trained_context(run / "params")["k"] == 3  # RUN/params finds RUN's record
+    with pytest.raises(ValueError, match="trained with context"):
+        evaluation.make_systems([], {"policy": str(run)}, engine, CategoryRelevance(catalog),
+                                context=ContextConfig(k=5, max_tokens=64), reward=REWARD)
+    with pytest.raises(ValueError, match="unknown baselines"):
+        evaluation.make_systems(["bm25"], {}, engine, CategoryRelevance(catalog),
+                                context=CONTEXT, reward=REWARD)
+
+
+def test_read_jsonl_keeps_step_records_only(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "reward": 0.5}\n{"step": 1, "text": {"rollouts": "x"}}\n'
+                    '{"step": 2, "rew')  # a text sample, then a line cut short by a crash
+    assert plots.read_jsonl(path) == [{"step": 1, "reward": 0.5}]

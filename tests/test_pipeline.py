@@ -1,0 +1,133 @@
+"""The pipeline's stage records: a finished stage is skipped, an unfinished one runs again, a
+stage recorded with other settings stops the run; and the plan's commands agree on the prompt."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from experiments import pipeline
+from experiments.pipeline import Settings, Stage, plan, run_all, run_stage, stage_state
+
+
+class Writer:
+    """A stand-in launcher: counts its calls and writes the stage's output (or fails first)."""
+
+    def __init__(self, fail_first: bool = False):
+        self.calls, self.fail_first = 0, fail_first
+
+    def __call__(self, stage: Stage) -> None:
+        self.calls += 1
+        if self.fail_first and self.calls == 1:
+            raise subprocess.CalledProcessError(1, stage.command)  # a crash before its output
+        with open(stage.output, "w") as f:
+            f.write("{}")
+
+
+def stage(tmp_path, name="index", *flags) -> Stage:
+    return Stage(name, ("experiments.build_index", f"--out={tmp_path}", *flags),
+                 str(tmp_path / f"{name}.out"), str(tmp_path))
+
+
+def test_a_finished_stage_is_skipped_and_an_unfinished_one_runs_again(tmp_path):
+    s, run = stage(tmp_path), Writer(fail_first=True)
+    with pytest.raises(subprocess.CalledProcessError):
+        run_stage(s, run)
+    assert stage_state(s) == "todo" and not json.loads(open(s.record).read())["done"]
+    assert run_stage(s, run)["skipped"] is False and run.calls == 2  # the rerun resumes it
+    assert stage_state(s) == "done" and json.loads(open(s.record).read())["done"]
+    again = run_stage(s, run)
+    assert again["skipped"] is True and run.calls == 2  # not run a third time
+    # Its output gone (deleted by hand): the record alone does not make it done.
+    (tmp_path / "index.out").unlink()
+    assert run_stage(s, run)["skipped"] is False and run.calls == 3
+
+
+def test_a_stage_that_exits_without_its_output_is_not_done(tmp_path):
+    s = stage(tmp_path)
+    with pytest.raises(RuntimeError, match="without writing"):
+        run_stage(s, lambda _: None)
+    assert stage_state(s) == "todo"
+
+
+def test_other_settings_stop_the_pipeline_before_anything_runs(tmp_path):
+    first, second = stage(tmp_path, "index"), stage(tmp_path, "relevance", "--seed=0")
+    run_all([first, second], {"index": Writer(), "relevance": Writer()})
+    changed = stage(tmp_path, "relevance", "--seed=1")  # same stage, another command
+    fresh = stage(tmp_path, "new")
+    runs = {"new": Writer(), "index": Writer(), "relevance": Writer()}
+    with pytest.raises(pipeline.StageConflict, match="--seed=0"):
+        run_all([fresh, first, changed], runs)
+    assert all(w.calls == 0 for w in runs.values())  # not even the stage before the conflict
+
+
+def test_launch_tees_the_subprocess_and_raises_on_failure(tmp_path):
+    source = tmp_path / "in.json"
+    source.write_text('{"a": 1}')
+    s = Stage("copy", ("json.tool", str(source), str(tmp_path / "out.json")),
+              str(tmp_path / "out.json"), str(tmp_path))
+    assert run_stage(s)["skipped"] is False  # the default runner: python -m json.tool IN OUT
+    assert json.loads((tmp_path / "out.json").read_text()) == {"a": 1}
+    bad = Stage("bad", ("json.tool", str(tmp_path / "missing.json")), str(tmp_path / "x"),
+                str(tmp_path))
+    with pytest.raises(subprocess.CalledProcessError):
+        run_stage(bad)
+    assert "missing.json" in open(bad.log).read()  # stderr went to the stage's log
+
+
+def flag(command, name):
+    values = [c.split("=", 1)[1] for c in command if c.startswith(f"--{name}=")]
+    assert len(values) <= 1, (name, command)
+    return values[0] if values else None
+
+
+def test_plan_runs_every_stage_with_one_context(tmp_path):
+    stages = plan(Settings(preset="demo", run_dir=str(tmp_path / "run"),
+                           shared_dir=str(tmp_path / "run"), dataset="synthetic"))
+    names = [s.name for s in stages]
+    assert names == ["dataset", "index", "relevance", "pretrain", "teacher", "warmup", "grpo",
+                     "grpo_no_warmup", "evaluate"]
+    by = {s.name: s.command for s in stages}
+    p = pipeline.PRESETS["demo"]
+    for name in ("teacher", "warmup", "grpo", "grpo_no_warmup", "evaluate"):
+        assert flag(by[name], "context_k") == str(p["context_k"])
+        assert flag(by[name], "context_max_tokens") == str(p["context_max_tokens"])
+    assert flag(by["teacher"], "max_expansions") == flag(by["evaluate"], "teacher_max_expansions")
+    assert flag(by["grpo"], "max_new_tokens") == flag(by["evaluate"], "max_new_tokens")
+    assert flag(by["grpo"], "init").endswith("warmup/params")
+    assert flag(by["grpo_no_warmup"], "init").endswith("pretrain/params")
+    assert flag(by["grpo"], "steps") == str(pipeline.DEMO_GRPO_STEPS)
+    assert [c for c in by["evaluate"] if c.startswith("--policy=")] == [
+        f"--policy={n}={tmp_path / 'run' / n}" for n in ("warmup", "grpo", "grpo_no_warmup")]
+    # Every later stage reads the catalog the dataset stage wrote.
+    assert {flag(by[n], "dataset") for n in names[1:]} == {str(tmp_path / "run" / "dataset")}
+
+
+def test_ablations_pass_through_and_reuse_the_shared_stages(tmp_path):
+    main, run = str(tmp_path / "main"), str(tmp_path / "ablation")
+    stages = plan(Settings(preset="cpu", run_dir=run, shared_dir=main, dataset="synthetic",
+                           reward_lambda=0.5, context_k=10, warmup=False, num_rollouts=8))
+    by = {s.name: s for s in stages}
+    assert list(by) == ["dataset", "index", "relevance", "pretrain", "grpo_no_warmup", "evaluate"]
+    assert all(by[n].root == main for n in ("dataset", "index", "relevance", "pretrain"))
+    assert all(by[n].root == run for n in ("grpo_no_warmup", "evaluate"))
+    grpo = by["grpo_no_warmup"].command
+    assert flag(grpo, "reward_lambda") == "0.5" and flag(grpo, "num_rollouts") == "8"
+    # k = 10 doubles the preset's 5-product budget of 128 tokens; k = 20 would quadruple it,
+    # but the cpu model's window holds no more than 256 (its cap); the demo's holds 128.
+    assert flag(grpo, "context_k") == "10" and flag(grpo, "context_max_tokens") == "256"
+    assert Settings(preset="cpu", run_dir=run, shared_dir=main, dataset="synthetic",
+                    context_k=20).context() == (20, 256)
+    assert Settings(preset="demo", run_dir=run, shared_dir=main, dataset="synthetic",
+                    context_k=1).context() == (1, 26)  # 128 * 1 / 5 = 25.6
+    assert Settings(preset="demo", run_dir=run, shared_dir=main, dataset="synthetic",
+                    context_k=20, context_max_tokens=300).context() == (20, 300)
+    assert flag(by["evaluate"].command, "reference") == "grpo_no_warmup"
+    # No context (k = 0): the teacher still draws its candidates from the preset's context.
+    stages = plan(Settings(preset="demo", run_dir=run, shared_dir=main, dataset="synthetic",
+                           context_k=0))
+    by = {s.name: s.command for s in stages}
+    assert flag(by["warmup"], "context_k") == "0" and flag(by["grpo"], "context_k") == "0"
+    assert flag(by["teacher"], "context_k") == "5"
