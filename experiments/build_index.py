@@ -23,7 +23,8 @@ flags.DEFINE_float("title_boost", 2.0, "BM25 weight of the title field.")
 flags.DEFINE_float("description_boost", 1.0, "BM25 weight of the description field.")
 flags.DEFINE_float("attributes_boost", 1.0, "BM25 weight of the attributes field.")
 flags.DEFINE_string("tokenizer", "en_stem", "Tantivy tokenizer of the text fields.")
-flags.DEFINE_integer("num_threads", 2, "Index writer and search threads.")
+flags.DEFINE_integer("num_threads", 2, "search_many threads (the index is written by one thread: "
+                     "ties in score then go to the lowest catalog row on every build).")
 FLAGS = flags.FLAGS
 
 

@@ -463,8 +463,8 @@ class RelevanceFeatures:
                    "n": numbers, "q": pairs, "u": units}
         ids = vocab.ids(strings)
         title_ids = [vocab.get("t", s, None) for s in strings["t"]]
-        # Rank by score, not by position, so that ties (which Tantivy breaks by segment order,
-        # and a 2-thread index build orders differently each time) cannot change a feature:
+        # Rank by score, not by position, so that ties (which search() breaks by catalog row, an
+        # order that says nothing about relevance) cannot change a feature:
         # rank = 1 + hits that score higher. One hit more than K makes top-K membership a matter
         # of score too: a product tied with the (K+1)-th hit is out.
         hits = self.engine.search(text, self.rank_depth + 1) if terms else None  # best first
