@@ -48,6 +48,8 @@ flags.DEFINE_integer("num_queries", 0, "Evaluate the first this many queries (0 
 flags.DEFINE_integer("context_k", ContextConfig().k, "Products of the query shown as context.")
 flags.DEFINE_integer("context_max_tokens", ContextConfig().max_tokens, "Context token budget.")
 flags.DEFINE_integer("max_new_tokens", 96, "Longest policy answer (GRPO's --max_new_tokens).")
+flags.DEFINE_float("temperature", 0.0, "Policies' decoding: 0 = greedy, else sampled at this "
+                   "temperature (GRPO's rollouts use 0.9), with the seed of --seed.")
 flags.DEFINE_integer("batch_size", 32, "Queries per system call.")
 flags.DEFINE_integer("teacher_max_expansions", None, "Teacher: most expansions per answer.")
 flags.DEFINE_integer("teacher_max_candidates", TeacherConfig().max_candidates,
@@ -90,7 +92,8 @@ def main(argv):
     queries = queries[:FLAGS.num_queries] if FLAGS.num_queries else queries
     systems = evaluation.make_systems(FLAGS.baselines, policies, engine, relevance,
                                       context=context, reward=reward, teacher=teacher_config,
-                                      max_new_tokens=FLAGS.max_new_tokens)
+                                      max_new_tokens=FLAGS.max_new_tokens,
+                                      temperature=FLAGS.temperature)
     feedback = SearchFeedback(engine, relevance, reward)
     results, reasons = evaluation.evaluate_systems(systems, queries, catalog, feedback,
                                           batch_size=FLAGS.batch_size,
@@ -102,13 +105,16 @@ def main(argv):
     description = (
         f"{len(queries)} {FLAGS.split} queries of {catalog.name} ({judged} with a judged-relevant "
         f"product); context k={context.k}, {context.max_tokens} tokens; searches top-{reward.k}, "
-        f"hit at rel >= {reward.tau}; policies decode greedily (up to {FLAGS.max_new_tokens} tokens), "
+        f"hit at rel >= {reward.tau}; policies decode "
+        f"{'greedily' if FLAGS.temperature == 0 else f'at temperature {FLAGS.temperature}'} "
+        f"(up to {FLAGS.max_new_tokens} tokens), "
         f"latency in batches of {FLAGS.batch_size} (first call of each size, which compiles, "
         "left out). Means with 95% bootstrap intervals over queries.")
     info = {"description": description, "split": FLAGS.split, "queries": len(queries),
             "dataset": FLAGS.dataset, "context": dataclasses.asdict(context),
             "reward": dataclasses.asdict(reward), "teacher": dataclasses.asdict(teacher_config),
-            "max_new_tokens": FLAGS.max_new_tokens, "batch_size": FLAGS.batch_size,
+            "max_new_tokens": FLAGS.max_new_tokens, "temperature": FLAGS.temperature,
+            "batch_size": FLAGS.batch_size,
             "policies": policies, "seconds": round(time.perf_counter() - start, 1)}
     table = evaluation.write_results(FLAGS.out, evaluation.results_dict(
         results, reference=FLAGS.reference, reasons=reasons, info=info,

@@ -107,6 +107,8 @@ flags.DEFINE_bool("warmup", True, "Run the teacher, the warm-up and GRPO from th
 flags.DEFINE_bool("grpo_no_warmup", True, "Also run GRPO from the pretrained model (ablation).")
 flags.DEFINE_integer("num_rollouts", 4, "GRPO rollouts per query [N] (the paper's 4).")
 flags.DEFINE_integer("grpo_steps", None, "GRPO steps (default: the preset's).")
+flags.DEFINE_float("eval_temperature", 0.0, "Policies' decoding in the evaluation: 0 = greedy, "
+                   "else sampled at this temperature (GRPO trains the T = 0.9 distribution).")
 flags.DEFINE_bool("dry_run", False, "Print each stage's command and state; run nothing.")
 FLAGS = flags.FLAGS
 
@@ -239,6 +241,7 @@ class Settings:
     grpo_no_warmup: bool = True
     num_rollouts: int = 4
     grpo_steps: int | None = None
+    eval_temperature: float = 0.0
 
     def context(self) -> tuple[int, int]:
         """(k, token budget): the preset's, or the given k with a budget scaled to it (up to the
@@ -313,6 +316,7 @@ def plan(s: Settings) -> list[Stage]:
         "experiments.evaluate", *dataset, f"--index={index}", f"--relevance={relevance}",
         f"--out={run}", *context, f"--teacher_max_expansions={p['teacher_max_expansions']}",
         f"--reward_lambda={s.reward_lambda}", f"--max_new_tokens={p['max_new_tokens']}",
+        *((f"--temperature={s.eval_temperature}",) if s.eval_temperature else ()),
         f"--reference={'grpo' if s.warmup else 'grpo_no_warmup'}", *policies, *p["evaluate"]),
         os.path.join(run, "results.json")))
     return stages
@@ -343,7 +347,8 @@ def settings_from_flags() -> Settings:
                     dataset_flags=tuple(dataset_flags), reward_lambda=FLAGS.reward_lambda,
                     context_k=FLAGS.context_k, context_max_tokens=FLAGS.context_max_tokens,
                     warmup=FLAGS.warmup, grpo_no_warmup=FLAGS.grpo_no_warmup,
-                    num_rollouts=FLAGS.num_rollouts, grpo_steps=FLAGS.grpo_steps)
+                    num_rollouts=FLAGS.num_rollouts, grpo_steps=FLAGS.grpo_steps,
+                    eval_temperature=FLAGS.eval_temperature)
 
 
 def main(argv):

@@ -75,9 +75,11 @@ def trained_context(path: str | os.PathLike) -> dict | None:
 def make_systems(baselines: Sequence[str], policies: Mapping[str, str], engine: SearchEngine,
                  relevance: Relevance, *, context: ContextConfig, reward: RewardConfig,
                  teacher: TeacherConfig = TeacherConfig(),
-                 max_new_tokens: int = 96) -> dict[str, System]:
+                 max_new_tokens: int = 96, temperature: float = 0.0) -> dict[str, System]:
     """{name: system}: the named `baselines` (of BASELINES) in that order, then each policy
-    {name: params checkpoint or its run dir}, decoding greedily the prompt it was trained on.
+    {name: params checkpoint or its run dir}, decoding the prompt it was trained on greedily
+    (temperature 0) or sampled at `temperature` (GRPO optimises the T = 0.9 distribution; its
+    greedy answers can differ in kind, e.g. repeat one expansion: WORKSPACE.md, 2026-11-26).
 
     ValueError for an unknown baseline, a name used twice, or a policy whose run recorded
     another context than `context` (it would be shown a prompt it never learnt to read).
@@ -92,7 +94,7 @@ def make_systems(baselines: Sequence[str], policies: Mapping[str, str], engine: 
                          f"that a baseline has {taken}")
     systems = {name: known[name]() for name in baselines}
     expected = dataclasses.asdict(context)
-    sampling = SamplingConfig(temperature=0.0, max_new_tokens=max_new_tokens)
+    sampling = SamplingConfig(temperature=temperature, max_new_tokens=max_new_tokens)
     for name, path in policies.items():
         trained = trained_context(path)
         if trained is not None and trained != expected:
