@@ -10,7 +10,10 @@ queries):
               each distinct expansion searched once, relevance in one call per query)
     update    advantages = reward - group mean; reference log-probs from the frozen start
               model; `mu` jitted updates of the clipped GRPO loss + KL (grpo.rollout_loss),
-              gradients accumulated over micro-batches, train state donated
+              gradients accumulated over micro-batches, train state donated. A group's N
+              rollouts share one run of their prompt, in sampling and in the update
+              (sampler.prefill's rows, grpo.completion_logprobs): the prompt (context + query)
+              is several times longer than an answer.
 
 Every `eval_every` steps the policy expands dev queries greedily and metrics.evaluate measures
 it. Each step logs one stdout line and, to JSONL and TensorBoard: reward mean/std and each
