@@ -199,18 +199,27 @@ class GRPOTrainer:
             # multiple of COMPLETION_BUCKET so the update compiles for a few widths only.
             T = min(rollouts.completion_tokens.shape[1],
                     -(-int(rollouts.lengths.max()) // COMPLETION_BUCKET) * COMPLETION_BUCKET)
+            advantages = np.asarray(grpo.group_advantages(rewards, c.num_rollouts,
+                                                          normalize_std=c.normalize_std))
             batch = {"prompt_tokens": rollouts.group_prompt_tokens,
                      "prompt_mask": rollouts.group_prompt_mask,
                      "completion_tokens": rollouts.completion_tokens[:, :T],
                      "completion_mask": rollouts.completion_mask[:, :T],
-                     "old_logp": rollouts.logprobs[:, :T],
-                     "advantages": np.asarray(grpo.group_advantages(
-                         rewards, c.num_rollouts, normalize_std=c.normalize_std))}
-            batch["ref_logp"] = reference_logprobs(self.ref_graphdef, self.ref_params, batch,
-                                                   c.temperature)
-            for _ in range(c.mu):
-                self.state, update_metrics = self.update(self.state, batch)
-            update_metrics = jax.device_get(update_metrics)  # waits for the last update
+                     "old_logp": rollouts.logprobs[:, :T], "advantages": advantages}
+            if advantages.any():
+                batch["ref_logp"] = reference_logprobs(self.ref_graphdef, self.ref_params, batch,
+                                                       c.temperature)
+                for _ in range(c.mu):
+                    self.state, update_metrics = self.update(self.state, batch)
+                update_metrics = dict(jax.device_get(update_metrics), skipped_update=0.0)
+            else:
+                # Every group's rewards are equal (e.g. no answer parses): the policy-gradient
+                # term is exactly 0 and the KL term's gradient is float rounding while the policy
+                # is at the reference, which Adam would scale up to lr-sized random steps
+                # (WORKSPACE.md, 2026-11-26). No update; the step count (and so the schedule)
+                # moves on as if the mu updates were made, so a resumed run stays aligned.
+                self.state = self.state.replace(step=self.state.step + c.mu)
+                update_metrics = {"skipped_update": 1.0}
         timing["update_s"] = time.perf_counter() - t
         self.last_batch = batch
         step_s = timing["rollout_s"] + timing["reward_s"] + timing["update_s"]

@@ -161,6 +161,28 @@ def test_killed_and_resumed_grpo_run_equals_the_uninterrupted_run(setup, tmp_pat
     assert not all(jax.tree.leaves(moved))  # the comparison is not between two untouched copies
 
 
+class ConstantReward:
+    """Every rollout gets the same reward: no group has a learning signal."""
+
+    def __init__(self, reward_fn):
+        self.feedback, self.config = reward_fn.feedback, reward_fn.config
+
+    def __call__(self, queries, completions):
+        return [_breakdown(0.0, "bad_json") for _ in completions]
+
+
+def test_a_step_without_signal_makes_no_update(setup, tmp_path):
+    trainer = setup.trainer(tmp_path / "flat", seed=1, steps=2)
+    trainer.reward_fn = ConstantReward(trainer.reward_fn)
+    before = jax.tree.map(np.asarray, trainer.state.params)
+    metrics, _, _ = trainer.train_step(0)
+    assert metrics["skipped_update"] == 1.0 and metrics["equal_groups"] == 1.0
+    assert int(trainer.state.step) == GRPO.mu  # the schedule moves on
+    same = jax.tree.map(lambda a, b: bool(np.array_equal(a, np.asarray(b))), before,
+                        trainer.state.params)
+    assert all(jax.tree.leaves(same))
+
+
 def _rollout_batch(Q=4, N=2, P=6, T=5, V=64, seed=0):
     rng = np.random.default_rng(seed)
     R = Q * N
