@@ -91,6 +91,10 @@ class ModelConfig:
       storage of the parameters. Softmax, norm statistics and logits are float32 regardless.
     init_std: std of the normal initialisation of a model trained from scratch (ours, GPT-2's
       0.02; converted checkpoints ignore it).
+    remat: recompute each block's activations in the backward pass instead of storing them
+      (jax.checkpoint around each Block, via nnx.remat): a backward pass keeps only each block's
+      input [B, T, D], for about one more forward pass of compute. Changes no number; a
+      training-time switch (tools/memory_plan.py sizes what it saves).
     """
 
     vocab_size: int
@@ -111,6 +115,7 @@ class ModelConfig:
     dtype: str = "float32"
     param_dtype: str = "float32"
     init_std: float = 0.02
+    remat: bool = False
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads",
@@ -409,6 +414,17 @@ class Llama(nnx.Module):
         return jnp.einsum("BTD,DV->BTV", x, self.lm_head[...].astype(dt),
                           preferred_element_type=jnp.float32)  # [B, T, V]
 
+    def _block(self, i: int, x, positions, mask, inv_freq, cache=None):
+        """Block i (with the cache's layer i when there is a cache); `config.remat` wraps it in
+        nnx.remat. The layer index and inv_freq (a host constant) are closed over: the index
+        picks the cache's layer in Python, so it cannot be a traced argument."""
+        layer = None if cache is None else i
+        if not self.config.remat:
+            return self.layers[i](x, positions, mask, inv_freq, cache, layer)
+        run = nnx.remat(lambda block, x, positions, mask, cache:
+                        block(x, positions, mask, inv_freq, cache, layer))
+        return run(self.layers[i], x, positions, mask, cache)
+
     def _embed(self, tokens: jax.Array) -> jax.Array:
         return self.embed[...][tokens].astype(self.config.dtype)  # [B, T, D]
 
@@ -429,9 +445,9 @@ class Llama(nnx.Module):
         mask = causal[None] & pad_mask[:, None, :]  # [B, T, S]
         inv_freq = llama3_inv_freq(self.config)
         x = self._embed(tokens)  # [B, T, D]
-        for i, layer in enumerate(self.layers):
+        for i in range(len(self.layers)):
             with jax.named_scope(f"layer_{i}"):
-                x, _ = layer(x, positions, mask, inv_freq)
+                x, _ = self._block(i, x, positions, mask, inv_freq)
         return self._logits(x if last_n is None else x[:, T - last_n:])
 
     def prefill(self, tokens: jax.Array, pad_mask: jax.Array, cache: KVCache, *,
@@ -453,9 +469,9 @@ class Llama(nnx.Module):
         mask = (slots[None, :] <= query_slots[:, None])[None] & valid[:, None, :]  # [B, T, S]
         inv_freq = llama3_inv_freq(c)
         x = self._embed(tokens)  # [B, T, D]
-        for i, layer in enumerate(self.layers):
+        for i in range(len(self.layers)):
             with jax.named_scope(f"layer_{i}"):
-                x, cache = layer(x, positions, mask, inv_freq, cache, i)
+                x, cache = self._block(i, x, positions, mask, inv_freq, cache)
         if last_only:
             x = x[:, -1:]
         logits = self._logits(x)  # [B, T, V] or [B, 1, V]

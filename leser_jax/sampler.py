@@ -22,10 +22,12 @@ trainer does not see). Greedy decoding (temperature 0) records log-probs at temp
 ## What recompiles
 Static (part of the compiled program, hashable): the graphdef, `max_new_tokens` (the output
 shape), `top_k` (`lax.top_k` needs a static k), `top_p` (whether the vocab is sorted at all:
-p = 1 skips the sort), and `pad_id` (a tokenizer constant). Passed as arrays, so changing them
-never recompiles: the temperature (0 = greedy is a `where`, not a branch), the stop ids (a
-fixed-size [MAX_STOP_IDS] int32 array padded with -1) and the RNG key. The prompt shape [B, P]
-is static by nature: rollout.py pads P (and optionally B) to a few buckets, one compile each.
+p = 1 skips the sort), `pad_id` (a tokenizer constant) and `row_sharding` (where the rows
+live on a device mesh, leser_jax/sharding.py; None on one device). Passed as arrays, so
+changing them never recompiles: the temperature (0 = greedy is a `where`, not a branch), the
+stop ids (a fixed-size [MAX_STOP_IDS] int32 array padded with -1) and the RNG key. The prompt
+shape [B, P] is static by nature: rollout.py pads P (and optionally B) to a few buckets, one
+compile each.
 
 ## The loop state
 `SamplerState` carries the KV cache (S = P + max_new_tokens slots, no more: attention reads
@@ -222,18 +224,30 @@ def _record(state: SamplerState, logits: jax.Array, temperature, stop_ids, *, to
             step=state.step + 1)
 
 
-_STATIC = ("max_new_tokens", "top_k", "top_p", "pad_id")
+def _shard_rows(state: SamplerState, row_sharding: jax.sharding.Sharding | None) -> SamplerState:
+    """Pins every per-row array [B, ...] of the state (cache, outputs, flags) to `row_sharding`;
+    the shared scalars (slot index, step, key) stay replicated. None (one device): unchanged."""
+    if row_sharding is None:
+        return state
+    return jax.tree.map(
+        lambda x: jax.lax.with_sharding_constraint(x, row_sharding) if x.ndim else x, state)
+
+
+_STATIC = ("max_new_tokens", "top_k", "top_p", "pad_id", "row_sharding")
 
 
 @functools.partial(jax.jit, static_argnums=0, static_argnames=_STATIC)
 def _prefill(graphdef, params, prompt_tokens, prompt_mask, rows, key, temperature, stop_ids, *,
-             max_new_tokens: int, top_k: int, top_p: float, pad_id: int) -> SamplerState:
+             max_new_tokens: int, top_k: int, top_p: float, pad_id: int,
+             row_sharding: jax.sharding.Sharding | None = None) -> SamplerState:
     """Prefill prompts [Q, P] into a fresh cache of P + T_new slots, give sampled row b the
     cache row of prompt rows[b] ([B] int32), and sample column 0.
 
     Rollouts of one prompt share its prefill: the prompt runs once and its cache row (and its
     last logits) are copied to each of its rows. The cache is made here, inside the jit (an XLA
-    allocation, nothing to transfer or donate).
+    allocation, nothing to transfer or donate). row_sharding: where the B sampled rows live on
+    a mesh (sharding.row_sharding; None = one device); the parameters keep the sharding they
+    arrive with.
     """
     model = nnx.merge(graphdef, params)
     Q, P = prompt_tokens.shape
@@ -252,14 +266,16 @@ def _prefill(graphdef, params, prompt_tokens, prompt_mask, rows, key, temperatur
             lengths=jnp.zeros((B,), jnp.int32),  # [B]
             step=jnp.zeros((), jnp.int32),  # []
             key=key)
-        return _record(state, logits, temperature, stop_ids, top_k=top_k, top_p=top_p,
-                       pad_id=pad_id)
+        state = _record(state, logits, temperature, stop_ids, top_k=top_k, top_p=top_p,
+                        pad_id=pad_id)
+        return _shard_rows(state, row_sharding)
 
 
 # The state (KV cache included) is replaced by the loop: donating it lets XLA update it in place.
 @functools.partial(jax.jit, static_argnums=0, static_argnames=_STATIC[1:], donate_argnums=2)
 def _decode(graphdef, params, state: SamplerState, temperature, stop_ids, *, top_k: int,
-            top_p: float, pad_id: int) -> SamplerState:
+            top_p: float, pad_id: int,
+            row_sharding: jax.sharding.Sharding | None = None) -> SamplerState:
     """Decodes columns state.step .. T_new - 1 in one while_loop; stops when all rows are done."""
     model = nnx.merge(graphdef, params)
     max_new_tokens = state.tokens.shape[1]
@@ -271,8 +287,9 @@ def _decode(graphdef, params, state: SamplerState, temperature, stop_ids, *, top
         last = jax.lax.dynamic_index_in_dim(s.tokens, s.step - 1, axis=1, keepdims=False)  # [B]
         with jax.named_scope("decode_step"):
             logits, cache = model.decode_step(last, s.cache)  # [B, V]
-        return _record(s.replace(cache=cache), logits, temperature, stop_ids, top_k=top_k,
-                       top_p=top_p, pad_id=pad_id)
+        s = _record(s.replace(cache=cache), logits, temperature, stop_ids, top_k=top_k,
+                    top_p=top_p, pad_id=pad_id)
+        return _shard_rows(s, row_sharding)  # the loop carry keeps the rows where they are
 
     with jax.named_scope("decode"):
         return jax.lax.while_loop(running, step, state)
@@ -283,26 +300,29 @@ def _stop_array(stop_ids: jax.Array | Sequence[int]) -> jax.Array:
 
 
 def prefill(graphdef, params, prompt_tokens, prompt_mask, key, config: SamplingConfig, *,
-            stop_ids: jax.Array | Sequence[int], pad_id: int, rows=None) -> SamplerState:
+            stop_ids: jax.Array | Sequence[int], pad_id: int, rows=None,
+            row_sharding: jax.sharding.Sharding | None = None) -> SamplerState:
     """The first half of `generate`: prefill and column 0 (exposed so callers can time it).
 
     rows: [B] int, the prompt of each sampled row (several rows may share one prompt, which is
       then prefilled once); default: one row per prompt.
+    row_sharding: see `generate`.
     """
     rows = np.arange(len(prompt_tokens)) if rows is None else rows
     return _prefill(graphdef, params, jnp.asarray(prompt_tokens, jnp.int32),
                     jnp.asarray(prompt_mask, jnp.bool_), jnp.asarray(rows, jnp.int32), key,
                     jnp.asarray(config.temperature, jnp.float32), _stop_array(stop_ids),
                     max_new_tokens=config.max_new_tokens, top_k=config.top_k,
-                    top_p=float(config.top_p), pad_id=int(pad_id))
+                    top_p=float(config.top_p), pad_id=int(pad_id), row_sharding=row_sharding)
 
 
 def decode(graphdef, params, state: SamplerState, config: SamplingConfig, *,
-           stop_ids: jax.Array | Sequence[int], pad_id: int) -> SamplerState:
+           stop_ids: jax.Array | Sequence[int], pad_id: int,
+           row_sharding: jax.sharding.Sharding | None = None) -> SamplerState:
     """The second half of `generate`: the decode loop. `state` is donated (do not reuse it)."""
     return _decode(graphdef, params, state, jnp.asarray(config.temperature, jnp.float32),
                    _stop_array(stop_ids), top_k=config.top_k, top_p=float(config.top_p),
-                   pad_id=int(pad_id))
+                   pad_id=int(pad_id), row_sharding=row_sharding)
 
 
 def finish(state: SamplerState) -> Samples:
@@ -314,7 +334,8 @@ def finish(state: SamplerState) -> Samples:
 
 def generate(graphdef, params, prompt_tokens, prompt_mask, key: jax.Array,
              config: SamplingConfig, *, stop_ids: jax.Array | Sequence[int],
-             pad_id: int, rows=None) -> Samples:
+             pad_id: int, rows=None, row_sharding: jax.sharding.Sharding | None = None
+             ) -> Samples:
     """Samples a completion for every row of a left-padded prompt batch.
 
     graphdef, params: `nnx.split(model)`. prompt_tokens [B, P] int, prompt_mask [B, P] bool (True
@@ -322,11 +343,17 @@ def generate(graphdef, params, prompt_tokens, prompt_mask, key: jax.Array,
     PRNG key (rollout.py derives one per step with fold_in). stop_ids: a `stop_id_array` (or a
     sequence of ids, converted here). Rows stop after any stop id; the loop stops when all have.
     rows: [B] the prompt of each sampled row (`prefill`); default: one row per prompt.
+    row_sharding: on a device mesh, the sharding of the B sampled rows (KV cache, tokens,
+      log-probs; sharding.row_sharding(mesh, B)), with `params` placed by
+      sharding.param_shardings; None (one device) leaves the programs as they are. Random draws
+      do not depend on the sharding (JAX's partitionable threefry), so a key gives the same
+      tokens on one device and on a mesh.
     """
     stop_ids = _stop_array(stop_ids)
     state = prefill(graphdef, params, prompt_tokens, prompt_mask, key, config,
-                    stop_ids=stop_ids, pad_id=pad_id, rows=rows)
-    return finish(decode(graphdef, params, state, config, stop_ids=stop_ids, pad_id=pad_id))
+                    stop_ids=stop_ids, pad_id=pad_id, rows=rows, row_sharding=row_sharding)
+    return finish(decode(graphdef, params, state, config, stop_ids=stop_ids, pad_id=pad_id,
+                         row_sharding=row_sharding))
 
 
 def compiled_count() -> int:

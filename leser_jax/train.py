@@ -102,7 +102,8 @@ def _split_micro_batches(batch: Batch, micro_batches: int) -> Batch:
 
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
-                    schedule: optax.Schedule, loss_fn: LossFn, *, micro_batches: int = 1):
+                    schedule: optax.Schedule, loss_fn: LossFn, *, micro_batches: int = 1,
+                    shardings: tuple | None = None):
     """step(state, batch) -> (state, metrics): one optimizer update, jitted, state donated.
 
     micro_batches: gradient accumulation. The batch's rows are split into M equal consecutive
@@ -113,6 +114,9 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
       key as fold_in(step key, i).
     metrics: loss, grad_norm (before clipping), lr (of this update), and loss_fn's extras; with
       M > 1 each is the mean over the micro-batches.
+    shardings: None for one device; on a mesh, jax.jit's (in_shardings, out_shardings) for
+      (state, batch) -> (state, metrics), from sharding.train_step_shardings. The step's code
+      is the same either way: GSPMD partitions it and adds the collectives.
     """
     if micro_batches < 1:
         raise ValueError(f"micro_batches must be >= 1, got {micro_batches}")
@@ -153,7 +157,10 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
         return state.replace(params=params, opt_state=opt_state, step=state.step + 1), metrics
 
     # donate_argnums=0: the old train state is never read again; its buffers take the new one.
-    return jax.jit(step, donate_argnums=0)
+    if shardings is None:
+        return jax.jit(step, donate_argnums=0)
+    in_shardings, out_shardings = shardings
+    return jax.jit(step, donate_argnums=0, in_shardings=in_shardings, out_shardings=out_shardings)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -1,0 +1,313 @@
+"""Memory plan: bytes per device of a GRPO run of LLaMA 3.2 1B/3B, on 1 GPU and on 8.
+
+    .venv/bin/python -m tools.memory_plan --presets=llama3_2_1b,llama3_2_3b --devices=1,8
+
+Computed from the ModelConfig preset (leser_jax.model.param_count) and the run's shape, not
+measured: a plan to choose micro-batches, remat and LoRA before a GPU is rented. For each preset
+it prints one table, a column per (devices, full fine-tuning | LoRA), a row per component.
+
+## Assumptions (each a flag where it is a choice)
+Numerics (issue 10): bf16 parameters and activations, float32 optimizer state.
+- Full fine-tuning: parameters bf16 (2 B); a float32 master copy (4 B, --master_fp32; bf16
+  alone loses updates smaller than its 8-bit mantissa resolves); gradients in the parameter
+  dtype (2 B), plus a float32 accumulator (4 B) when micro-batches > 1 (train.make_train_step
+  sums micro-batch gradients in float32); AdamW m and v float32 (8 B): 16 B a parameter, 20
+  with accumulation. The reference model is a second bf16 copy (2 B), frozen.
+- LoRA (rank r on q, k, v, o, gate, up, down; policy = frozen base + adapters): the base is
+  bf16 and frozen (no gradient, no optimizer state, no master copy) and is also the reference
+  (adapters off), so there is no second copy. Adapters are float32 (4 B), their gradients 4 B,
+  AdamW 8 B.
+- Sharding (leser_jax/sharding.py, pure FSDP: data=1, fsdp=devices): parameters, master copy,
+  gradients, optimizer state and the reference are divided by the device count; rollout rows
+  and prompts are split over all devices when the device count divides them, and are whole on
+  every device otherwise (sharding.row_sharding), so the KV cache and the activations are those
+  of rows / devices rows, or of all rows. E.g. 16 queries in 4 micro-batches on 8 devices: each
+  micro-batch's 4 prompts run on every device. FSDP adds gather buffers: one layer's weights and
+  their gradient plus the embedding, whole, on every device.
+- Phases: sampling (KV cache) and the update (activations, gradients) do not overlap; the peak
+  is the persistent state (weights, master, optimizer state, reference) plus the larger phase.
+
+## The activation model (per device, one micro-batch: Q/M prompts, R/M = B*N/M rollouts)
+Tokens: prompts Q/M x P (prefilled once per group, grpo.completion_logprobs) and completions
+R/M x T; every query attends over S = P + T cache slots. Per token and layer, stored for the
+backward, a = 2 bytes (bf16):
+    a * (4D + (2N + 2K) H + 4F)    norms' inputs and outputs (4D); q, k, v ((N + 2K) H) and the
+                                   attention output (N H); gate, up, silu(gate), product (4F)
+    N * S * (4 + 4 + a)            attention: float32 scores and softmax, bf16 probabilities
+                                   (a plain einsum attention: no fused kernel, model.py)
+plus the cache of the update's prefill, 2 L K S H a per row (prompts and rollouts), and the
+completion logits: 2 float32 [R/M, T, V] arrays (the head's output and the softmax of the
+backward; XLA fuses the temperature scaling), 8 V bytes a completion token: with V = 128,256
+that is 1 MB a token, why micro-batches matter. Without remat all L layers are stored, plus
+one for the backward's working set; with remat (ModelConfig.remat: nnx.remat around each
+Block) only each block's input (a D per token and layer) plus two layers' worth (one
+recomputed, its gradients).
+Elementwise intermediates (RoPE, masks) are taken as fused. Sampling: the KV cache
+2 L K (P + T) H a per rollout row, plus the prefill's transients (one layer's attention
+scores over Q prompts, the prompts' own cache before it is copied to their N rows, and the
+last logits [R, V] float32 x 2).
+
+## Checked against XLA (`--xla_check`)
+`--xla_check` compiles the full-fine-tuning update (plain SGD, without and with remat) for
+abstract inputs of the run's shape on the default backend, nothing allocated, and prints XLA's
+temp buffer bytes next to the plan's gradients + activations. On the 2-core CPU machine
+(2026-11-26), 1B, B=4 queries x N=4, P=512, T=256, M=1:
+- float32 model: XLA 59.7 GB, planned 60.2 GB. The attention term above was fitted to this
+  backend: with one float32 [.., S] array fewer the plan fell 0.7 GB a layer short.
+- bf16 model: XLA 58.8 GB, planned 42.5 GB: the CPU backend computes bf16 matmuls in float32
+  and keeps float32 copies. GPUs compute bf16 natively: run the check on a GPU before trusting
+  the bf16 rows (no GPU was lent for this plan).
+- remat: no saving on the CPU (float32: 56.5 GB against 59.7). XLA:CPU removes
+  jax.checkpoint's optimization barriers before it schedules, so the recomputation of our
+  unrolled layers is scheduled early, in the forward pass, and keeps as much as no remat (a toy
+  with the checkpointed layer inside lax.scan does save on CPU: 1.40 GB -> 0.25 GB). XLA:GPU
+  removes the barriers only after scheduling; the remat rows stand until the GPU check.
+
+Departures: none from the paper (it says nothing about memory); the model is an estimate of
+what XLA keeps, which fuses and frees more or less than this; a GPU run's measured peak
+(jax.Device.memory_stats) is the number to log next to it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from absl import app, flags
+
+from leser_jax.model import ModelConfig, param_count
+
+GB = 1e9
+_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RunShape:
+    """A GRPO step's shape (paper symbols in brackets).
+
+    queries: queries per step [B]; rollouts: completions per query [N]; prompt_len: P tokens
+    (context + instruction + query); new_tokens: T, the longest completion; micro_batches: M,
+    the update's gradient accumulation; lora_rank: 0 = full fine-tuning; master_fp32: full
+    fine-tuning keeps a float32 master copy of the bf16 parameters.
+    """
+
+    queries: int = 16
+    rollouts: int = 4
+    prompt_len: int = 512
+    new_tokens: int = 256
+    micro_batches: int = 4
+    lora_rank: int = 0
+    master_fp32: bool = True
+
+    def __post_init__(self):
+        if min(self.queries, self.rollouts, self.prompt_len, self.new_tokens,
+               self.micro_batches) < 1 or self.lora_rank < 0:
+            raise ValueError("queries, rollouts, prompt_len, new_tokens, micro_batches must be "
+                             ">= 1 and lora_rank >= 0")
+        if self.queries % self.micro_batches:
+            raise ValueError(f"{self.queries} queries do not split into {self.micro_batches} "
+                             "micro-batches (a micro-batch holds whole groups)")
+
+
+def lora_param_count(config: ModelConfig, rank: int) -> int:
+    """Adapter parameters: A [in, r] and B [r, out] on q, k, v, o, gate, up and down."""
+    c = config
+    q_out, kv_out = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
+    ins_outs = [(c.d_model, q_out), (c.d_model, kv_out), (c.d_model, kv_out), (q_out, c.d_model),
+                (c.d_model, c.ffn_dim), (c.d_model, c.ffn_dim), (c.ffn_dim, c.d_model)]
+    return c.num_layers * rank * sum(i + o for i, o in ins_outs)
+
+
+def layer_param_count(config: ModelConfig) -> int:
+    """Parameters of one Block (attention, MLP, two norm scales)."""
+    c = config
+    return (c.d_model * c.head_dim * (2 * c.num_heads + 2 * c.num_kv_heads)
+            + 3 * c.d_model * c.ffn_dim + 2 * c.d_model)
+
+
+def state_bytes(config: ModelConfig, run: RunShape, devices: int) -> dict[str, float]:
+    """Parameters, master copy, gradients, optimizer state and reference, per device."""
+    n = param_count(config)
+    a = _BYTES[config.param_dtype]
+    if run.lora_rank:
+        adapters = lora_param_count(config, run.lora_rank)
+        parts = {"parameters": n * a + adapters * 4, "master copy": 0.0,
+                 "gradients": adapters * (4 + (4 if run.micro_batches > 1 else 0)),
+                 "optimizer state": adapters * 8, "reference model": 0.0}
+    else:
+        parts = {"parameters": n * a, "master copy": n * 4.0 if run.master_fp32 else 0.0,
+                 "gradients": n * (a + (4 if run.micro_batches > 1 else 0)),
+                 "optimizer state": n * 8.0, "reference model": n * a}
+    return {k: v / devices for k, v in parts.items()}
+
+
+def gather_bytes(config: ModelConfig, devices: int) -> float:
+    """FSDP's whole-array buffers: one layer's weights and gradient, and the embedding."""
+    if devices == 1:
+        return 0.0
+    a = _BYTES[config.dtype]
+    return (2 * layer_param_count(config) + config.vocab_size * config.d_model) * a
+
+
+def per_device(rows: int, devices: int) -> int:
+    """Rows each device holds: split when the devices divide them, else all of them (pure FSDP,
+    sharding.row_sharding with data=1)."""
+    return rows // devices if rows % devices == 0 else rows
+
+
+def sampling_bytes(config: ModelConfig, run: RunShape, devices: int) -> dict[str, float]:
+    """The sampler's KV cache for B x N rollout rows and its prefill transients, per device."""
+    c = config
+    a = _BYTES[c.dtype]
+    S = run.prompt_len + run.new_tokens
+    rows = per_device(run.queries * run.rollouts, devices)
+    prompts = per_device(run.queries, devices)
+    per_row = 2 * c.num_layers * c.num_kv_heads * S * c.head_dim * a
+    prefill = (prompts * c.num_heads * run.prompt_len * S * (4 + a)  # one layer's scores
+               + prompts * per_row  # the prompts' cache before it is copied to their rows
+               + 2 * rows * c.vocab_size * 4)  # last logits and their softmax
+    return {"KV cache": rows * per_row, "sampler transients": prefill}
+
+
+def activation_bytes(config: ModelConfig, run: RunShape, devices: int, *,
+                     remat: bool) -> float:
+    """Activations kept for the backward of one micro-batch, per device (module docstring)."""
+    c = config
+    a = _BYTES[c.dtype]
+    S = run.prompt_len + run.new_tokens
+    rows = per_device(run.queries * run.rollouts // run.micro_batches, devices)
+    prompts = per_device(run.queries // run.micro_batches, devices)
+    tokens = rows * run.new_tokens + prompts * run.prompt_len
+    per_token_layer = (a * (4 * c.d_model + (2 * c.num_heads + 2 * c.num_kv_heads) * c.head_dim
+                            + 4 * c.ffn_dim) + c.num_heads * S * (4 + 4 + a))
+    layer = tokens * per_token_layer
+    cache = (rows + prompts) * 2 * c.num_layers * c.num_kv_heads * S * c.head_dim * a
+    logits = rows * run.new_tokens * c.vocab_size * 4 * 2
+    if remat:
+        layers = c.num_layers * tokens * c.d_model * a + 2 * layer
+    else:
+        layers = (c.num_layers + 1) * layer
+    return layers + cache + logits
+
+
+def memory_plan(config: ModelConfig, run: RunShape, devices: int) -> dict[str, float]:
+    """Every component in bytes per device, and the peaks with and without remat."""
+    plan = dict(state_bytes(config, run, devices))
+    plan["FSDP gathers"] = gather_bytes(config, devices)
+    plan.update(sampling_bytes(config, run, devices))
+    plan["activations (no remat)"] = activation_bytes(config, run, devices, remat=False)
+    plan["activations (remat)"] = activation_bytes(config, run, devices, remat=True)
+    persistent = (plan["parameters"] + plan["master copy"] + plan["optimizer state"]
+                  + plan["reference model"] + plan["FSDP gathers"])
+    sampling = plan["KV cache"] + plan["sampler transients"]
+    for remat in (False, True):
+        update = plan["gradients"] + plan[f"activations ({'remat' if remat else 'no remat'})"]
+        plan[f"peak ({'remat' if remat else 'no remat'})"] = persistent + max(sampling, update)
+    return plan
+
+
+ROWS = ("parameters", "master copy", "gradients", "optimizer state", "reference model",
+        "FSDP gathers", "KV cache", "sampler transients", "activations (no remat)",
+        "activations (remat)", "peak (no remat)", "peak (remat)")
+
+
+def plan_table(preset: str, run: RunShape, devices: list[int], lora_rank: int,
+               device_gb: float) -> str:
+    """A markdown table: a column per (devices, full | LoRA), a row per component, in GB."""
+    config = getattr(ModelConfig, preset)()
+    columns = []
+    for d in devices:
+        for rank in (0, lora_rank):
+            r = dataclasses.replace(run, lora_rank=rank)
+            name = f"{d} GPU{'s' if d > 1 else ''}, {'LoRA r=' + str(rank) if rank else 'full'}"
+            columns.append((name, memory_plan(config, r, d)))
+    trained = [lora_param_count(config, lora_rank) if "LoRA" in name else param_count(config)
+               for name, _ in columns]
+    lines = [f"| {preset} ({param_count(config) / 1e9:.3f}B) | "
+             + " | ".join(name for name, _ in columns) + " |",
+             "|---" * (len(columns) + 1) + "|",
+             "| trained parameters | " + " | ".join(f"{t / 1e6:,.1f}M" for t in trained) + " |"]
+    for row in ROWS:
+        cells = [f"{plan[row] / GB:.2f}" for _, plan in columns]
+        bold = row.startswith("peak")
+        lines.append(f"| {'**' + row + '**' if bold else row} | "
+                     + " | ".join(f"**{c}**" if bold else c for c in cells) + " |")
+    fits = [" / ".join("yes" if plan[f"peak ({m})"] <= device_gb * GB else "no"
+                       for m in ("no remat", "remat")) for _, plan in columns]
+    lines.append(f"| fits {device_gb:g} GB (no remat / remat) | " + " | ".join(fits) + " |")
+    return "\n".join(lines)
+
+
+def xla_update_bytes(config: ModelConfig, run: RunShape) -> dict[str, float]:
+    """XLA's buffer sizes for the full-fine-tuning GRPO update of `run`'s shape on the default
+    backend (one device, plain SGD so the state is the parameters alone; remat as `config`
+    says), compiled for abstract inputs: nothing is allocated or run. temp = activations,
+    gradients and workspace."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from flax import nnx
+
+    from leser_jax import grpo
+    from leser_jax.grpo import GRPOConfig
+    from leser_jax.model import Llama
+    from leser_jax.train import abstract_train_state, make_train_step
+
+    grpo_config = GRPOConfig(queries_per_step=run.queries, num_rollouts=run.rollouts,
+                             micro_batches=run.micro_batches)
+    tx = optax.sgd(1e-3)
+    graphdef, state = abstract_train_state(lambda: Llama(config, rngs=nnx.Rngs(0)), tx)
+    Q, R, P, T = run.queries, run.queries * run.rollouts, run.prompt_len, run.new_tokens
+    sds = jax.ShapeDtypeStruct
+    batch = {"prompt_tokens": sds((Q, P), jnp.int32), "prompt_mask": sds((Q, P), jnp.bool_),
+             "completion_tokens": sds((R, T), jnp.int32),
+             "completion_mask": sds((R, T), jnp.bool_), "old_logp": sds((R, T), jnp.float32),
+             "ref_logp": sds((R, T), jnp.float32), "advantages": sds((R,), jnp.float32)}
+    step = make_train_step(graphdef, tx, optax.constant_schedule(1e-3),
+                           lambda model, b, rng: grpo.rollout_loss(model, b, grpo_config),
+                           micro_batches=run.micro_batches)
+    analysis = step.lower(state, batch).compile().memory_analysis()
+    return {"temp": float(analysis.temp_size_in_bytes),
+            "arguments": float(analysis.argument_size_in_bytes),
+            "backend": jax.default_backend()}
+
+
+flags.DEFINE_list("presets", ["llama3_2_1b", "llama3_2_3b"], "ModelConfig presets.")
+flags.DEFINE_list("devices", ["1", "8"], "Device counts (pure FSDP over all of them).")
+flags.DEFINE_integer("queries", 16, "B: queries per GRPO step.")
+flags.DEFINE_integer("rollouts", 4, "N: rollouts per query.")
+flags.DEFINE_integer("prompt_len", 512, "P: prompt tokens (context, instruction, query).")
+flags.DEFINE_integer("new_tokens", 256, "T: the longest completion (reasoning and answer).")
+flags.DEFINE_integer("micro_batches", 4, "M: gradient accumulation parts of the update.")
+flags.DEFINE_integer("lora_rank", 16, "Rank of the LoRA columns.")
+flags.DEFINE_bool("master_fp32", True, "Full fine-tuning keeps a float32 master copy.")
+flags.DEFINE_float("device_gb", 80.0, "Memory of one device, GB (1e9 bytes).")
+flags.DEFINE_bool("xla_check", False, "Also compile each preset's update (full fine-tuning, one "
+                  "device, without and with remat) and print XLA's temp bytes next to the "
+                  "plan's.")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    del argv
+    run = RunShape(queries=FLAGS.queries, rollouts=FLAGS.rollouts, prompt_len=FLAGS.prompt_len,
+                   new_tokens=FLAGS.new_tokens, micro_batches=FLAGS.micro_batches,
+                   master_fp32=FLAGS.master_fp32)
+    print(f"GRPO step: B={run.queries} queries x N={run.rollouts} rollouts, P={run.prompt_len}, "
+          f"T={run.new_tokens}, M={run.micro_batches} micro-batches; GB = 1e9 bytes per device")
+    for preset in FLAGS.presets:
+        print()
+        print(plan_table(preset, run, [int(d) for d in FLAGS.devices], FLAGS.lora_rank,
+                         FLAGS.device_gb))
+        if FLAGS.xla_check:
+            config = getattr(ModelConfig, preset)()
+            plan = memory_plan(config, run, 1)
+            print()
+            for remat in ("no remat", "remat"):
+                xla = xla_update_bytes(config.replace(remat=remat == "remat"), run)
+                print(f"XLA ({xla['backend']}) temp buffers of the update, {remat}: "
+                      f"{xla['temp'] / GB:.2f} GB; plan (gradients + activations): "
+                      f"{(plan['gradients'] + plan[f'activations ({remat})']) / GB:.2f} GB")
+
+
+if __name__ == "__main__":
+    app.run(main)
