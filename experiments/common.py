@@ -67,3 +67,19 @@ def open_engine(catalog: Catalog, folder: str | None) -> SearchEngine:
         except (FileNotFoundError, ValueError) as e:
             logging.warning("not reusing the index at %s (%s): building one in memory", folder, e)
     return SearchEngine.build(catalog)
+
+
+def optim_and_loop(steps: int, lr: float):
+    """The OptimConfig and train.LoopConfig of a supervised launcher (pretrain, warm-up) from
+    its flags: --warmup_fraction, --weight_decay, --checkpoint_every, --keep_checkpoints,
+    --seed, --profile_dir (each launcher defines them, with its own defaults)."""
+    # Imported here: the data-only launchers (build_index, train_relevance) need no JAX.
+    from leser_jax.optim import OptimConfig
+    from leser_jax.train import LoopConfig
+
+    optim = OptimConfig(lr=lr, total_steps=steps, warmup_steps=int(FLAGS.warmup_fraction * steps),
+                        weight_decay=FLAGS.weight_decay)
+    loop = LoopConfig(total_steps=steps, checkpoint_every=FLAGS.checkpoint_every,
+                      keep_checkpoints=FLAGS.keep_checkpoints, seed=FLAGS.seed,
+                      profile_dir=FLAGS.profile_dir)
+    return optim, loop

@@ -28,10 +28,10 @@ from flax import nnx
 from experiments import common
 from leser_jax import checkpoint, lm_data, run_log
 from leser_jax.model import Llama, ModelConfig, flops_per_token, param_count
-from leser_jax.optim import OptimConfig, make_optimizer
+from leser_jax.optim import make_optimizer
 from leser_jax.prompts import INSTRUCTION, AnswerFormat
 from leser_jax.tokenizer import SENTENCEPIECE_FILE, load_tokenizer, train_sentencepiece
-from leser_jax.train import LoopConfig, masked_lm_loss, train_loop
+from leser_jax.train import masked_lm_loss, train_loop
 
 # Per preset: the model and the run's defaults. demo: 400 steps (0.5 epoch, ~6.5 min on the
 # shared 2-core machine) because the warm-up needs a model that can copy from its context: after
@@ -77,12 +77,7 @@ def main(argv):
     steps = FLAGS.steps or preset["steps"]
     batch_size = FLAGS.batch_size or preset["batch_size"]
     seq_len = FLAGS.seq_len or preset["seq_len"]
-    optim = OptimConfig(lr=FLAGS.lr or preset["lr"], total_steps=steps,
-                        warmup_steps=int(FLAGS.warmup_fraction * steps),
-                        weight_decay=FLAGS.weight_decay)
-    loop = LoopConfig(total_steps=steps, checkpoint_every=FLAGS.checkpoint_every,
-                      keep_checkpoints=FLAGS.keep_checkpoints, seed=FLAGS.seed,
-                      profile_dir=FLAGS.profile_dir)
+    optim, loop = common.optim_and_loop(steps, FLAGS.lr or preset["lr"])
     common.log_config("model", model_config)
     common.log_config("optim", optim)
     common.log_config("loop", loop)

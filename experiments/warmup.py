@@ -31,9 +31,9 @@ from experiments import common
 from leser_jax import checkpoint, lm_data, run_log, sampler, sft
 from leser_jax.context import ContextConfig
 from leser_jax.model import Llama
-from leser_jax.optim import OptimConfig, make_optimizer
+from leser_jax.optim import make_optimizer
 from leser_jax.teacher import read_examples
-from leser_jax.train import LoopConfig, masked_lm_loss, train_loop
+from leser_jax.train import masked_lm_loss, train_loop
 
 PRESETS = {
     "tiny": dict(steps=20, batch_size=4, lr=1e-3),
@@ -91,12 +91,7 @@ def main(argv):
     preset = PRESETS[FLAGS.preset]
     steps = FLAGS.steps or preset["steps"]
     batch_size = FLAGS.batch_size or preset["batch_size"]
-    optim = OptimConfig(lr=FLAGS.lr or preset["lr"], total_steps=steps,
-                        warmup_steps=int(FLAGS.warmup_fraction * steps),
-                        weight_decay=FLAGS.weight_decay)
-    loop = LoopConfig(total_steps=steps, checkpoint_every=FLAGS.checkpoint_every,
-                      keep_checkpoints=FLAGS.keep_checkpoints, seed=FLAGS.seed,
-                      profile_dir=FLAGS.profile_dir)
+    optim, loop = common.optim_and_loop(steps, FLAGS.lr or preset["lr"])
     context = ContextConfig(k=FLAGS.context_k, max_tokens=FLAGS.context_max_tokens)
     for name, c in (("optim", optim), ("loop", loop), ("context", context)):
         common.log_config(name, c)
