@@ -1,4 +1,4 @@
-"""Flags that several launchers share: which dataset, and how to load and split it.
+"""Flags that several launchers share: which dataset, and how to load and split it; LoRA.
 
 Launchers call `define_dataset_flags()` at import time and `load_catalog()` in main(); the library
 itself never reads flags.
@@ -69,16 +69,44 @@ def open_engine(catalog: Catalog, folder: str | None) -> SearchEngine:
     return SearchEngine.build(catalog)
 
 
+def define_optim_flags() -> None:
+    """Optimizer flags that every training launcher shares (read by `optim_and_loop`)."""
+    flags.DEFINE_bool("master_fp32", True,
+                      "Keep a float32 master copy of bf16/fp16 parameters and float32 AdamW "
+                      "moments (optim.with_float32_master); no effect on float32 models.")
+
+
+def define_lora_flags() -> None:
+    from leser_jax.model import ModelConfig  # here: the data-only launchers need no JAX
+
+    flags.DEFINE_integer("lora_rank", 0, "Train LoRA adapters of this rank on every attention "
+                         "and MLP projection, the --init model frozen (0: full fine-tuning).")
+    flags.DEFINE_float("lora_alpha", ModelConfig.lora_alpha, "LoRA scale numerator: the "
+                       "adapters add (alpha / rank) A B to each kernel.")
+
+
+def with_lora(model):
+    """The --init model with fresh LoRA adapters (B = 0, A seeded by --seed) if --lora_rank > 0,
+    else the model itself. A resumed run restores its adapters over these."""
+    from leser_jax.model import add_lora
+
+    if not FLAGS.lora_rank:
+        return model
+    return add_lora(model, rank=FLAGS.lora_rank, alpha=FLAGS.lora_alpha, seed=FLAGS.seed)
+
+
 def optim_and_loop(steps: int, lr: float):
     """The OptimConfig and train.LoopConfig of a supervised launcher (pretrain, warm-up) from
     its flags: --warmup_fraction, --weight_decay, --checkpoint_every, --keep_checkpoints,
-    --seed, --profile_dir (each launcher defines them, with its own defaults)."""
+    --seed, --profile_dir (each launcher defines them, with its own defaults) and
+    --master_fp32 (`define_optim_flags`)."""
     # Imported here: the data-only launchers (build_index, train_relevance) need no JAX.
     from leser_jax.optim import OptimConfig
     from leser_jax.train import LoopConfig
 
     optim = OptimConfig(lr=lr, total_steps=steps, warmup_steps=int(FLAGS.warmup_fraction * steps),
-                        weight_decay=FLAGS.weight_decay)
+                        weight_decay=FLAGS.weight_decay,
+                        master_fp32=FLAGS.master_fp32)
     loop = LoopConfig(total_steps=steps, checkpoint_every=FLAGS.checkpoint_every,
                       keep_checkpoints=FLAGS.keep_checkpoints, seed=FLAGS.seed,
                       profile_dir=FLAGS.profile_dir)

@@ -11,14 +11,16 @@ penalty towards the --init model, which stays frozen as the reference (leser_jax
 --init: a warm-up checkpoint (experiments.warmup's RUN_DIR/params), a pretrained-only one
 (experiments.pretrain's: the paper's "GRPO without warm-up" ablation), or converted LLaMA weights
 (tools/convert_hf_llama.py). The context flags must be those the warm-up used: the policy was
-taught to read that prompt.
+taught to read that prompt. --lora_rank=R trains LoRA adapters on the frozen --init model
+instead of all its weights (the reference is then that same base, adapters off: one copy of the
+weights, for LLaMA 3.2 3B on one accelerator; tools/memory_plan.py).
 
 Writes into --run_dir: metrics.jsonl and tb/ (one record per step: reward and its parts, format
 validity and rejection reasons, KL, clip fraction, entropy, completion length, seconds by phase;
 dev/* every --eval_every steps), checkpoints/ (rerun the same command after a crash: it resumes
 at the last checkpoint with the same queries and keys), params/ (the final policy with its
-tokenizer, what experiments.evaluate and measure_format read) and DONE.json (the run's summary,
-written last).
+tokenizer, LoRA adapters merged into the weights: what experiments.evaluate and measure_format
+read) and DONE.json (the run's summary, written last).
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ PRESETS = {
 _G, _R = GRPOConfig(), RewardConfig()
 
 common.define_dataset_flags()
+common.define_optim_flags()
+common.define_lora_flags()
 flags.DEFINE_enum("preset", "demo", list(PRESETS), "Run defaults (the model comes from --init).")
 flags.DEFINE_string("run_dir", None, "Output folder of this stage.", required=True)
 flags.DEFINE_string("init", None, "Start policy and reference: a params checkpoint with its "
@@ -103,7 +107,7 @@ def configs_from_flags() -> tuple[GRPOConfig, OptimConfig, RewardConfig, Context
     updates = steps * grpo.mu  # the schedule counts optimizer updates
     optim = OptimConfig(lr=FLAGS.lr or preset["lr"], total_steps=updates,
                         warmup_steps=min(FLAGS.warmup_steps, updates - 1),
-                        weight_decay=FLAGS.weight_decay)
+                        weight_decay=FLAGS.weight_decay, master_fp32=FLAGS.master_fp32)
     reward = RewardConfig(k=FLAGS.reward_k, tau=FLAGS.reward_tau, lam=FLAGS.reward_lambda)
     context = ContextConfig(k=FLAGS.context_k, max_tokens=FLAGS.context_max_tokens)
     loop = LoopConfig(total_steps=steps, checkpoint_every=FLAGS.checkpoint_every,
@@ -122,7 +126,9 @@ def main(argv):
     for name, c in configs.items():
         common.log_config(name, c)
 
-    init_model, model_config, tokenizer = checkpoint.load_init(FLAGS.init)
+    init_model, _, tokenizer = checkpoint.load_init(FLAGS.init)
+    init_model = common.with_lora(init_model)
+    model_config = init_model.config
     common.log_config("model", model_config)
     catalog = common.load_catalog()
     engine = common.open_engine(catalog, FLAGS.index)
@@ -137,6 +143,7 @@ def main(argv):
         train_queries=catalog.split("train"), dev_queries=catalog.split("dev"), catalog=catalog,
         grpo_config=grpo, tx=tx, schedule=schedule, context=context, answer=AnswerFormat(),
         loop=loop, configs=saved)
+    del init_model  # the trainer holds what it needs (with LoRA: nothing, after a resume)
     trainer.run()
     out = checkpoint.save_params(os.path.join(FLAGS.run_dir, "params"), trainer.policy(),
                                  overwrite=True, tokenizer=tokenizer)

@@ -44,7 +44,10 @@ PRESETS = {
 }
 
 common.define_dataset_flags()
+common.define_optim_flags()
 flags.DEFINE_enum("preset", "demo", list(PRESETS), "Model size and run defaults.")
+flags.DEFINE_enum("model", None, ["tiny", "demo", "cpu"], "Model size (default: the preset's); "
+                  "e.g. the demo size on real data, as the pipeline's cpu preset does.")
 flags.DEFINE_string("run_dir", None, "Output folder of this stage.", required=True)
 flags.DEFINE_integer("steps", None, "Optimizer steps (default: the preset's).")
 flags.DEFINE_integer("batch_size", None, "Rows per step (default: the preset's).")
@@ -73,7 +76,8 @@ def main(argv):
     run_log.quiet_library_logs()
     start = time.perf_counter()
     preset = PRESETS[FLAGS.preset]
-    model_config: ModelConfig = preset["model"]()
+    model_config: ModelConfig = (getattr(ModelConfig, FLAGS.model)() if FLAGS.model
+                                 else preset["model"]())
     steps = FLAGS.steps or preset["steps"]
     batch_size = FLAGS.batch_size or preset["batch_size"]
     seq_len = FLAGS.seq_len or preset["seq_len"]

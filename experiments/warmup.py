@@ -7,7 +7,8 @@ render_prompt(query, context) + render_answer(think, expansions) + eos, with the
 answer and its eos only (leser_jax.sft, lm_data). Lengths are padded to multiples of --bucket,
 so the step compiles once per bucket. --init is a params checkpoint with its tokenizer:
 experiments.pretrain's RUN_DIR (or RUN_DIR/params), or tools/convert_hf_llama.py's output for
-real LLaMA weights. --teacher_file is JSONL {"query", "think", "expansions"} from
+real LLaMA weights (with --lora_rank=R: adapters trained on the frozen --init model, merged into
+RUN_DIR/params at the end). --teacher_file is JSONL {"query", "think", "expansions"} from
 experiments.teacher or from elsewhere (e.g. a stronger LLM); bad lines are reported with their
 line numbers and skipped, as are queries of the dev and test splits.
 
@@ -42,6 +43,8 @@ PRESETS = {
 }
 
 common.define_dataset_flags()
+common.define_optim_flags()
+common.define_lora_flags()
 flags.DEFINE_enum("preset", "demo", list(PRESETS), "Run defaults (the model comes from --init).")
 flags.DEFINE_string("run_dir", None, "Output folder of this stage.", required=True)
 flags.DEFINE_string("init", None, "Pretrained params checkpoint (with tokenizer), or a run dir "
@@ -96,7 +99,9 @@ def main(argv):
     for name, c in (("optim", optim), ("loop", loop), ("context", context)):
         common.log_config(name, c)
 
-    init_model, model_config, tokenizer = checkpoint.load_init(FLAGS.init)
+    init_model, _, tokenizer = checkpoint.load_init(FLAGS.init)
+    init_model = common.with_lora(init_model)
+    model_config = init_model.config
     common.log_config("model", model_config)
     max_len = FLAGS.max_len or model_config.max_seq_len
     catalog = common.load_catalog()

@@ -17,6 +17,13 @@ the tokenizer's files (tokenizer.model or tokenizer.json, `save_params(..., toke
 is what `--init=DIR` of the launchers reads: pretraining's export and tools/convert_hf_llama.py's
 output have the same layout.
 
+A params checkpoint always holds a plain model: `save_params` folds LoRA adapters into the
+kernels (model.merge_lora) and records lora_rank 0. Every reader (evaluation, sampling, export,
+the next stage's `--init`) then sees an ordinary LLaMA and runs it at full speed, and a stage
+started from it takes it whole as its reference: a GRPO run from a LoRA warm-up's params is
+held near the warm-up model, not near the warm-up's own base. The adapters stay apart in the
+train-state checkpoints below, which is what resuming needs.
+
 ## Train-state checkpoints (resume)
 A training run (pretraining, warm-up, GRPO) checkpoints its whole state to
 
@@ -66,7 +73,7 @@ import ml_dtypes
 import numpy as np
 from flax import nnx
 
-from leser_jax.model import Llama, ModelConfig
+from leser_jax.model import Llama, ModelConfig, merge_lora
 
 _CONFIG_FILE = "config.json"
 _PARAMS_DIR = "params"
@@ -246,11 +253,13 @@ def save_params(path: str | os.PathLike, model: Llama, config: ModelConfig | Non
 
     `config` defaults to `model.config` (and must equal it when given). `tokenizer`, if given
     (a tokenizer.Tokenizer), saves its files into DIR too, so that DIR alone is an `--init`.
+    LoRA adapters are merged into the kernels first (module docstring).
     """
     from orbax.checkpoint import v1
 
     if config is not None and config != model.config:
         raise ValueError("config differs from model.config")
+    model = merge_lora(model)
     path = Path(path).absolute()
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists (pass overwrite=True to replace it)")

@@ -9,11 +9,12 @@ queries):
     reward    parse every completion and score it with the search engine (reward.RewardFunction:
               each distinct expansion searched once, relevance in one call per query)
     update    advantages = reward - group mean; reference log-probs from the frozen start
-              model; `mu` jitted updates of the clipped GRPO loss + KL (grpo.rollout_loss),
-              gradients accumulated over micro-batches, train state donated. A group's N
-              rollouts share one run of their prompt, in sampling and in the update
-              (sampler.prefill's rows, grpo.completion_logprobs): the prompt (context + query)
-              is several times longer than an answer.
+              model (with LoRA: the policy's own frozen base, adapters off); `mu` jitted
+              updates of the clipped GRPO loss + KL (grpo.rollout_loss), gradients accumulated
+              over micro-batches, train state donated. A group's N rollouts share one run of
+              their prompt, in sampling and in the update (sampler.prefill's rows,
+              grpo.completion_logprobs): the prompt (context + query) is several times longer
+              than an answer.
 
 Every `eval_every` steps the policy expands dev queries greedily and metrics.evaluate measures
 it. Each step logs one stdout line and, to JSONL and TensorBoard: reward mean/std and each
@@ -21,6 +22,12 @@ component, the share of groups whose rewards are all equal (no learning signal),
 and each rejection reason, KL, clip fraction, entropy, completion length, tokens/s and seconds by
 phase. Checkpoints (checkpoint.save_checkpoint) hold the policy's train state; the reference is
 the `--init` model, reloaded on resume.
+
+With LoRA (an `init_model` made by model.add_lora, adapters B = 0) only the adapters are trained
+(train.trainable_split) and the base stays as `init_model` had it, so the reference is the policy
+with its adapters set to 0: the same base arrays, no second copy of the weights (the point of
+LoRA for 3B on one accelerator, tools/memory_plan.py). The checkpoints hold base and adapters
+apart, so a resumed run continues from exactly the adapters it saved.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ import time
 from collections.abc import Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
@@ -112,8 +120,14 @@ def reward_metrics(breakdowns, num_rollouts: int) -> dict[str, float]:
 
 @functools.partial(jax.jit, static_argnums=(0, 3))
 def reference_logprobs(graphdef, params, batch, temperature: float) -> jax.Array:
-    """Log-probs [R, T] of the completions under the frozen reference model (no gradient)."""
-    return grpo.completion_logprobs(nnx.merge(graphdef, params), batch["prompt_tokens"],
+    """Log-probs [R, T] of the completions under the frozen reference model (no gradient).
+
+    LoRA adapters in `params` are set to 0 (A and B both, so their path adds exact zeros): the
+    reference of a LoRA policy is its base. Without adapters this changes nothing.
+    """
+    adapters, base = nnx.split_state(params, nnx.LoRAParam, ...)
+    model = nnx.merge(graphdef, jax.tree.map(jnp.zeros_like, adapters), base)
+    return grpo.completion_logprobs(model, batch["prompt_tokens"],
                                     batch["prompt_mask"], batch["completion_tokens"],
                                     batch["completion_mask"], temperature)
 
@@ -135,7 +149,12 @@ def grpo_update(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, schedu
 
 
 class GRPOTrainer:
-    """Runs GRPO from a start model (`init_model`, also the frozen reference) in `run_dir`."""
+    """Runs GRPO from a start model (`init_model`, also the frozen reference) in `run_dir`.
+
+    With LoRA (init_model.config.lora_rank > 0) the train state takes init_model's arrays
+    without a copy and its updates donate them: do not use init_model (or the model that
+    add_lora made it from) afterwards.
+    """
 
     def __init__(self, run_dir: str, *, init_model: nnx.Module, tokenizer: Tokenizer,
                  reward_fn: RewardFunction, train_queries: Sequence[Query],
@@ -152,14 +171,18 @@ class GRPOTrainer:
         self.sampling = SamplingConfig(temperature=grpo_config.temperature,
                                        max_new_tokens=grpo_config.max_new_tokens)
         model_config = init_model.config
-        self.ref_graphdef, self.ref_params = nnx.split(init_model)
+        self.lora = model_config.lora_rank > 0
+        # The reference: init_model's arrays; with LoRA, the train state's (train_step).
+        self.ref_params = None if self.lora else nnx.split(init_model)[1]
         graphdef, abstract = abstract_train_state(
             lambda: type(init_model)(model_config, rngs=nnx.Rngs(0)), tx)
         state, path = checkpoint.restore_latest(run_dir, abstract)
         if state is None:
-            # A copy: the train state is donated to each update, the reference must survive it.
-            graphdef, state = init_train_state(nnx.merge(graphdef, jax.tree.map(
-                lambda x: x.copy(), self.ref_params)), tx, seed=loop.seed)
+            if self.lora:  # the base is never updated and is the reference: no copy
+                params = nnx.state(init_model)
+            else:  # a copy: each update donates the train state, the reference must survive it
+                params = jax.tree.map(lambda x: x.copy(), self.ref_params)
+            graphdef, state = init_train_state(nnx.merge(graphdef, params), tx, seed=loop.seed)
             log.info("GRPO: fresh start in %s", run_dir)
         else:
             log.info("GRPO: resumed from %s at step %d", path, int(state.step))
@@ -207,8 +230,8 @@ class GRPOTrainer:
                      "completion_mask": rollouts.completion_mask[:, :T],
                      "old_logp": rollouts.logprobs[:, :T], "advantages": advantages}
             if advantages.any():
-                batch["ref_logp"] = reference_logprobs(self.ref_graphdef, self.ref_params, batch,
-                                                       c.temperature)
+                ref = self.state.params if self.lora else self.ref_params
+                batch["ref_logp"] = reference_logprobs(self.graphdef, ref, batch, c.temperature)
                 for _ in range(c.mu):
                     self.state, update_metrics = self.update(self.state, batch)
                 update_metrics = dict(jax.device_get(update_metrics), skipped_update=0.0)

@@ -12,6 +12,7 @@ expansions. This module is that architecture, written from scratch so that the s
 - Grouped-query attention (Ainslie et al. 2023): N query heads share K kv heads, G = N // K query
   heads per kv head; query head n reads kv head n // G, as in Hugging Face's `repeat_kv`.
 - SwiGLU MLP (Shazeer 2020); optional tied input/output embeddings (LLaMA 3.2 ties them).
+- Optional LoRA adapters (Hu et al. 2021) on the seven projections (section "LoRA" below).
 
 The paper says nothing about the model's internals beyond "LLaMA 3.2"; the departures here are
 ours: initialisation (normal, std 0.02, residual output projections scaled by 1/sqrt(2L) as in
@@ -61,11 +62,30 @@ S=176 took 13 ms instead of 19-23 ms on 2 CPU cores (tools/bench_sampler.py).
 
 Writing past `max_len` cannot be detected inside jit (`dynamic_update_slice` clamps the start
 index): a sampler must make `max_len >= prompt length + max new tokens`.
+
+## LoRA
+Low-rank adaptation (Hu et al. 2021, arXiv 2106.09685). With `lora_rank` r > 0, each projection
+kernel W [in..., out...] (q [D, N, H], k/v [D, K, H], o [N, H, D], gate/up [D, F], down [F, D])
+gets a `LoRA` adapter, A [in..., r] and B [r, out...] stored in float32 as `nnx.LoRAParam`, and
+the projection becomes
+
+    y = x W + (alpha / r) * (x A) B
+
+computed on the activations (never W + AB: that is a full kernel-sized array per step). B starts
+at 0, so a model with fresh adapters computes exactly what its base does (`add_lora`). Training
+updates only the adapters (train.trainable_split picks the nnx.LoRAParam variables; LoRAParam
+subclasses Param, so a filter on Param alone would take the base too). The base is frozen, which
+makes it the GRPO reference for free: the reference is the policy with its adapters set to 0
+(grpo_trainer.reference_logprobs), so no second copy of the weights is held
+(tools/memory_plan.py counts what this saves for LLaMA 3.2 3B on one accelerator). `merge_lora`
+folds the adapters into the kernels, W + (alpha / r) A B, for a plain model to save and export.
+The paper says nothing of adapters; LoRA here is ours, to fit the 3B preset on one accelerator.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import flax.struct
@@ -79,7 +99,8 @@ _DTYPES = ("float32", "bfloat16", "float16")
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ModelConfig:
-    """Shape and numerics of the policy (and of the frozen reference model, which is a copy).
+    """Shape and numerics of the policy (and of the frozen reference model: a copy, or with LoRA
+    the policy's own base).
 
     Field names follow LLaMA 3; the Hugging Face config.json key is given where it differs.
     rope_scaling_factor: LLaMA 3's RoPE frequency scaling `factor` (None = plain RoPE); with it,
@@ -95,6 +116,10 @@ class ModelConfig:
       (jax.checkpoint around each Block, via nnx.remat): a backward pass keeps only each block's
       input [B, T, D], for about one more forward pass of compute. Changes no number; a
       training-time switch (tools/memory_plan.py sizes what it saves).
+    lora_rank: rank r of the LoRA adapters on every attention and MLP projection (0 = none:
+      full fine-tuning); lora_alpha: their scale numerator, the update is (alpha / r) A B, so
+      alpha = r gives scale 1 (Hu et al. 2021 fix alpha at the first r they try and do not tune
+      it; the scale keeps the learning rate meaningful across ranks). Module docstring, "LoRA".
     """
 
     vocab_size: int
@@ -116,6 +141,8 @@ class ModelConfig:
     param_dtype: str = "float32"
     init_std: float = 0.02
     remat: bool = False
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads",
@@ -134,6 +161,9 @@ class ModelConfig:
                 raise ValueError(f"rope_scaling_factor must be >= 1, got {self.rope_scaling_factor}")
             if not 0 < self.rope_low_freq_factor < self.rope_high_freq_factor:
                 raise ValueError("need 0 < rope_low_freq_factor < rope_high_freq_factor")
+        if self.lora_rank < 0 or self.lora_alpha <= 0:
+            raise ValueError(f"need lora_rank >= 0 and lora_alpha > 0, got {self.lora_rank}, "
+                             f"{self.lora_alpha}")
         for name in ("dtype", "param_dtype"):
             if getattr(self, name) not in _DTYPES:
                 raise ValueError(f"{name} must be one of {_DTYPES}, got {getattr(self, name)!r}")
@@ -145,6 +175,10 @@ class ModelConfig:
 
     def replace(self, **changes) -> ModelConfig:
         return dataclasses.replace(self, **changes)
+
+    def without_lora(self) -> ModelConfig:
+        """The config of the plain model (`merge_lora`): no adapters, alpha at its default."""
+        return self.replace(lora_rank=0, lora_alpha=ModelConfig.lora_alpha)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -187,13 +221,23 @@ class ModelConfig:
 
 
 def param_count(config: ModelConfig) -> int:
-    """Number of parameters, embeddings included (the number `jax.eval_shape` of the model gives)."""
+    """Number of parameters, embeddings and LoRA adapters included (the number `jax.eval_shape`
+    of the model gives)."""
     c = config
     attn = c.d_model * c.head_dim * (2 * c.num_heads + 2 * c.num_kv_heads)  # q, o; k, v
     mlp = 3 * c.d_model * c.ffn_dim
     per_layer = attn + mlp + 2 * c.d_model  # two RMSNorm scales
     embed = c.vocab_size * c.d_model * (1 if c.tie_embeddings else 2)
-    return c.num_layers * per_layer + embed + c.d_model  # final norm
+    return c.num_layers * per_layer + embed + c.d_model + lora_param_count(c)  # + final norm
+
+
+def lora_param_count(config: ModelConfig) -> int:
+    """Adapter parameters: A [in, r] and B [r, out] on q, k, v, o, gate, up, down (0 if r = 0)."""
+    c = config
+    q_out, kv_out = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
+    ins_outs = [(c.d_model, q_out), (c.d_model, kv_out), (c.d_model, kv_out), (q_out, c.d_model),
+                (c.d_model, c.ffn_dim), (c.d_model, c.ffn_dim), (c.ffn_dim, c.d_model)]
+    return c.num_layers * c.lora_rank * sum(i + o for i, o in ins_outs)
 
 
 def flops_per_token(config: ModelConfig, seq_len: int, *, training: bool = True) -> float:
@@ -267,8 +311,52 @@ class RMSNorm(nnx.Module):
         return normed.astype(x.dtype) * self.scale[...].astype(x.dtype)
 
 
+class LoRA(nnx.Module):
+    """The low-rank update of one kernel W [in..., out...]: x -> (alpha / r) (x A) B.
+
+    A [in..., r] starts normal with std 1 / sqrt(fan_in) (x A has about x's scale), B [r, out...]
+    at 0, so the update starts at exactly 0 (Hu et al. 2021, section 4.1). Both are float32
+    `nnx.LoRAParam`s whatever the base's dtype: they are what is trained, and the optimizer's
+    small steps would be lost in bf16. The matmuls run in the compute dtype, like the base's.
+    """
+
+    def __init__(self, in_shape: tuple[int, ...], out_shape: tuple[int, ...],
+                 config: ModelConfig, *, rngs: nnx.Rngs):
+        r = config.lora_rank
+        self.scale = config.lora_alpha / r
+        self.dtype = config.dtype
+        self.in_dims = len(in_shape)
+        std = 1.0 / math.sqrt(math.prod(in_shape))
+        self.a = nnx.LoRAParam(std * jax.random.normal(rngs.params(), (*in_shape, r),
+                                                       jnp.float32))  # [in..., r]
+        self.b = nnx.LoRAParam(jnp.zeros((r, *out_shape), jnp.float32))  # [r, out...]
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x [B, T, in...] -> [B, T, out...]: through the rank-r bottleneck, never W + A B."""
+        dt = self.dtype
+        h = jnp.tensordot(x, self.a[...].astype(dt), axes=self.in_dims)  # [B, T, r]
+        return jnp.tensordot(h * self.scale, self.b[...].astype(dt), axes=1)  # [B, T, out...]
+
+    def delta(self) -> jax.Array:
+        """(alpha / r) A B [in..., out...], float32: what `merge_lora` adds to W."""
+        return self.scale * jnp.tensordot(self.a[...], self.b[...], axes=1)
+
+
+def _lora(config: ModelConfig, in_shape, out_shape, rngs: nnx.Rngs) -> LoRA | None:
+    return LoRA(in_shape, out_shape, config, rngs=rngs) if config.lora_rank else None
+
+
+def _project(spec: str, x: jax.Array, kernel: nnx.Param, lora: LoRA | None, dtype: str):
+    """x W by the einsum `spec`, plus the adapter's update when there is one."""
+    y = jnp.einsum(spec, x, kernel[...].astype(dtype))
+    return y if lora is None else y + lora(x)
+
+
 class Attention(nnx.Module):
-    """Grouped-query self-attention with RoPE. Kernels: q [D, N, H], k/v [D, K, H], o [N, H, D]."""
+    """Grouped-query self-attention with RoPE. Kernels: q [D, N, H], k/v [D, K, H], o [N, H, D],
+    each with its adapter (q_lora, ...) when lora_rank > 0, else None."""
+
+    KERNELS = ("q", "k", "v", "o")
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         c = config
@@ -278,6 +366,11 @@ class Attention(nnx.Module):
         self.k = _normal(rngs, (c.d_model, c.num_kv_heads, c.head_dim), c.init_std, c.param_dtype)
         self.v = _normal(rngs, (c.d_model, c.num_kv_heads, c.head_dim), c.init_std, c.param_dtype)
         self.o = _normal(rngs, (c.num_heads, c.head_dim, c.d_model), out_std, c.param_dtype)
+        D, NH, KH = (c.d_model,), (c.num_heads, c.head_dim), (c.num_kv_heads, c.head_dim)
+        self.q_lora = _lora(c, D, NH, rngs)
+        self.k_lora = _lora(c, D, KH, rngs)
+        self.v_lora = _lora(c, D, KH, rngs)
+        self.o_lora = _lora(c, NH, D, rngs)
 
     def __call__(self, x, positions, mask, inv_freq, cache=None, layer=None):
         """x [B, T, D], positions [B, T], mask [B, T, S] (True = may attend).
@@ -289,9 +382,9 @@ class Attention(nnx.Module):
         """
         c = self.config
         dt = c.dtype
-        q = jnp.einsum("BTD,DNH->BTNH", x, self.q[...].astype(dt))  # [B, T, N, H]
-        k = jnp.einsum("BTD,DKH->BTKH", x, self.k[...].astype(dt))  # [B, T, K, H]
-        v = jnp.einsum("BTD,DKH->BTKH", x, self.v[...].astype(dt))  # [B, T, K, H]
+        q = _project("BTD,DNH->BTNH", x, self.q, self.q_lora, dt)  # [B, T, N, H]
+        k = _project("BTD,DKH->BTKH", x, self.k, self.k_lora, dt)  # [B, T, K, H]
+        v = _project("BTD,DKH->BTKH", x, self.v, self.v_lora, dt)  # [B, T, K, H]
         q = apply_rope(q, positions, inv_freq)
         k = apply_rope(k, positions, inv_freq)
         k = k.transpose(0, 2, 1, 3)  # [B, K, T, H]: head-major, the cache's layout
@@ -312,7 +405,7 @@ class Attention(nnx.Module):
         probs = jax.nn.softmax(scores, axis=-1).astype(dt)  # [B, K, G, T, S]
         out = jnp.einsum("BKGTS,BKSH->BTKGH", probs, v.astype(dt))  # [B, T, K, G, H]
         out = out.reshape(B, T, c.num_heads, c.head_dim)  # [B, T, N, H]
-        return jnp.einsum("BTNH,NHD->BTD", out, self.o[...].astype(dt)), cache  # [B, T, D]
+        return _project("BTNH,NHD->BTD", out, self.o, self.o_lora, dt), cache  # [B, T, D]
 
 
 def _put(arrays: tuple, i: int, x: jax.Array) -> tuple:
@@ -321,7 +414,10 @@ def _put(arrays: tuple, i: int, x: jax.Array) -> tuple:
 
 
 class MLP(nnx.Module):
-    """SwiGLU: down(silu(x @ gate) * (x @ up)). Kernels gate/up [D, F], down [F, D]."""
+    """SwiGLU: down(silu(x @ gate) * (x @ up)). Kernels gate/up [D, F], down [F, D], each with
+    its adapter (gate_lora, ...) when lora_rank > 0, else None."""
+
+    KERNELS = ("gate", "up", "down")
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         c = config
@@ -330,12 +426,16 @@ class MLP(nnx.Module):
         self.up = _normal(rngs, (c.d_model, c.ffn_dim), c.init_std, c.param_dtype)
         self.down = _normal(rngs, (c.ffn_dim, c.d_model), c.init_std / math.sqrt(2 * c.num_layers),
                             c.param_dtype)
+        D, F = (c.d_model,), (c.ffn_dim,)
+        self.gate_lora = _lora(c, D, F, rngs)
+        self.up_lora = _lora(c, D, F, rngs)
+        self.down_lora = _lora(c, F, D, rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         dt = self.dtype
-        gate = jnp.einsum("BTD,DF->BTF", x, self.gate[...].astype(dt))  # [B, T, F]
-        up = jnp.einsum("BTD,DF->BTF", x, self.up[...].astype(dt))  # [B, T, F]
-        return jnp.einsum("BTF,FD->BTD", jax.nn.silu(gate) * up, self.down[...].astype(dt))
+        gate = _project("BTD,DF->BTF", x, self.gate, self.gate_lora, dt)  # [B, T, F]
+        up = _project("BTD,DF->BTF", x, self.up, self.up_lora, dt)  # [B, T, F]
+        return _project("BTF,FD->BTD", jax.nn.silu(gate) * up, self.down, self.down_lora, dt)
 
 
 class Block(nnx.Module):
@@ -487,3 +587,44 @@ class Llama(nnx.Module):
         """
         return self.prefill(tokens[:, None], jnp.ones((tokens.shape[0], 1), jnp.bool_), cache,
                             last_only=True)
+
+
+def add_lora(model: Llama, *, rank: int, alpha: float, seed: int = 0) -> Llama:
+    """`model` with fresh LoRA adapters (B = 0: it computes exactly what `model` does).
+
+    The base's arrays are shared, not copied: a train state built from the result takes them
+    (and donates them at its first update), so `model` must not be used afterwards.
+    """
+    if model.config.lora_rank:
+        raise ValueError("the model already has LoRA adapters (merge_lora them first)")
+    config = model.config.replace(lora_rank=rank, lora_alpha=alpha)
+    graphdef, _ = nnx.split(nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(seed))))
+    return nnx.merge(graphdef, nnx.state(model, nnx.Param), _fresh_adapters(config, seed))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _fresh_adapters(config: ModelConfig, seed: int) -> nnx.State:
+    """The adapters of `Llama(config, rngs=nnx.Rngs(seed))`; the random base that this builds
+    alongside is dead code under jit, never computed."""
+    return nnx.state(Llama(config, rngs=nnx.Rngs(seed)), nnx.LoRAParam)
+
+
+def merge_lora(model: Llama) -> Llama:
+    """A plain model (lora_rank 0) whose kernels are W + (alpha / r) A B, in float32 then cast to
+    param_dtype; `model` itself if it has no adapters. With bf16 parameters the sum is rounded to
+    bf16, the precision the base had (an adapter update smaller than half a bf16 step of W is lost
+    in that entry; the adapted model itself never rounds it)."""
+    c = model.config
+    if not c.lora_rank:
+        return model
+    graphdef, _ = nnx.split(nnx.eval_shape(lambda: Llama(c.without_lora(), rngs=nnx.Rngs(0))))
+    _, _, base = nnx.split(model, nnx.LoRAParam, ...)
+    merged = nnx.merge(graphdef, base, copy=True)  # new Variables: setting them leaves `model` be
+    for block, new in zip(model.layers, merged.layers):
+        for part, new_part in ((block.attn, new.attn), (block.mlp, new.mlp)):
+            for name in part.KERNELS:
+                w = getattr(part, name)[...]
+                getattr(new_part, name)[...] = (w.astype(jnp.float32)
+                                                 + getattr(part, f"{name}_lora").delta()
+                                                 ).astype(w.dtype)
+    return merged

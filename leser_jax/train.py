@@ -9,6 +9,14 @@ takes the plain pytree `TrainState` and merges the model inside (a small traced 
 compiles fast). The state is donated: the step replaces all of it, so XLA may update parameters
 and Adam moments in place instead of holding two copies.
 
+What is trained (`trainable_split`): every parameter, or, when the model has LoRA adapters
+(model.py, "LoRA"), the adapters only. The rest is frozen: it stays in `TrainState.params` (so
+the state is still one pytree that checkpoints, shards and resumes as before, and a sampler reads
+the whole model from it), is passed to the loss without a gradient, and has no optimizer state
+(`tx.init` sees the trainable part alone). Donation covers it too: an argument returned unchanged
+reuses its buffer, so the frozen base costs no copy per step (tests/test_lora.py checks the
+buffer's address).
+
 Randomness. `TrainState.rng` is the run's base key (raw uint32 key data, so that it checkpoints
 as an ordinary array); step s uses `fold_in(rng, s)`. The key of a step therefore depends on
 (seed, step) only, as does the batch (lm_data): a run resumed from a checkpoint replays exactly
@@ -45,18 +53,33 @@ LossFn = Callable[[nnx.Module, Batch, jax.Array], tuple[jax.Array, dict]]
 
 @flax.struct.dataclass
 class TrainState:
-    params: nnx.State  # the model's nnx.Param state
-    opt_state: optax.OptState  # the optimizer's state (optax structures over params)
+    params: nnx.State  # the model's nnx.Param state, trained and frozen parts alike
+    opt_state: optax.OptState  # the optimizer's state (optax structures over the trained part)
     step: jax.Array  # [] int32: updates applied so far
     rng: jax.Array  # [2] uint32: the run's base key (key data); step s uses fold_in(rng, s)
 
 
+def trainable_split(params: nnx.State) -> tuple[nnx.State, nnx.State]:
+    """(trained, frozen) parts of a model's parameters: the LoRA adapters (nnx.LoRAParam) and the
+    base if the model has adapters, else all parameters and an empty state. Inverse:
+    nnx.merge_state(trained, frozen)."""
+    adapters, base = nnx.split_state(params, nnx.LoRAParam, ...)
+    if jax.tree.leaves(adapters):
+        return adapters, base
+    return params, nnx.State({})
+
+
+def _fresh_state(params: nnx.State, tx: optax.GradientTransformation, seed: int) -> TrainState:
+    return TrainState(params=params, opt_state=tx.init(trainable_split(params)[0]),
+                      step=jnp.zeros((), jnp.int32), rng=jax.random.key_data(jax.random.key(seed)))
+
+
 def init_train_state(model: nnx.Module, tx: optax.GradientTransformation, *,
                      seed: int) -> tuple[nnx.GraphDef, TrainState]:
+    """The state of a fresh run. It takes the model's arrays (no copy) and the first step
+    donates them: do not use `model` afterwards."""
     graphdef, params = nnx.split(model)
-    state = TrainState(params=params, opt_state=tx.init(params), step=jnp.zeros((), jnp.int32),
-                       rng=jax.random.key_data(jax.random.key(seed)))
-    return graphdef, state
+    return graphdef, _fresh_state(params, tx, seed)
 
 
 def abstract_train_state(abstract_fn: Callable[[], nnx.Module],
@@ -65,9 +88,7 @@ def abstract_train_state(abstract_fn: Callable[[], nnx.Module],
     target that checkpoint.restore_latest restores into (STACK.md: restore against
     nnx.eval_shape-built targets, or optax states come back as dicts)."""
     graphdef, params = nnx.split(nnx.eval_shape(abstract_fn))
-    return graphdef, jax.eval_shape(
-        lambda p: TrainState(params=p, opt_state=tx.init(p), step=jnp.zeros((), jnp.int32),
-                             rng=jax.random.key_data(jax.random.key(0))), params)
+    return graphdef, jax.eval_shape(lambda p: _fresh_state(p, tx, 0), params)
 
 
 def masked_lm_loss(model: nnx.Module, batch: Batch, rng: jax.Array) -> tuple[jax.Array, dict]:
@@ -112,8 +133,8 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
       equal-length rows, GRPO's "sequence_mean") this is the full batch's gradient up to float
       rounding; a token mean becomes a mean of per-part token means. Micro-batch i draws its
       key as fold_in(step key, i).
-    metrics: loss, grad_norm (before clipping), lr (of this update), and loss_fn's extras; with
-      M > 1 each is the mean over the micro-batches.
+    metrics: loss, grad_norm (of the trained part, before clipping), lr (of this update), and
+      loss_fn's extras; with M > 1 each is the mean over the micro-batches.
     shardings: None for one device; on a mesh, jax.jit's (in_shardings, out_shardings) for
       (state, batch) -> (state, metrics), from sharding.train_step_shardings. The step's code
       is the same either way: GSPMD partitions it and adds the collectives.
@@ -121,37 +142,38 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
     if micro_batches < 1:
         raise ValueError(f"micro_batches must be >= 1, got {micro_batches}")
 
-    def loss_and_grad(params, batch, rng):
-        def objective(params):
-            return loss_fn(nnx.merge(graphdef, params), batch, rng)
+    def loss_and_grad(trained, frozen, batch, rng):
+        def objective(trained):  # the gradient is over the trained part only
+            return loss_fn(nnx.merge(graphdef, trained, frozen), batch, rng)
 
-        return jax.value_and_grad(objective, has_aux=True)(params)
+        return jax.value_and_grad(objective, has_aux=True)(trained)
 
-    def accumulated(params, batch, rng):
+    def accumulated(trained, frozen, batch, rng):
         parts = _split_micro_batches(batch, micro_batches)  # every array [M, B / M, ...]
         first = jax.tree.map(lambda x: x[0], parts)
         # The carry holds float32 sums of (loss, aux) and of the gradients.
         zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32),
-                             jax.eval_shape(loss_and_grad, params, first, rng))
+                             jax.eval_shape(loss_and_grad, trained, frozen, first, rng))
 
         def body(total, xs):
             i, part = xs
-            out = loss_and_grad(params, part, jax.random.fold_in(rng, i))
+            out = loss_and_grad(trained, frozen, part, jax.random.fold_in(rng, i))
             return jax.tree.map(lambda t, o: t + o.astype(jnp.float32), total, out), None
 
         total, _ = jax.lax.scan(body, zeros, (jnp.arange(micro_batches), parts))
         (loss, aux), grads = jax.tree.map(lambda t: t / micro_batches, total)
-        grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
+        grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, trained)
         return (loss, aux), grads
 
     def step(state: TrainState, batch: Batch):
         rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+        trained, frozen = trainable_split(state.params)
         if micro_batches == 1:
-            (loss, aux), grads = loss_and_grad(state.params, batch, rng)
+            (loss, aux), grads = loss_and_grad(trained, frozen, batch, rng)
         else:
-            (loss, aux), grads = accumulated(state.params, batch, rng)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+            (loss, aux), grads = accumulated(trained, frozen, batch, rng)
+        updates, opt_state = tx.update(grads, state.opt_state, trained)
+        params = nnx.merge_state(optax.apply_updates(trained, updates), frozen)
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
                    "lr": schedule(state.step), **aux}
         return state.replace(params=params, opt_state=opt_state, step=state.step + 1), metrics

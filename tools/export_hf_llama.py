@@ -18,7 +18,7 @@ import numpy as np
 from absl import app, flags
 from flax import nnx
 
-from leser_jax.model import Llama, ModelConfig
+from leser_jax.model import Llama, ModelConfig, merge_lora
 
 
 def hf_config_dict(config: ModelConfig) -> dict:
@@ -40,7 +40,9 @@ def hf_config_dict(config: ModelConfig) -> dict:
 
 
 def hf_state_dict(model: Llama) -> dict[str, np.ndarray]:
-    """Our parameters under LlamaForCausalLM's names and [out, in] layouts (host numpy)."""
+    """Our parameters under LlamaForCausalLM's names and [out, in] layouts (host numpy); LoRA
+    adapters are merged into their kernels first (model.merge_lora)."""
+    model = merge_lora(model)
     c = model.config
     D = c.d_model
     pure = nnx.to_pure_dict(nnx.state(model, nnx.Param))

@@ -13,10 +13,10 @@ Numerics (issue 10): bf16 parameters and activations, float32 optimizer state.
   dtype (2 B), plus a float32 accumulator (4 B) when micro-batches > 1 (train.make_train_step
   sums micro-batch gradients in float32); AdamW m and v float32 (8 B): 16 B a parameter, 20
   with accumulation. The reference model is a second bf16 copy (2 B), frozen.
-- LoRA (rank r on q, k, v, o, gate, up, down; policy = frozen base + adapters): the base is
-  bf16 and frozen (no gradient, no optimizer state, no master copy) and is also the reference
-  (adapters off), so there is no second copy. Adapters are float32 (4 B), their gradients 4 B,
-  AdamW 8 B.
+- LoRA (rank r on q, k, v, o, gate, up, down; policy = frozen base + adapters; model.LoRA,
+  train.trainable_split): the base is bf16 and frozen (no gradient, no optimizer state, no
+  master copy) and is also the reference (adapters off, grpo_trainer.reference_logprobs), so
+  there is no second copy. Adapters are float32 (4 B), their gradients 4 B, AdamW 8 B.
 - Sharding (leser_jax/sharding.py, pure FSDP: data=1, fsdp=devices): parameters, master copy,
   gradients, optimizer state and the reference are divided by the device count; rollout rows
   and prompts are split over all devices when the device count divides them, and are whole on
@@ -74,6 +74,7 @@ import dataclasses
 
 from absl import app, flags
 
+from leser_jax import model
 from leser_jax.model import ModelConfig, param_count
 
 GB = 1e9
@@ -109,12 +110,9 @@ class RunShape:
 
 
 def lora_param_count(config: ModelConfig, rank: int) -> int:
-    """Adapter parameters: A [in, r] and B [r, out] on q, k, v, o, gate, up and down."""
-    c = config
-    q_out, kv_out = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
-    ins_outs = [(c.d_model, q_out), (c.d_model, kv_out), (c.d_model, kv_out), (q_out, c.d_model),
-                (c.d_model, c.ffn_dim), (c.d_model, c.ffn_dim), (c.ffn_dim, c.d_model)]
-    return c.num_layers * rank * sum(i + o for i, o in ins_outs)
+    """Adapter parameters: A [in, r] and B [r, out] on q, k, v, o, gate, up and down (the
+    adapters model.LoRA adds)."""
+    return model.lora_param_count(config.replace(lora_rank=rank))
 
 
 def layer_param_count(config: ModelConfig) -> int:
