@@ -76,6 +76,36 @@ def define_optim_flags() -> None:
                       "moments (optim.with_float32_master); no effect on float32 models.")
 
 
+def define_mesh_flags() -> None:
+    """Device mesh and multi-host flags (read by `setup_mesh`)."""
+    flags.DEFINE_integer("mesh_data", 0, "Data-parallel replicas of the device mesh "
+                         "(0: devices / mesh_fsdp).")
+    flags.DEFINE_integer("mesh_fsdp", 0, "Devices each parameter is split over (0: all devices "
+                         "/ mesh_data; both 0: pure FSDP over every device).")
+    flags.DEFINE_string("coordinator_address", None, "host:port of process 0 of a multi-host "
+                        "run (default: $JAX_COORDINATOR_ADDRESS; unset: one process).")
+    flags.DEFINE_integer("num_processes", None, "Processes of a multi-host run "
+                         "(default: $JAX_NUM_PROCESSES).")
+    flags.DEFINE_integer("process_id", None, "This process's index (default: $JAX_PROCESS_ID).")
+
+
+def setup_mesh():
+    """Connects a multi-host run (sharding.distributed_init), then returns the ("data", "fsdp")
+    mesh over every device, or None on a single device (the unsharded programs, unchanged).
+    Call it first in main(): jax.distributed must start before any other JAX call."""
+    from leser_jax import sharding
+
+    sharding.distributed_init(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    import jax
+
+    if jax.device_count() == 1 and FLAGS.mesh_data <= 1 and FLAGS.mesh_fsdp <= 1:
+        return None
+    mesh = sharding.make_mesh(sharding.MeshConfig(data=FLAGS.mesh_data, fsdp=FLAGS.mesh_fsdp))
+    logging.info("device mesh %s over %d devices (%s)", dict(mesh.shape), mesh.size,
+                 jax.devices()[0].platform)
+    return mesh
+
+
 def define_lora_flags() -> None:
     from leser_jax.model import ModelConfig  # here: the data-only launchers need no JAX
 

@@ -54,6 +54,7 @@ _G, _R = GRPOConfig(), RewardConfig()
 
 common.define_dataset_flags()
 common.define_optim_flags()
+common.define_mesh_flags()
 common.define_lora_flags()
 flags.DEFINE_enum("preset", "demo", list(PRESETS), "Run defaults (the model comes from --init).")
 flags.DEFINE_string("run_dir", None, "Output folder of this stage.", required=True)
@@ -120,6 +121,7 @@ def configs_from_flags() -> tuple[GRPOConfig, OptimConfig, RewardConfig, Context
 def main(argv):
     del argv
     run_log.quiet_library_logs()
+    mesh = common.setup_mesh()  # None on one device
     start = time.perf_counter()
     grpo, optim, reward, context, loop = configs_from_flags()
     configs = {"grpo": grpo, "optim": optim, "reward": reward, "context": context, "loop": loop}
@@ -142,7 +144,7 @@ def main(argv):
         FLAGS.run_dir, init_model=init_model, tokenizer=tokenizer, reward_fn=reward_fn,
         train_queries=catalog.split("train"), dev_queries=catalog.split("dev"), catalog=catalog,
         grpo_config=grpo, tx=tx, schedule=schedule, context=context, answer=AnswerFormat(),
-        loop=loop, configs=saved)
+        loop=loop, configs=saved, mesh=mesh)
     del init_model  # the trainer holds what it needs (with LoRA: nothing, after a resume)
     trainer.run()
     out = checkpoint.save_params(os.path.join(FLAGS.run_dir, "params"), trainer.policy(),

@@ -45,6 +45,7 @@ PRESETS = {
 
 common.define_dataset_flags()
 common.define_optim_flags()
+common.define_mesh_flags()
 flags.DEFINE_enum("preset", "demo", list(PRESETS), "Model size and run defaults.")
 flags.DEFINE_enum("model", None, ["tiny", "demo", "cpu"], "Model size (default: the preset's); "
                   "e.g. the demo size on real data, as the pipeline's cpu preset does.")
@@ -74,6 +75,7 @@ def tokenizer_texts(documents: list[str]) -> list[str]:
 def main(argv):
     del argv
     run_log.quiet_library_logs()
+    mesh = common.setup_mesh()  # None on one device
     start = time.perf_counter()
     preset = PRESETS[FLAGS.preset]
     model_config: ModelConfig = (getattr(ModelConfig, FLAGS.model)() if FLAGS.model
@@ -134,7 +136,7 @@ def main(argv):
         schedule=schedule, loss_fn=masked_lm_loss, batch_fn=batch_fn, loop=loop,
         configs={"model": model_config.to_dict(), "optim": dataclasses.asdict(optim),
                  "loop": dataclasses.asdict(loop), "data": data},
-        tokenizer=tokenizer)
+        tokenizer=tokenizer, mesh=mesh)
     out = checkpoint.save_params(os.path.join(FLAGS.run_dir, "params"), model, overwrite=True,
                                  tokenizer=tokenizer)
     print(f"wrote {out} (use it as experiments.warmup --init) in "

@@ -44,6 +44,7 @@ PRESETS = {
 
 common.define_dataset_flags()
 common.define_optim_flags()
+common.define_mesh_flags()
 common.define_lora_flags()
 flags.DEFINE_enum("preset", "demo", list(PRESETS), "Run defaults (the model comes from --init).")
 flags.DEFINE_string("run_dir", None, "Output folder of this stage.", required=True)
@@ -90,6 +91,7 @@ def check_format(model, tokenizer, engine, queries, context, *, temperature, max
 def main(argv):
     del argv
     run_log.quiet_library_logs()
+    mesh = common.setup_mesh()  # None on one device
     start = time.perf_counter()
     preset = PRESETS[FLAGS.preset]
     steps = FLAGS.steps or preset["steps"]
@@ -140,7 +142,7 @@ def main(argv):
         configs={"model": model_config.to_dict(), "optim": dataclasses.asdict(optim),
                  "loop": dataclasses.asdict(loop), "context": dataclasses.asdict(context),
                  "data": data},
-        tokenizer=tokenizer,
+        tokenizer=tokenizer, mesh=mesh,
         line=("loss", "lr", "grad_norm", "seq_len", "tok_s", "step_s"))
     checkpoint.save_params(os.path.join(FLAGS.run_dir, "params"), model, overwrite=True,
                            tokenizer=tokenizer)

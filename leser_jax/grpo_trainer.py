@@ -44,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.sharding import Mesh
 
 from leser_jax import checkpoint, grpo
 from leser_jax.catalog import Query
@@ -56,6 +57,7 @@ from leser_jax.prompts import REJECTION_REASONS, AnswerFormat
 from leser_jax.reward import RewardFunction
 from leser_jax.rollout import generate_rollouts
 from leser_jax.run_log import RunLog, read_metrics
+from leser_jax.sharding import param_shardings, shard_train_state
 from leser_jax.sampler import SamplingConfig
 from leser_jax.sft import prompt_for
 from leser_jax.tokenizer import Tokenizer
@@ -134,18 +136,20 @@ def reference_logprobs(graphdef, params, batch, temperature: float) -> jax.Array
 
 @functools.lru_cache(maxsize=8)
 def grpo_update(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                config: GRPOConfig):
+                config: GRPOConfig, mesh: Mesh | None = None):
     """The jitted, state-donating GRPO update (train.make_train_step with grpo.rollout_loss).
 
     Cached: trainers of one model structure, optimizer and config (a test's several seeds, a
     crash and resume in one process) share one jitted function, so it compiles once per shape.
+    On a mesh: train.MeshTrainStep (shardings derived from each batch's row counts).
     """
 
     def loss(model, batch, rng):
         del rng  # the loss is deterministic given the rollouts
         return grpo.rollout_loss(model, batch, config)
 
-    return make_train_step(graphdef, tx, schedule, loss, micro_batches=config.micro_batches)
+    return make_train_step(graphdef, tx, schedule, loss, micro_batches=config.micro_batches,
+                           mesh=mesh)
 
 
 class GRPOTrainer:
@@ -160,7 +164,8 @@ class GRPOTrainer:
                  reward_fn: RewardFunction, train_queries: Sequence[Query],
                  dev_queries: Sequence[Query], catalog, grpo_config: GRPOConfig,
                  tx: optax.GradientTransformation, schedule: optax.Schedule,
-                 context: ContextConfig, answer: AnswerFormat, loop: LoopConfig, configs: dict):
+                 context: ContextConfig, answer: AnswerFormat, loop: LoopConfig, configs: dict,
+                 mesh: Mesh | None = None):
         if not train_queries:
             raise ValueError("no training queries")
         self.run_dir, self.tokenizer, self.reward_fn = run_dir, tokenizer, reward_fn
@@ -186,8 +191,14 @@ class GRPOTrainer:
             log.info("GRPO: fresh start in %s", run_dir)
         else:
             log.info("GRPO: resumed from %s at step %d", path, int(state.step))
+        if mesh is not None:  # FSDP: params, optimizer state and the reference split over it
+            state = shard_train_state(state, mesh)
+            if self.ref_params is not None:
+                self.ref_params = jax.device_put(self.ref_params,
+                                                 param_shardings(self.ref_params, mesh))
+        self.mesh = mesh
         self.graphdef, self.state = graphdef, state
-        self.update = grpo_update(graphdef, tx, schedule, grpo_config)
+        self.update = grpo_update(graphdef, tx, schedule, grpo_config, mesh)
         self._prompts: dict[str, str] = {}  # query text -> prompt (contexts repeat across steps)
         self.last_batch: dict | None = None  # the last update's input (tools/bench_grpo)
 
@@ -206,7 +217,7 @@ class GRPOTrainer:
             rollouts = generate_rollouts(
                 self.graphdef, self.state.params, self.tokenizer, [self.prompt(q.text) for q in queries],
                 num_rollouts=c.num_rollouts, sampling=self.sampling,
-                base_key=jax.random.key(self.loop.seed), step=step)
+                base_key=jax.random.key(self.loop.seed), step=step, mesh=self.mesh)
         timing["rollout_s"] = time.perf_counter() - t
         timing.update(prefill_s=rollouts.timing["prefill_s"], decode_s=rollouts.timing["decode_s"])
         t = time.perf_counter()

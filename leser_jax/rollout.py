@@ -33,7 +33,7 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
-from leser_jax import sampler
+from leser_jax import sampler, sharding
 from leser_jax.sampler import SamplingConfig
 from leser_jax.tokenizer import Tokenizer
 
@@ -117,12 +117,15 @@ def generate_rollouts(graphdef, params, tokenizer: Tokenizer, prompts: Sequence[
                       num_rollouts: int, sampling: SamplingConfig, base_key: jax.Array,
                       step: int, stop: Sequence[int] | None = None,
                       prompt_buckets: Sequence[int] = DEFAULT_PROMPT_BUCKETS,
-                      batch_buckets: Sequence[int] | None = None) -> Rollouts:
+                      batch_buckets: Sequence[int] | None = None,
+                      mesh: jax.sharding.Mesh | None = None) -> Rollouts:
     """Samples `num_rollouts` completions of each rendered prompt text.
 
     graphdef, params: `nnx.split(policy)`. The sampling key of this call is
     `fold_in(base_key, step)`, so a run is reproducible step by step. `stop` defaults to
     `stop_ids(tokenizer)`. Prefill and decode are timed apart (each after block_until_ready).
+    mesh: on a device mesh (params placed by sharding.param_shardings), the sampled rows are
+    split over it (sharding.row_sharding); None = one device.
     """
     if not prompts:
         raise ValueError("no prompts")
@@ -141,14 +144,16 @@ def generate_rollouts(graphdef, params, tokenizer: Tokenizer, prompts: Sequence[
     row_prompts = np.concatenate([group_ids, np.zeros(rows - R, np.int32)])  # [rows]
     stop_array = sampler.stop_id_array(stop_ids(tokenizer) if stop is None else stop)
     key = jax.random.fold_in(base_key, step)
+    row_sharding = None if mesh is None else sharding.row_sharding(mesh, rows)
 
     start = time.perf_counter()
     state = sampler.prefill(graphdef, params, padded_tokens, padded_mask, key, sampling,
-                            stop_ids=stop_array, pad_id=tokenizer.pad_id, rows=row_prompts)
+                            stop_ids=stop_array, pad_id=tokenizer.pad_id, rows=row_prompts,
+                            row_sharding=row_sharding)
     jax.block_until_ready(state)
     prefilled = time.perf_counter()
     state = sampler.decode(graphdef, params, state, sampling, stop_ids=stop_array,
-                           pad_id=tokenizer.pad_id)
+                           pad_id=tokenizer.pad_id, row_sharding=row_sharding)
     samples = jax.device_get(sampler.finish(state))  # host copies, blocks until done
     decoded = time.perf_counter()
 

@@ -40,9 +40,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.sharding import Mesh
 
 from leser_jax import checkpoint
 from leser_jax.run_log import RunLog
+from leser_jax.sharding import shard_train_state, train_step_shardings
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +126,7 @@ def _split_micro_batches(batch: Batch, micro_batches: int) -> Batch:
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                     schedule: optax.Schedule, loss_fn: LossFn, *, micro_batches: int = 1,
-                    shardings: tuple | None = None):
+                    shardings: tuple | None = None, mesh: Mesh | None = None):
     """step(state, batch) -> (state, metrics): one optimizer update, jitted, state donated.
 
     micro_batches: gradient accumulation. The batch's rows are split into M equal consecutive
@@ -138,9 +140,17 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
     shardings: None for one device; on a mesh, jax.jit's (in_shardings, out_shardings) for
       (state, batch) -> (state, metrics), from sharding.train_step_shardings. The step's code
       is the same either way: GSPMD partitions it and adds the collectives.
+    mesh: instead of `shardings`, a device mesh: returns a `MeshTrainStep`, which derives the
+      shardings from each batch (what the launchers use).
     """
     if micro_batches < 1:
         raise ValueError(f"micro_batches must be >= 1, got {micro_batches}")
+    if mesh is not None:
+        if shardings is not None:
+            raise ValueError("pass shardings or mesh, not both")
+        return MeshTrainStep(lambda shardings: make_train_step(
+            graphdef, tx, schedule, loss_fn, micro_batches=micro_batches, shardings=shardings),
+            mesh)
 
     def loss_and_grad(trained, frozen, batch, rng):
         def objective(trained):  # the gradient is over the trained part only
@@ -185,6 +195,37 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
     return jax.jit(step, donate_argnums=0, in_shardings=in_shardings, out_shardings=out_shardings)
 
 
+class MeshTrainStep:
+    """A train step on a device mesh: `make_train_step` jitted with the shardings of
+    sharding.train_step_shardings, one jitted step per set of batch row counts (the shardings
+    of a batch depend on them). Called, or lowered, like a jitted step. The state must already
+    be on the mesh (sharding.shard_train_state); batches are split over the mesh here.
+    """
+
+    def __init__(self, build: Callable[[tuple], Callable], mesh: Mesh):
+        self._build, self.mesh = build, mesh
+        self._steps: dict[tuple, Callable] = {}
+
+    def _step_for(self, state: TrainState, batch: Batch):
+        """(jitted step, batch placed on the mesh). Placing it here, not by jit: an array that
+        is already on the mesh with another layout (a replicated jax output, e.g. GRPO's
+        reference log-probs) is an error for jit's in_shardings, a device_put moves it."""
+        key = tuple(sorted((name, np.shape(x)[0]) for name, x in batch.items()))
+        if key not in self._steps:
+            in_shardings, out_shardings = train_step_shardings(state, batch, self.mesh)
+            self._steps[key] = (self._build((in_shardings, out_shardings)), in_shardings[1])
+        step, batch_shardings = self._steps[key]
+        return step, jax.device_put(dict(batch), batch_shardings)
+
+    def __call__(self, state: TrainState, batch: Batch):
+        step, batch = self._step_for(state, batch)
+        return step(state, batch)
+
+    def lower(self, state: TrainState, batch: Batch):
+        step, batch = self._step_for(state, batch)
+        return step.lower(state, batch)
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class LoopConfig:
     """Attributes:
@@ -220,7 +261,8 @@ def train_loop(run_dir: str, *, model_fn: Callable[[], nnx.Module],
                batch_fn: Callable[[int], tuple[Batch, dict]], loop: LoopConfig,
                configs: Mapping[str, object], tokenizer=None,
                line: tuple[str, ...] = ("loss", "lr", "grad_norm", "tok_s", "step_s"),
-               compiled: dict | None = None) -> tuple[nnx.Module, TrainState]:
+               compiled: dict | None = None, mesh: Mesh | None = None
+               ) -> tuple[nnx.Module, TrainState]:
     """Trains until `loop.total_steps`, resuming from RUN_DIR's newest good checkpoint.
 
     model_fn: the model of a fresh run (a random init, or the `--init` checkpoint's model); not
@@ -233,6 +275,8 @@ def train_loop(run_dir: str, *, model_fn: Callable[[], nnx.Module],
     line: the metrics printed on each step's stdout line (all go to JSONL and TensorBoard).
     compiled: compiled steps by batch shape, filled in here; pass the same dict to calls with the
       same model structure, optimizer and loss to compile once (a test's crash and resume).
+    mesh: a device mesh (sharding.make_mesh) to train on: the state is placed on it (FSDP) and
+      each batch split over it; None = one device.
     Returns the trained model and the final state.
     """
     graphdef, abstract = abstract_train_state(abstract_fn, tx)
@@ -242,8 +286,10 @@ def train_loop(run_dir: str, *, model_fn: Callable[[], nnx.Module],
         log.info("fresh start in %s", run_dir)
     else:
         log.info("resumed from %s at step %d", path, int(state.step))
+    if mesh is not None:
+        state = shard_train_state(state, mesh)
     start = int(state.step)
-    step_fn = make_train_step(graphdef, tx, schedule, loss_fn)
+    step_fn = make_train_step(graphdef, tx, schedule, loss_fn, mesh=mesh)
     compiled = {} if compiled is None else compiled
     profiling = None
     with RunLog(run_dir, total_steps=loop.total_steps, resume_step=start) as run_log:

@@ -246,25 +246,67 @@ def test_reward_metrics_count_equal_groups_and_rejections():
     assert m["r_rel"] == pytest.approx(5 / 4)  # the mean over valid rollouts only
 
 
-def test_launcher_trains_and_writes_params(setup, tmp_path):
-    """experiments.grpo end to end in a subprocess (resuming is tested in-process above)."""
-    init = checkpoint.save_params(tmp_path / "init", setup.model, tokenizer=setup.tokenizer)
-    setup.relevance.save(str(tmp_path / "relevance"))
-    run_dir = tmp_path / "grpo"
+def _launch_grpo(setup, tmp_path, run_dir, *extra, xla_flags=""):
+    """Runs experiments.grpo (tiny preset, 2 steps) from setup's model; returns its stderr."""
+    init, relevance = tmp_path / "init", tmp_path / "relevance"
+    if not init.exists():
+        checkpoint.save_params(init, setup.model, tokenizer=setup.tokenizer)
+        setup.relevance.save(str(relevance))
     command = [sys.executable, "-m", "experiments.grpo", "--preset=tiny",
                f"--synthetic_products={SYNTHETIC.num_products}",
                f"--synthetic_queries={SYNTHETIC.num_queries}", f"--init={init}",
-               f"--relevance={tmp_path / 'relevance'}", f"--run_dir={run_dir}", "--steps=2",
+               f"--relevance={relevance}", f"--run_dir={run_dir}", "--steps=2",
                f"--context_k={CONTEXT.k}", f"--context_max_tokens={CONTEXT.max_tokens}",
-               "--max_new_tokens=32", "--eval_every=2", "--eval_queries=8", "--samples_every=1"]
+               "--max_new_tokens=32", *extra]
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run(command, cwd=repo, env=dict(os.environ, PYTHONPATH=repo),
-                         capture_output=True, text=True, timeout=600)
+    env = dict(os.environ, PYTHONPATH=repo)
+    if xla_flags:
+        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + xla_flags).strip()
+    out = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
+    return out.stderr
+
+
+def _step_records(run_dir) -> list[dict]:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in records if "text" not in r]
+
+
+def test_launcher_on_an_8_device_mesh_matches_one_device(setup, tmp_path):
+    """The same launcher on 8 simulated CPU devices (--mesh_data=2 --mesh_fsdp=4: FSDP params,
+    rollout rows split) samples the same rollouts and makes the same updates as on one."""
+    _launch_grpo(setup, tmp_path, tmp_path / "one", "--eval_every=0")
+    log = _launch_grpo(setup, tmp_path, tmp_path / "mesh", "--eval_every=0", "--mesh_data=2",
+                       "--mesh_fsdp=4", xla_flags="--xla_force_host_platform_device_count=8")
+    assert "device mesh {'data': 2, 'fsdp': 4} over 8 devices" in log
+    one, mesh = _step_records(tmp_path / "one"), _step_records(tmp_path / "mesh")
+    assert [r["step"] for r in mesh] == [1, 2]
+    for a, b in zip(one, mesh):
+        # Step 1 samples from the same params with the same key; step 2 from params that equal
+        # up to float rounding (tests/test_sharding.py), so the same tokens and rewards.
+        assert b["reward"] == pytest.approx(a["reward"], abs=1e-6)
+        assert b["length"] == a["length"]
+        assert b["skipped_update"] == a["skipped_update"]
+        if not a["skipped_update"]:
+            assert b["loss"] == pytest.approx(a["loss"], rel=1e-4, abs=1e-6)
+    final_one = checkpoint.load_init(str(tmp_path / "one" / "params"))[0]
+    final_mesh = checkpoint.load_init(str(tmp_path / "mesh" / "params"))[0]
+    # Adam's first steps are about lr * sign(g): where g is ~0, float rounding of the sharded
+    # reductions can move a weight by a fraction of lr (1e-3 here; measured <= 1.4e-5), while a
+    # wrong update would be off by ~lr at every weight.
+    for x, y in zip(jax.tree.leaves(nnx.state(final_one)), jax.tree.leaves(nnx.state(final_mesh))):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-4)
+
+
+def test_launcher_trains_and_writes_params(setup, tmp_path):
+    """experiments.grpo end to end in a subprocess (resuming is tested in-process above)."""
+    run_dir = tmp_path / "grpo"
+    _launch_grpo(setup, tmp_path, run_dir, "--eval_every=2", "--eval_queries=8",
+                 "--samples_every=1")
     done = json.loads((run_dir / "DONE.json").read_text())
     assert done["steps"] == 2 and done["configs"]["context"]["k"] == CONTEXT.k
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    steps = [r for r in records if "text" not in r]
+    steps = _step_records(run_dir)
     assert [r["step"] for r in steps] == [1, 2]
     assert "dev/relevance_gain" in steps[1] and "dev/relevance_gain" not in steps[0]
     assert any("rollouts" in r.get("text", {}) for r in records)
