@@ -32,6 +32,7 @@ from collections.abc import Sequence
 
 import jax
 import numpy as np
+from flax import nnx
 
 from leser_jax import sampler, sharding
 from leser_jax.sampler import SamplingConfig
@@ -61,15 +62,25 @@ def stop_ids(tokenizer: Tokenizer) -> tuple[int, ...]:
 
 def encode_prompts(tokenizer: Tokenizer, texts: Sequence[str], *,
                    buckets: Sequence[int] = DEFAULT_PROMPT_BUCKETS,
-                   bos: bool = True) -> tuple[np.ndarray, np.ndarray]:
+                   bos: bool = True, max_len: int | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
     """Prompt texts -> left-padded tokens [Q, P] int32 and mask [Q, P] bool (True = real token).
 
     P = bucket(longest prompt). Left padding puts every row's last prompt token in the last
     column, where the sampler reads the first next-token logits. Example, P = 4:
         "ab" -> tokens [pad pad a b], mask [0 0 1 1]
+    max_len: the most a prompt may take (the model's max_seq_len - max_new_tokens): buckets are
+    cut to it (a 258-token prompt with max_len 416 pads to 416, not to bucket 512), and a longer
+    prompt is a ValueError that says so.
     """
     encoded = [tokenizer.encode(t, bos=bos) for t in texts]
-    P = bucket(max(len(e) for e in encoded), buckets)
+    longest = max(len(e) for e in encoded)
+    if max_len is not None:
+        if longest > max_len:
+            raise ValueError(f"a prompt of {longest} tokens is longer than the {max_len} the "
+                             "model's max_seq_len leaves beside max_new_tokens")
+        buckets = sorted({min(b, max_len) for b in buckets})
+    P = bucket(longest, buckets)
     tokens = np.full((len(encoded), P), tokenizer.pad_id, np.int32)  # [Q, P]
     mask = np.zeros((len(encoded), P), np.bool_)  # [Q, P]
     for q, ids in enumerate(encoded):
@@ -113,6 +124,17 @@ class Rollouts:
     timing: dict[str, float]  # prefill_s, decode_s, detokenize_s, new_tokens, new_tokens_per_s
 
 
+def _to_host(tree):
+    """NumPy copies of device arrays. On several hosts the sampled rows are spread over all
+    processes' devices: process_allgather gives every process all of them (each then scores
+    the same rollouts and builds the same update batch)."""
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(tree, tiled=True)
+
+
 def generate_rollouts(graphdef, params, tokenizer: Tokenizer, prompts: Sequence[str], *,
                       num_rollouts: int, sampling: SamplingConfig, base_key: jax.Array,
                       step: int, stop: Sequence[int] | None = None,
@@ -129,7 +151,10 @@ def generate_rollouts(graphdef, params, tokenizer: Tokenizer, prompts: Sequence[
     """
     if not prompts:
         raise ValueError("no prompts")
-    prompt_tokens, prompt_mask = encode_prompts(tokenizer, prompts, buckets=prompt_buckets)
+    # The cache holds prompt + max_new_tokens slots, at most the model's max_seq_len.
+    max_len = nnx.merge(graphdef, params).config.max_seq_len - sampling.max_new_tokens
+    prompt_tokens, prompt_mask = encode_prompts(tokenizer, prompts, buckets=prompt_buckets,
+                                                max_len=max_len)
     tokens, mask, group_ids = tile_groups(prompt_tokens, prompt_mask, num_rollouts)  # [R, P]
     R = len(group_ids)
     rows = bucket(R, batch_buckets) if batch_buckets else R
@@ -154,7 +179,7 @@ def generate_rollouts(graphdef, params, tokenizer: Tokenizer, prompts: Sequence[
     prefilled = time.perf_counter()
     state = sampler.decode(graphdef, params, state, sampling, stop_ids=stop_array,
                            pad_id=tokenizer.pad_id, row_sharding=row_sharding)
-    samples = jax.device_get(sampler.finish(state))  # host copies, blocks until done
+    samples = _to_host(sampler.finish(state))  # blocks until done
     decoded = time.perf_counter()
 
     completion = np.asarray(samples.tokens)[:R]  # [R, T_new]

@@ -26,9 +26,13 @@ program and inserts the collectives). The layout is FSDP (ZeRO-3, Rajbhandari et
   of choice when the model fits a device (fewer collectives); data=1 is pure FSDP.
 
 Several hosts: `distributed_init` connects the processes (jax.distributed.initialize) before
-any other JAX call; the mesh then spans all hosts' devices. Feeding per-host batches
-(jax.make_array_from_process_local_data) is not done here yet: the tests run one process with
-8 simulated CPU devices.
+any other JAX call (experiments/common.setup_mesh); the mesh then spans all hosts' devices.
+Every process runs the same launcher and builds the same whole batch (batches and GRPO's
+queries are functions of (seed, step)); train.global_batch_array gives each device its shard
+from its own process's copy, and rollout._to_host gathers the sampled rows to every process
+(process_allgather), which then all score the same rollouts. Untested on real hosts: the tests
+run one process with 8 simulated CPU devices (the greedy evaluation's device_get would also
+need the gather).
 
 Departures: the paper trains on one production setup and says nothing about parallelism; this
 module is ours. Tensor parallelism (splitting heads over a "model" axis) is not offered: at 1B

@@ -195,6 +195,17 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
     return jax.jit(step, donate_argnums=0, in_shardings=in_shardings, out_shardings=out_shardings)
 
 
+def global_batch_array(x, sharding: jax.sharding.Sharding) -> jax.Array:
+    """A batch array laid out by `sharding`. Every process of a run builds the same whole batch
+    (batches are a function of (seed, step)), so on several hosts each process fills in the
+    shards its own devices hold from its copy (make_array_from_callback); one process is the
+    same call. A jax.Array (already on devices, e.g. GRPO's reference log-probs) is moved."""
+    if isinstance(x, jax.Array):
+        return jax.device_put(x, sharding)
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
 class MeshTrainStep:
     """A train step on a device mesh: `make_train_step` jitted with the shardings of
     sharding.train_step_shardings, one jitted step per set of batch row counts (the shardings
@@ -215,7 +226,8 @@ class MeshTrainStep:
             in_shardings, out_shardings = train_step_shardings(state, batch, self.mesh)
             self._steps[key] = (self._build((in_shardings, out_shardings)), in_shardings[1])
         step, batch_shardings = self._steps[key]
-        return step, jax.device_put(dict(batch), batch_shardings)
+        return step, {name: global_batch_array(x, batch_shardings[name])
+                      for name, x in batch.items()}
 
     def __call__(self, state: TrainState, batch: Batch):
         step, batch = self._step_for(state, batch)

@@ -148,3 +148,14 @@ def test_step_profiler_traces_only_its_window(tmp_path):
     with off.step(3):
         pass
     assert off.traced_steps == [] and not (tmp_path / "none").exists()
+
+
+def test_prompt_buckets_stop_at_the_room_the_model_leaves(tokenizer):
+    """A bucket is cut to max_len (max_seq_len - max_new_tokens), and a prompt longer than that
+    is a clear error, not a cache overflow deep inside the sampler."""
+    text = "word " * 40
+    n = len(tokenizer.encode(text, bos=True))
+    tokens, mask = encode_prompts(tokenizer, [text], buckets=(8, 4096), max_len=n + 3)
+    assert tokens.shape == (1, n + 3) and mask.sum() == n  # not 4096
+    with pytest.raises(ValueError, match="longer than"):
+        encode_prompts(tokenizer, [text], buckets=(8, 4096), max_len=n - 1)
