@@ -49,6 +49,10 @@ on the shared 2-core machine (load 1.3-2.0), seconds: dataset 3, index 2, releva
 (150 steps) 157, teacher 25, warm-up (120 steps x 8) 158, GRPO (8 steps x 8 queries x 4) 138,
 GRPO without warm-up 124, evaluation (220 test queries, 6 systems) 71: 693 s in all, and about
 66 s for a fresh venv's install. GRPO costs ~12 s a step: DEMO_GRPO_STEPS is the knob.
+
+The cpu preset on Home Depot (--dataset=../shared/data/homedepot-search-relevance) took 77 min
+on the shared 2-core machine at load 2-4 (2026-11-26; pretraining 42 min of it); its table and
+what it shows are in WORKSPACE.md.
 """
 
 from __future__ import annotations
@@ -90,7 +94,7 @@ PRESETS = {
     # cpu model (34M) trains at ~400 tokens/s here, so its own pretraining preset alone would take
     # over 4 hours. Longer pretraining, warm-up and GRPO than the demo, the lrs tuned there.
     "cpu": dict(
-        context_k=5, context_max_tokens=128, max_context_tokens=128, teacher_max_expansions=2,
+        context_k=5, context_max_tokens=128, max_context_tokens=256, teacher_max_expansions=2,
         max_new_tokens=96, grpo_steps=40,
         pretrain=("--model=demo", "--steps=700", "--batch_size=16", "--seq_len=256",
                   "--lr=2e-3"),

@@ -116,7 +116,7 @@ def test_ablations_pass_through_and_reuse_the_shared_stages(tmp_path):
     grpo = by["grpo_no_warmup"].command
     assert flag(grpo, "reward_lambda") == "0.5" and flag(grpo, "num_rollouts") == "8"
     # k = 10 doubles the preset's 5-product budget of 128 tokens; k = 20 would quadruple it,
-    # but the cpu model's window holds no more than 256 (its cap); the demo's holds 128.
+    # but the cpu preset caps it at 256 (a 512-position model); the demo's at 128.
     assert flag(grpo, "context_k") == "10" and flag(grpo, "context_max_tokens") == "256"
     assert Settings(preset="cpu", run_dir=run, shared_dir=main, dataset="synthetic",
                     context_k=20).context() == (20, 256)
