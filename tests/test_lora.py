@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
-import subprocess
-import sys
 import types
 
 import jax
@@ -34,7 +31,6 @@ from leser_jax.train import LoopConfig, init_train_state, make_train_step, maske
 from tests.test_checkpoint import SCHEDULE, TX, Crash, _leaves_equal, tiny_model
 from tests.test_grpo_run import _breakdown, _rollout_batch
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = ModelConfig.tiny().replace(num_layers=1, vocab_size=128, ffn_dim=64)  # compiles fast
 RANK, ALPHA = 4, 8.0  # scale alpha / r = 2
 
@@ -294,14 +290,10 @@ def test_killed_and_resumed_lora_grpo_run_equals_the_uninterrupted_run(grpo_setu
 
 @pytest.fixture(scope="module")
 def sharded_report():
-    """Runs `_worker` on 8 simulated CPU devices (as tests/test_sharding.py does)."""
-    flags = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-             " --xla_backend_optimization_level=0")
-    env = dict(os.environ, XLA_FLAGS=flags.strip(), JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
-    out = subprocess.run([sys.executable, os.path.abspath(__file__)], cwd=REPO, env=env,
-                         capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    """`_worker`'s report from 8 simulated CPU devices."""
+    from tests.test_sharding import run_on_8_devices
+
+    return run_on_8_devices(__file__)
 
 
 def test_sharded_lora_grpo_update_equals_the_single_device_update(sharded_report):

@@ -56,17 +56,23 @@ def test_distributed_init_is_a_no_op_on_one_process():
         distributed_init(environ={"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "2"})
 
 
-@pytest.fixture(scope="module")
-def report():
-    """Runs `_worker` on 8 simulated CPU devices and returns its JSON report."""
+def run_on_8_devices(script: str) -> dict:
+    """Runs `script` (a test file whose __main__ is its worker) on 8 simulated CPU devices and
+    returns the JSON report it prints last."""
     # LLVM at -O0 halves the compile time that dominates here; both runs share the flag.
     flags = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
              " --xla_backend_optimization_level=0")
     env = dict(os.environ, XLA_FLAGS=flags.strip(), JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
-    out = subprocess.run([sys.executable, os.path.abspath(__file__)], cwd=REPO, env=env,
+    out = subprocess.run([sys.executable, os.path.abspath(script)], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def report():
+    """`_worker`'s report from 8 simulated CPU devices."""
+    return run_on_8_devices(__file__)
 
 
 def test_sharded_grpo_update_equals_the_single_device_update(report):
