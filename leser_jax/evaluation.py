@@ -248,3 +248,30 @@ def read_results(path: str | os.PathLike) -> dict:
         path = os.path.join(path, "results.json")
     with open(path) as f:
         return json.load(f)
+
+
+def added_products_summary(rows_by_query, rel_by_query, labels_by_query, tau: float,
+                           scale) -> dict:
+    """What a set of products per query is, by the relevance model and by the human labels
+    (tools/added_products.py, issue 9's reward-hacking check).
+
+    rows_by_query: per query, the catalog rows (e.g. what a system adds beyond S_k(q));
+    rel_by_query: their relevance-model scores; labels_by_query: per query {row: grade};
+    tau: the hit threshold; scale: the catalog's GradeScale. Returns per_query (rows a query),
+    mean_rel, hit_share (rel >= tau), judged_share (rows with a label), judged_relevant (share
+    of the judged rows the labels call relevant) and judged_hit (share of the judged rows the
+    model calls hits): the last two side by side are the model's precision where labels exist.
+    """
+    rows = np.concatenate(rows_by_query) if rows_by_query else np.zeros(0, np.int64)
+    rel = np.concatenate(rel_by_query) if rel_by_query else np.zeros(0)
+    grades = [g for labels, r in zip(labels_by_query, rows_by_query) for g in
+              (labels.get(int(x)) for x in r)]
+    judged = np.array([g is not None for g in grades], bool)
+    relevant = np.array([g is not None and scale.is_relevant(g) for g in grades], bool)
+    hit = rel >= tau
+    n = max(len(rows), 1)
+    return {"per_query": len(rows) / max(len(rows_by_query), 1),
+            "mean_rel": float(rel.mean()) if len(rel) else float("nan"),
+            "hit_share": hit.sum() / n, "judged_share": judged.sum() / n,
+            "judged_relevant": relevant[judged].mean() if judged.any() else float("nan"),
+            "judged_hit": hit[judged].mean() if judged.any() else float("nan")}

@@ -148,15 +148,14 @@ def test_read_jsonl_keeps_step_records_only(tmp_path):
 
 
 def test_added_products_summary_counts_hits_judged_and_relevant():
-    """tools/added_products.py's columns on two queries worked out by hand."""
+    """The columns of tools/added_products.py on two queries, worked out by hand."""
     from leser_jax.catalog import GradeScale
-    from tools.added_products import summarise
 
     scale = GradeScale(grade_min=1.0, grade_max=3.0, relevant_at=2.5)
     rows = [np.array([1, 2, 3]), np.array([7])]  # products added for query 0 and query 1
     rel = [np.array([0.9, 0.4, 0.6]), np.array([0.55])]
     labels = [{1: 3.0, 2: 1.0}, {8: 3.0}]  # row 3 and row 7 unjudged
-    s = summarise(rows, rel, labels, 0.5, scale)
+    s = evaluation.added_products_summary(rows, rel, labels, 0.5, scale)
     assert s["per_query"] == 2.0
     assert s["mean_rel"] == pytest.approx((0.9 + 0.4 + 0.6 + 0.55) / 4)
     assert s["hit_share"] == pytest.approx(3 / 4)  # 0.9, 0.6, 0.55

@@ -42,23 +42,6 @@ flags.DEFINE_float("reward_lambda", _R.lam, "Teacher: weight of coverage in its 
 FLAGS = flags.FLAGS
 
 
-def summarise(rows_by_query, rel_by_query, labels_by_query, tau: float, scale) -> dict:
-    """Columns of the table for one set of products per query (see the module docstring)."""
-    rows = np.concatenate(rows_by_query) if rows_by_query else np.zeros(0, np.int64)
-    rel = np.concatenate(rel_by_query) if rel_by_query else np.zeros(0)
-    grades = [g for labels, r in zip(labels_by_query, rows_by_query) for g in
-              (labels.get(int(x)) for x in r)]
-    judged = np.array([g is not None for g in grades], bool)
-    relevant = np.array([g is not None and scale.is_relevant(g) for g in grades], bool)
-    hit = rel >= tau
-    n = max(len(rows), 1)
-    return {"per_query": len(rows) / max(len(rows_by_query), 1),
-            "mean_rel": float(rel.mean()) if len(rel) else float("nan"),
-            "hit_share": hit.sum() / n, "judged_share": judged.sum() / n,
-            "judged_relevant": relevant[judged].mean() if judged.any() else float("nan"),
-            "judged_hit": hit[judged].mean() if judged.any() else float("nan")}
-
-
 def main(argv):
     del argv
     run_log.quiet_library_logs()
@@ -87,9 +70,9 @@ def main(argv):
         added = [np.setdiff1d(m.union, m.lists[0]) for m in measured]
         if not table:  # S_k(q) is the same for every system: the reference row, once
             rel = relevance.score_many(list(zip(texts, own)))
-            table["S_k(q) itself"] = summarise(own, rel, labels, reward.tau, catalog.scale)
+            table["S_k(q) itself"] = evaluation.added_products_summary(own, rel, labels, reward.tau, catalog.scale)
         rel = relevance.score_many([(t, r) for t, r in zip(texts, added)])
-        table[f"{name}: added"] = summarise(added, rel, labels, reward.tau, catalog.scale)
+        table[f"{name}: added"] = evaluation.added_products_summary(added, rel, labels, reward.tau, catalog.scale)
     print(f"{len(queries)} test queries of {catalog.name}; hit: rel >= {reward.tau}; policies "
           f"at T={FLAGS.temperature}\n")
     print("| products | per query | mean rel | hits | judged | judged: relevant (labels) | "
