@@ -113,7 +113,7 @@ class ModelConfig:
     init_std: std of the normal initialisation of a model trained from scratch (ours, GPT-2's
       0.02; converted checkpoints ignore it).
     remat: recompute each block's activations in the backward pass instead of storing them
-      (jax.checkpoint around each Block, via nnx.remat): a backward pass keeps only each block's
+      (jax.checkpoint around each Block): a backward pass keeps only each block's
       input [B, T, D], for about one more forward pass of compute. Changes no number; a
       training-time switch (tools/memory_plan.py sizes what it saves).
     lora_rank: rank r of the LoRA adapters on every attention and MLP projection (0 = none:
@@ -515,16 +515,21 @@ class Llama(nnx.Module):
         return jnp.einsum("BTD,DV->BTV", x, self.lm_head[...].astype(dt),
                           preferred_element_type=jnp.float32)  # [B, T, V]
 
-    def _block(self, i: int, x, positions, mask, inv_freq, cache=None):
-        """Block i (with the cache's layer i when there is a cache); `config.remat` wraps it in
-        nnx.remat. The layer index and inv_freq (a host constant) are closed over: the index
-        picks the cache's layer in Python, so it cannot be a traced argument."""
+    def _block(self, i: int, x, positions, mask, inv_freq, cache=None, remat=None):
+        """Block i (with the cache's layer i when there is a cache); `remat` (default
+        `config.remat`) wraps it in jax.checkpoint. The layer index and inv_freq (a host constant) are
+        closed over: the index picks the cache's layer in Python, so it cannot be a traced
+        argument."""
         layer = None if cache is None else i
-        if not self.config.remat:
+        if not (self.config.remat if remat is None else remat):
             return self.layers[i](x, positions, mask, inv_freq, cache, layer)
-        run = nnx.remat(lambda block, x, positions, mask, cache:
-                        block(x, positions, mask, inv_freq, cache, layer))
-        return run(self.layers[i], x, positions, mask, cache)
+        # jax.checkpoint of a pure function of the block's state rather than nnx.remat: a block
+        # writes no variable, and nnx.remat's write-back fails on variables made at another trace
+        # level (LoRA's frozen base inside the gradient, any model inside a while_loop).
+        graphdef, state = nnx.split(self.layers[i])
+        run = jax.checkpoint(lambda state, x, positions, mask, cache: nnx.merge(graphdef, state)(
+            x, positions, mask, inv_freq, cache, layer))
+        return run(state, x, positions, mask, cache)
 
     def _embed(self, tokens: jax.Array) -> jax.Array:
         return self.embed[...][tokens].astype(self.config.dtype)  # [B, T, D]
@@ -552,12 +557,13 @@ class Llama(nnx.Module):
         return self._logits(x if last_n is None else x[:, T - last_n:])
 
     def prefill(self, tokens: jax.Array, pad_mask: jax.Array, cache: KVCache, *,
-                last_only: bool = False) -> tuple[jax.Array, KVCache]:
+                last_only: bool = False, remat: bool | None = None) -> tuple[jax.Array, KVCache]:
         """Writes tokens [B, T] (pad_mask [B, T], True = real) at slots index .. index + T - 1.
 
         Returns logits [B, T, V] float32, or [B, V] of the last slot if `last_only` (a prompt
         batch is left-padded, so the last slot is every row's last real token), and the cache.
-        Also usable to append a chunk to a cache that already holds tokens.
+        Also usable to append a chunk to a cache that already holds tokens. remat: default
+        `config.remat` (GRPO's loss differentiates through this path); the sampler passes False.
         """
         B, T = tokens.shape
         c = self.config
@@ -572,7 +578,7 @@ class Llama(nnx.Module):
         x = self._embed(tokens)  # [B, T, D]
         for i in range(len(self.layers)):
             with jax.named_scope(f"layer_{i}"):
-                x, cache = self._block(i, x, positions, mask, inv_freq, cache)
+                x, cache = self._block(i, x, positions, mask, inv_freq, cache, remat)
         if last_only:
             x = x[:, -1:]
         logits = self._logits(x)  # [B, T, V] or [B, 1, V]
@@ -584,10 +590,11 @@ class Llama(nnx.Module):
         """One token per row, tokens [B], at slot `cache.index` and each row's own position.
 
         Returns logits [B, V] float32 and the cache. Rows that have finished keep writing (their
-        tokens are ignored by the sampler); every write is marked valid.
+        tokens are ignored by the sampler); every write is marked valid. Never rematerialised:
+        nothing differentiates a decode step.
         """
         return self.prefill(tokens[:, None], jnp.ones((tokens.shape[0], 1), jnp.bool_), cache,
-                            last_only=True)
+                            last_only=True, remat=False)
 
 
 def add_lora(model: Llama, *, rank: int, alpha: float, seed: int = 0) -> Llama:

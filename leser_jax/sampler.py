@@ -254,7 +254,8 @@ def _prefill(graphdef, params, prompt_tokens, prompt_mask, rows, key, temperatur
     B = rows.shape[0]
     with jax.named_scope("prefill"):
         cache = init_cache(model.config, Q, P + max_new_tokens)
-        logits, cache = model.prefill(prompt_tokens, prompt_mask, cache, last_only=True)  # [Q, V]
+        logits, cache = model.prefill(prompt_tokens, prompt_mask, cache, last_only=True,
+                                      remat=False)  # [Q, V]
         # Every per-row array [Q, ...] -> [B, ...]; the shared slot index [] stays.
         cache = jax.tree.map(lambda x: jnp.take(x, rows, axis=0) if x.ndim else x, cache)
         logits = jnp.take(logits, rows, axis=0)  # [B, V]

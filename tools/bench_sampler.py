@@ -7,7 +7,7 @@ The full grid of the issue (a long run on 2 cores): --batch=32,128 --prompt_len=
 --new_tokens=48,96.
 
 For every preset x batch B x prompt length P x new tokens T: a model of the preset with random
-weights (host-made, normal std 0.02), a prompt batch of random tokens [B, P] (no padding), and
+weights (tools.weights, normal std 0.02), a prompt batch of random tokens [B, P] (no padding), and
 sampling at temperature 0.9 with stop ids that never occur, so that every row writes exactly T
 tokens and the counts are exact. Ours: `sampler.prefill` then `sampler.decode` (the while_loop),
 each timed after block_until_ready; compile time is the first call minus a steady call, and the
@@ -23,8 +23,9 @@ new tok/s = B * T / (prefill + decode).
 The decode-step floor: a step must read every weight once and the keys and values of the tokens
 written so far (on average P + T/2 per row), and do 2 FLOPs per weight per row plus attention
 over those tokens (`model.flops_per_token`). floor = max(FLOPs / matmul peak, bytes / memory
-bandwidth), with the float32 N^3 matmul peak and the read bandwidth (a jitted sum over
---bandwidth_mb MB) measured in the same run, before and after the models (the higher is used).
+bandwidth), with the N^3 matmul peak (in the first preset's dtype) and the read bandwidth (a
+jitted sum over --bandwidth_mb MB) measured in the same run, before and after the models (the
+higher is used).
 "step / floor" is the measured decode step over that floor. The machine is shared: the load
 average is printed, and each number is a best-of, so the ratios err in our favour only as much
 as the noise of a best-of does.
@@ -47,6 +48,7 @@ from leser_jax.model import Llama, ModelConfig, flops_per_token, param_count
 from leser_jax.profiling import StepProfiler
 from leser_jax.sampler import SamplingConfig
 from tools.timing import matmul_peak_flops, timed
+from tools.weights import random_model
 
 flags.DEFINE_list("presets", ["demo", "cpu"], "ModelConfig presets.")
 flags.DEFINE_list("batch", ["32"], "Batch sizes B (rows sampled at once).")
@@ -56,9 +58,13 @@ flags.DEFINE_integer("repeats", 3, "Timed calls per configuration after compile/
 flags.DEFINE_bool("hf", True, "Also time transformers' generate on the same weights.")
 flags.DEFINE_list("hf_threads", ["1", "2"], "torch thread counts to try; the fastest is reported.")
 flags.DEFINE_float("temperature", 0.9, "Sampling temperature (the paper's 0.9).")
-flags.DEFINE_integer("peak_size", 2048, "N of the N x N x N float32 matmul that measures the peak.")
+flags.DEFINE_enum("hf_device", "cpu", ["cpu", "cuda"], "Where transformers runs (cuda: in the "
+                  "models' dtype, e.g. bf16 for llama3_2_1b).")
+flags.DEFINE_integer("peak_size", None, "N of the N x N x N matmul (in the first preset's dtype) "
+                     "that measures the peak; default 2048 on a CPU, 8192 on an accelerator.")
 flags.DEFINE_integer("peak_repeats", 10, "Timed matmuls; the fastest gives the peak.")
-flags.DEFINE_integer("bandwidth_mb", 256, "Size of the array summed to measure read bandwidth.")
+flags.DEFINE_integer("bandwidth_mb", None, "Size of the array summed to measure read bandwidth; "
+                     "default 256 on a CPU, 4096 on an accelerator (long enough to hide dispatch).")
 flags.DEFINE_string("profile_dir", None, "Write a jax.profiler trace of our timed calls of the "
                     "first configuration here (scopes prefill, decode, decode_step, sample).")
 FLAGS = flags.FLAGS
@@ -70,17 +76,6 @@ def read_bandwidth(megabytes: int, repeats: int = 10) -> float:
     total = jax.jit(jnp.sum)
     timed(total, x)
     return x.nbytes / min(timed(total, x)[1] for _ in range(repeats))
-
-
-def random_model(config: ModelConfig, seed: int = 0) -> Llama:
-    """Random weights made on the host (no compiled init): normal std 0.02, norm scales 1."""
-    graphdef, state = nnx.split(nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(0))))
-    rng = np.random.default_rng(seed)
-    pure = jax.tree.map(lambda x: jnp.asarray(
-        np.ones(x.shape) if x.ndim == 1 else rng.normal(0, 0.02, x.shape), x.dtype),
-        nnx.to_pure_dict(state))
-    nnx.replace_by_pure_dict(state, pure)
-    return nnx.merge(graphdef, state)
 
 
 def decode_floor(config: ModelConfig, B: int, P: int, T: int, peak: float, bandwidth: float):
@@ -112,7 +107,7 @@ def ours_call(model: Llama, tokens: np.ndarray, T: int, temperature: float):
     return call
 
 
-def hf_model(model: Llama):
+def hf_model(model: Llama, device: str):
     import torch
     import transformers
 
@@ -124,6 +119,8 @@ def hf_model(model: Llama):
     state = {k: torch.from_numpy(np.array(v, np.float32)) for k, v in hf_state_dict(model).items()}
     missing, unexpected = hf.load_state_dict(state, strict=False)
     assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
+    if device != "cpu":  # on a GPU, in the dtype ours computes in (bf16 for the LLaMA presets)
+        hf = hf.to(device=device, dtype=getattr(torch, model.config.dtype))
     # No eos: every row runs to max_new_tokens, like ours (min_new_tokens would add a logits
     # processor that ours does not pay for).
     hf.generation_config.eos_token_id = None
@@ -134,7 +131,7 @@ def hf_call(hf, tokens: np.ndarray, T: int, temperature: float):
     """A function threads -> seconds of one transformers generate call on the prompt batch."""
     import torch
 
-    inputs = torch.from_numpy(tokens.astype(np.int64))
+    inputs = torch.from_numpy(tokens.astype(np.int64)).to(hf.device)
 
     def call(threads: int) -> float:
         torch.set_num_threads(threads)
@@ -143,6 +140,8 @@ def hf_call(hf, tokens: np.ndarray, T: int, temperature: float):
             out = hf.generate(inputs, attention_mask=torch.ones_like(inputs), do_sample=True,
                               temperature=temperature, top_k=0, top_p=1.0, max_new_tokens=T,
                               pad_token_id=0)
+        if out.is_cuda:
+            torch.cuda.synchronize()
         assert out.shape == (tokens.shape[0], tokens.shape[1] + T)
         return time.perf_counter() - start
 
@@ -177,10 +176,17 @@ def check_same_weights(model: Llama, hf, tokens: np.ndarray) -> float:
     import torch
 
     with torch.no_grad():
-        theirs = hf(torch.from_numpy(tokens[:2, :32].astype(np.int64))).logits.numpy()
-    ours = np.asarray(jax.jit(lambda t: model(t))(tokens[:2, :32]))
+        inputs = torch.from_numpy(tokens[:2, :32].astype(np.int64)).to(hf.device)
+        theirs = hf(inputs).logits.float().cpu().numpy()
+    graphdef, params = nnx.split(model)  # params as an argument: not baked into the program
+    forward = jax.jit(lambda params, t: nnx.merge(graphdef, params)(t))
+    ours = np.asarray(forward(params, tokens[:2, :32]), np.float32)
     err = float(np.abs(ours - theirs).max())
-    assert err < 1e-3, f"converted weights disagree: max |logit diff| {err}"
+    if model.config.dtype == "float32":
+        assert err < 1e-3, f"converted weights disagree: max |logit diff| {err}"
+    # In bf16 the two frameworks round each layer differently: the difference is printed with
+    # the logits' scale, to be read, not asserted.
+    print(f"bf16 logits: max |ours - theirs| {err:.3g}, max |ours| {np.abs(ours).max():.3g}")
     return err
 
 
@@ -191,15 +197,19 @@ def main(argv):
 
     cores = len(os.sched_getaffinity(0))
     load_before = os.getloadavg()
-    peak_before = matmul_peak_flops(FLAGS.peak_size, FLAGS.peak_repeats)
-    bw_before = read_bandwidth(FLAGS.bandwidth_mb)
+    on_cpu = jax.default_backend() == "cpu"
+    peak_size = FLAGS.peak_size or (2048 if on_cpu else 8192)
+    bandwidth_mb = FLAGS.bandwidth_mb or (256 if on_cpu else 4096)
+    peak_dtype = getattr(ModelConfig, FLAGS.presets[0])().dtype
+    peak_before = matmul_peak_flops(peak_size, FLAGS.peak_repeats, peak_dtype)
+    bw_before = read_bandwidth(bandwidth_mb)
     rows = []
     profiler = StepProfiler(FLAGS.profile_dir, start_step=0, num_steps=FLAGS.repeats,
                             name="sample")
     for name in FLAGS.presets:
         config = getattr(ModelConfig, name)()
         model = random_model(config)
-        hf = hf_model(model) if FLAGS.hf else None
+        hf = hf_model(model, FLAGS.hf_device) if FLAGS.hf else None
         err = check_same_weights(model, hf, np.arange(64).reshape(2, 32) + 4) if hf else None
         for B, P, T in itertools.product(*(map(int, f) for f in (
                 FLAGS.batch, FLAGS.prompt_len, FLAGS.new_tokens))):
@@ -209,16 +219,16 @@ def main(argv):
             rows.append((name, config, B, P, T, r, r["hf_s"], err))
             print(f"done {name} B={B} P={P} T={T}", flush=True)
     profiler.close()
-    peak = max(peak_before, matmul_peak_flops(FLAGS.peak_size, FLAGS.peak_repeats))
-    bandwidth = max(bw_before, read_bandwidth(FLAGS.bandwidth_mb))
+    peak = max(peak_before, matmul_peak_flops(peak_size, FLAGS.peak_repeats, peak_dtype))
+    bandwidth = max(bw_before, read_bandwidth(bandwidth_mb))
     load_after = os.getloadavg()
 
     print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}, {cores} usable cores; "
-          f"float32 matmul peak {peak / 1e9:.0f} GFLOP/s, read bandwidth {bandwidth / 1e9:.1f} "
+          f"{peak_dtype} matmul peak {peak / 1e9:,.0f} GFLOP/s, read bandwidth {bandwidth / 1e9:.1f} "
           f"GB/s; load average {load_before[0]:.2f} before, {load_after[0]:.2f} after; "
           f"temperature {FLAGS.temperature}, best of {FLAGS.repeats}; transformers "
           f"{transformers.__version__} on torch {torch.__version__}, threads tried "
-          f"{','.join(FLAGS.hf_threads)}")
+          f"{','.join(FLAGS.hf_threads)} on {FLAGS.hf_device}")
     header = ("preset", "B", "P", "T", "compile s", "prefill s", "decode s", "ours tok/s",
               "HF tok/s", "HF thr", "ours/HF", "step ms", "floor ms", "step/floor")
     table = []

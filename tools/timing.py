@@ -19,10 +19,13 @@ def timed(fn, *args):
     return out, time.perf_counter() - start
 
 
-def matmul_peak_flops(n: int, repeats: int) -> float:
-    """FLOP/s of the fastest of `repeats` jitted n x n x n float32 matmuls (after a compile)."""
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+def matmul_peak_flops(n: int, repeats: int, dtype: str = "float32") -> float:
+    """FLOP/s of the fastest of `repeats` jitted n x n x n matmuls in `dtype` (after a compile).
+
+    The peak a model in that dtype can reach here: float32 on a CPU, bfloat16 on a GPU's tensor
+    cores (an H100/H200 gives ~790 TFLOP/s at n = 8192, KINDS.md)."""
+    a = jax.random.normal(jax.random.key(0), (n, n), dtype)
+    b = jax.random.normal(jax.random.key(1), (n, n), dtype)
     matmul = jax.jit(jnp.matmul)
     timed(matmul, a, b)  # compile
     return 2 * n ** 3 / min(timed(matmul, a, b)[1] for _ in range(repeats))
