@@ -16,7 +16,8 @@ forward plus attention, x3 for a training step) and the peak of an N^3 matmul in
 dtype measured in the same run. Phases:
   rollout:   prefill of the Q prompts (once per group) + R*T decode tokens at context ~P + T/2
   reference: forward over the Q prompts + R*T completion tokens (grpo.completion_logprobs)
-  update:    forward + backward over the same tokens, plus the optimizer
+  update:    forward + backward over the same tokens, plus the optimizer (x3 the forward;
+             x2 with LoRA: no weight gradients for the frozen base)
 Each phase is timed after block_until_ready; the first --warmup steps compile and are dropped;
 the medians of --steps steps are printed.
 """
@@ -56,11 +57,14 @@ FLAGS = flags.FLAGS
 
 
 def step_flops(config: ModelConfig, Q: int, R: int, P: int, T: int) -> dict[str, float]:
-    """Model FLOPs of each phase (module docstring)."""
+    """Model FLOPs of each phase (module docstring). With LoRA the update's backward computes
+    the activations' gradients but no weight gradient of the frozen base: 2 forwards, not 3
+    (the adapters' own matmuls are under 1% and not counted)."""
     prompt = Q * P * flops_per_token(config, P, training=False)
     completions = R * T * flops_per_token(config, P + T // 2, training=False)
+    backward = 1 if config.lora_rank else 2
     return {"rollout": prompt + completions, "reference": prompt + completions,
-            "update": 3 * (prompt + completions)}
+            "update": (1 + backward) * (prompt + completions)}
 
 
 def main(argv):
@@ -118,7 +122,7 @@ def main(argv):
 
     median = {k: statistics.median(r[k] for r in records) for k in records[0]}
     step_s = median["rollout"] + median["reference"] + median["update"]
-    flops = step_flops(config, Q, R, P, T)
+    flops = step_flops(model.config, Q, R, P, T)
     trained = "all" if not FLAGS.lora_rank else f"LoRA r={FLAGS.lora_rank}"
     print(f"device: {jax.devices()[0].device_kind}; {FLAGS.preset} "
           f"({param_count(config) / 1e9:.2f}B params, {config.dtype}, trained: {trained}, remat "
