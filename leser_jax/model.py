@@ -41,7 +41,8 @@ Parameters live in the module; jitted code takes `graphdef, state = nnx.split(mo
 `KVCache` is a plain pytree (`flax.struct.dataclass`), not module state: it is passed in and
 returned, so a sampler can donate it to a jitted prefill and carry it through a `lax.while_loop`.
 
-    k, v   L-tuples of [B, K, S, H]  keys and values of every slot written so far, per layer
+    k      L-tuple of [B, K, H, S]  keys of every slot written so far, per layer (as columns)
+    v      L-tuple of [B, K, S, H]  values of every slot written so far, per layer
     valid  [B, S] bool      the slot holds a real token (False for padding and for unwritten slots)
     pos    [B] int32        the next RoPE position of each row = number of real tokens written
     index  [] int32         the next slot to write; the same for all rows
@@ -54,11 +55,13 @@ slots 0..2 invalid and its first real token at slot 3 with position 0. Example, 
     row 1: tokens [c d e f] pad_mask [1 1 1 1] -> slots 0..3 valid, positions 0..3, pos=4
     decode_step writes slot 4 for both rows, at positions 2 and 4; index becomes 5.
 
-The layout is what decoding on a CPU wants: head-major [B, K, S, H] is the operand layout both
-attention einsums read without a transpose (with [B, S, K, H], XLA copied the whole cache layer
-into that layout at every decode step), and one array per layer because a slice of a stacked
-[L, ...] array is copied before a dot reads it. Together: the demo preset's decode step at B=32,
-S=176 took 13 ms instead of 19-23 ms on 2 CPU cores (tools/bench_sampler.py).
+The layout is what decoding on a CPU wants. Head-major, so that each (row, kv head) is one
+matrix that both attention products read without a transpose: with [B, S, K, H], XLA copied the
+whole cache layer into that layout at every decode step. Keys as columns [H, S], so that the
+scores are a plain matmul q [G, H] @ k [H, S]; values as rows [S, H] for probs [G, S] @ v. One
+array per layer, because a slice of a stacked [L, ...] array is copied before a dot reads it.
+The demo preset's decode step at B=32, S=176 on 2 CPU cores: 19-23 ms with [L, B, S, K, H],
+12-13 ms with [B, K, S, H] per layer, 9-11 ms now (tools/bench_sampler.py, WORKSPACE.md).
 
 Writing past `max_len` cannot be detected inside jit (`dynamic_update_slice` clamps the start
 index): a sampler must make `max_len >= prompt length + max new tokens`.
@@ -378,8 +381,9 @@ class Attention(nnx.Module):
 
         Without a cache S = T and the keys are this call's tokens. With a `KVCache`, this call's
         keys and values are written into layer `layer` at slots cache.index .. cache.index + T - 1
-        first (a dynamic_update_slice of that layer's [B, K, S, H] arrays: in place when donated), then
-        attention reads all S slots of that layer; the updated cache is returned.
+        first (dynamic_update_slices of that layer's k [B, K, H, S] and v [B, K, S, H]: in place
+        when donated), then attention reads all S slots of that layer; the updated cache is
+        returned.
         """
         c = self.config
         dt = c.dtype
@@ -388,24 +392,32 @@ class Attention(nnx.Module):
         v = _project("BTD,DKH->BTKH", x, self.v, self.v_lora, dt)  # [B, T, K, H]
         q = apply_rope(q, positions, inv_freq)
         k = apply_rope(k, positions, inv_freq)
-        k = k.transpose(0, 2, 1, 3)  # [B, K, T, H]: head-major, the cache's layout
+        # The cache's layouts: keys as columns (q @ k is then a plain matmul; a decode step's
+        # scores ran 2.5x slower on XLA:CPU against [B, K, S, H]), values as rows.
+        k = k.transpose(0, 2, 3, 1)  # [B, K, H, T]
         v = v.transpose(0, 2, 1, 3)  # [B, K, T, H]
         if cache is not None:
-            start = (0, 0, cache.index, 0)
-            k = jax.lax.dynamic_update_slice(cache.k[layer], k.astype(cache.k[layer].dtype), start)
-            v = jax.lax.dynamic_update_slice(cache.v[layer], v.astype(cache.v[layer].dtype), start)
+            k = jax.lax.dynamic_update_slice(cache.k[layer], k.astype(cache.k[layer].dtype),
+                                             (0, 0, 0, cache.index))
+            v = jax.lax.dynamic_update_slice(cache.v[layer], v.astype(cache.v[layer].dtype),
+                                             (0, 0, cache.index, 0))
             cache = cache.replace(k=_put(cache.k, layer, k), v=_put(cache.v, layer, v))
-            # k, v: [B, K, S, H], all S slots of this layer
+            # k [B, K, H, S], v [B, K, S, H]: all S slots of this layer
         B, T = x.shape[:2]
-        q = q.reshape(B, T, c.num_kv_heads, c.kv_groups, c.head_dim)  # [B, T, K, G, H]
-        scores = jnp.einsum("BTKGH,BKSH->BKGTS", q, k.astype(dt),
-                            preferred_element_type=jnp.float32)  # [B, K, G, T, S]
-        scores = scores * (c.head_dim ** -0.5)
+        K, G, H, S = c.num_kv_heads, c.kv_groups, c.head_dim, v.shape[2]
+        # The G query heads of a kv head, at all T positions, as the G*T rows of one matrix: both
+        # products are then plain matmuls batched over (B, K) (with T between G and S in the
+        # einsums, XLA:CPU's decode step and prefill were 15-25% slower: WORKSPACE.md).
+        q = q.reshape(B, T, K, G, H).transpose(0, 2, 3, 1, 4).reshape(B, K, G * T, H)
+        scores = jnp.einsum("BKMH,BKHS->BKMS", q, k.astype(dt),
+                            preferred_element_type=jnp.float32)  # [B, K, G*T, S]
+        scores = scores.reshape(B, K, G, T, S) * (H ** -0.5)
         # where, not + (-inf): a row with no visible key (a left pad) gets a uniform softmax, not NaN.
-        scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
+        scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1).astype(dt)  # [B, K, G, T, S]
-        out = jnp.einsum("BKGTS,BKSH->BTKGH", probs, v.astype(dt))  # [B, T, K, G, H]
-        out = out.reshape(B, T, c.num_heads, c.head_dim)  # [B, T, N, H]
+        out = jnp.einsum("BKMS,BKSH->BKMH", probs.reshape(B, K, G * T, S),
+                         v.astype(dt))  # [B, K, G*T, H]
+        out = out.reshape(B, K, G, T, H).transpose(0, 3, 1, 2, 4).reshape(B, T, c.num_heads, H)
         return _project("BTNH,NHD->BTD", out, self.o, self.o_lora, dt), cache  # [B, T, D]
 
 
@@ -460,7 +472,7 @@ class Block(nnx.Module):
 class KVCache:
     """Keys and values of every layer, plus what a row needs to continue (see module docstring)."""
 
-    k: tuple[jax.Array, ...]  # L x [B, K, S, H]
+    k: tuple[jax.Array, ...]  # L x [B, K, H, S]: keys as columns
     v: tuple[jax.Array, ...]  # L x [B, K, S, H]
     valid: jax.Array  # [B, S] bool: slot holds a real token
     pos: jax.Array  # [B] int32: next RoPE position of each row
@@ -468,19 +480,19 @@ class KVCache:
 
     @property
     def max_len(self) -> int:
-        return self.k[0].shape[2]
+        return self.v[0].shape[2]
 
 
 def init_cache(config: ModelConfig, batch: int, max_len: int, dtype: str | None = None) -> KVCache:
     """An empty cache of `max_len` slots per row; dtype defaults to the model's compute dtype."""
     if not 0 < max_len <= config.max_seq_len:
         raise ValueError(f"max_len must be in [1, max_seq_len={config.max_seq_len}], got {max_len}")
-    shape = (batch, config.num_kv_heads, max_len, config.head_dim)
+    K, H = config.num_kv_heads, config.head_dim
     dtype = dtype or config.dtype
     L = config.num_layers
     return KVCache(
-        k=tuple(jnp.zeros(shape, dtype) for _ in range(L)),  # L x [B, K, S, H]
-        v=tuple(jnp.zeros(shape, dtype) for _ in range(L)),  # L x [B, K, S, H]
+        k=tuple(jnp.zeros((batch, K, H, max_len), dtype) for _ in range(L)),  # L x [B, K, H, S]
+        v=tuple(jnp.zeros((batch, K, max_len, H), dtype) for _ in range(L)),  # L x [B, K, S, H]
         valid=jnp.zeros((batch, max_len), jnp.bool_),  # [B, S]
         pos=jnp.zeros((batch,), jnp.int32),  # [B]
         index=jnp.zeros((), jnp.int32),  # []

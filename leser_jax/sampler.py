@@ -185,7 +185,7 @@ def sample_tokens(logits: jax.Array, key: jax.Array, temperature: jax.Array, *, 
 class SamplerState:
     """What the decode loop carries from one token to the next (B rows, T_new = max_new_tokens)."""
 
-    cache: KVCache  # k, v L x [B, K, S, H] with S = P + T_new; valid [B, S]; pos [B]; index []
+    cache: KVCache  # k L x [B, K, H, S], v L x [B, K, S, H] (S = P + T_new); valid, pos, index
     tokens: jax.Array  # [B, T_new] int32: sampled tokens, pad_id after a row's stop token
     logprobs: jax.Array  # [B, T_new] float32: token_logprobs of each sampled token, 0 after stop
     done: jax.Array  # [B] bool: the row has emitted a stop token

@@ -115,7 +115,8 @@ def test_prefill_last_only_and_cache_is_a_pytree(tiny):
     cache = init_cache(config, batch=2, max_len=8)
     assert all(isinstance(x, jax.Array) for x in jax.tree.leaves(cache))
     assert len(cache.k) == config.num_layers
-    assert cache.k[0].shape == (2, config.num_kv_heads, 8, config.head_dim)
+    assert cache.k[0].shape == (2, config.num_kv_heads, config.head_dim, 8)  # keys as columns
+    assert cache.v[0].shape == (2, config.num_kv_heads, 8, config.head_dim)
     last, _ = prefill(model, tokens, jnp.ones((2, 7), bool), cache, last_only=True)  # [B, V]
     full = forward(model, tokens)
     assert last.shape == (2, config.vocab_size)
