@@ -113,16 +113,26 @@ def define_lora_flags() -> None:
                          "and MLP projection, the --init model frozen (0: full fine-tuning).")
     flags.DEFINE_float("lora_alpha", ModelConfig.lora_alpha, "LoRA scale numerator: the "
                        "adapters add (alpha / rank) A B to each kernel.")
+    flags.DEFINE_bool("remat", False, "Recompute each block's activations in the backward pass "
+                      "(ModelConfig.remat): less memory for ~25% more update time.")
 
 
 def with_lora(model):
     """The --init model with fresh LoRA adapters (B = 0, A seeded by --seed) if --lora_rank > 0,
-    else the model itself. A resumed run restores its adapters over these."""
-    from leser_jax.model import add_lora
+    else the model itself, rematerialised if --remat. A resumed run restores its adapters over
+    these."""
+    from flax import nnx
 
-    if not FLAGS.lora_rank:
-        return model
-    return add_lora(model, rank=FLAGS.lora_rank, alpha=FLAGS.lora_alpha, seed=FLAGS.seed)
+    from leser_jax.model import Llama, add_lora
+
+    if FLAGS.lora_rank:
+        model = add_lora(model, rank=FLAGS.lora_rank, alpha=FLAGS.lora_alpha, seed=FLAGS.seed)
+    if FLAGS.remat and not model.config.remat:
+        # remat is static config, held by the graphdef: the same arrays under a new graphdef.
+        config = model.config.replace(remat=True)
+        graphdef = nnx.graphdef(nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(0))))
+        model = nnx.merge(graphdef, nnx.state(model))
+    return model
 
 
 def optim_and_loop(steps: int, lr: float):

@@ -253,7 +253,8 @@ def save_params(path: str | os.PathLike, model: Llama, config: ModelConfig | Non
 
     `config` defaults to `model.config` (and must equal it when given). `tokenizer`, if given
     (a tokenizer.Tokenizer), saves its files into DIR too, so that DIR alone is an `--init`.
-    LoRA adapters are merged into the kernels first (module docstring).
+    LoRA adapters are merged into the kernels first (module docstring), and config.json says
+    remat=False: remat is how a run trained the model, not part of it (a later run chooses).
     """
     from orbax.checkpoint import v1
 
@@ -267,7 +268,8 @@ def save_params(path: str | os.PathLike, model: Llama, config: ModelConfig | Non
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
         v1.save(tmp / _PARAMS_DIR, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
-        (tmp / _CONFIG_FILE).write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
+        saved = model.config.replace(remat=False).to_dict()
+        (tmp / _CONFIG_FILE).write_text(json.dumps(saved, indent=2) + "\n")
         if tokenizer is not None:
             tokenizer.save(tmp)
         _fsync_tree(tmp)

@@ -312,3 +312,18 @@ def test_launcher_trains_and_writes_params(setup, tmp_path):
     assert any("rollouts" in r.get("text", {}) for r in records)
     model, config, tokenizer = checkpoint.load_init(str(run_dir / "params"))
     assert config == setup.model.config and tokenizer.vocab_size == setup.tokenizer.vocab_size
+
+
+def test_launcher_trains_lora_adapters_with_remat(setup, tmp_path):
+    """--lora_rank with --remat: the rematerialised blocks sample (the sampler runs them plain)
+    and differentiate the adapters past the frozen base (both once failed: tests/test_remat.py);
+    the exported params are the merged model, saved without the remat switch."""
+    run_dir = tmp_path / "lora_remat"
+    _launch_grpo(setup, tmp_path, run_dir, "--eval_every=0", "--lora_rank=2", "--remat")
+    steps = _step_records(run_dir)
+    assert [r["step"] for r in steps] == [1, 2]
+    assert all(np.isfinite(r["reward"]) for r in steps)
+    updated = [r for r in steps if not r["skipped_update"]]
+    assert updated and all(np.isfinite(r["loss"]) and r["grad_norm"] > 0 for r in updated)
+    _, config, _ = checkpoint.load_init(str(run_dir / "params"))
+    assert config == setup.model.config  # merged (no adapters) and remat off again
