@@ -407,7 +407,7 @@ class Attention(nnx.Module):
         K, G, H, S = c.num_kv_heads, c.kv_groups, c.head_dim, v.shape[2]
         # The G query heads of a kv head, at all T positions, as the G*T rows of one matrix: both
         # products are then plain matmuls batched over (B, K) (with T between G and S in the
-        # einsums, XLA:CPU's decode step and prefill were 15-25% slower: WORKSPACE.md).
+        # einsums, XLA:CPU transposed, and the decode step was ~20% slower: WORKSPACE.md).
         q = q.reshape(B, T, K, G, H).transpose(0, 2, 3, 1, 4).reshape(B, K, G * T, H)
         scores = jnp.einsum("BKMH,BKHS->BKMS", q, k.astype(dt),
                             preferred_element_type=jnp.float32)  # [B, K, G*T, S]
