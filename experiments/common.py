@@ -117,10 +117,10 @@ def define_lora_flags() -> None:
                       "(ModelConfig.remat): less memory for ~25% more update time.")
 
 
-def with_lora(model):
-    """The --init model with fresh LoRA adapters (B = 0, A seeded by --seed) if --lora_rank > 0,
-    else the model itself, rematerialised if --remat. A resumed run restores its adapters over
-    these."""
+def training_model(model):
+    """The --init model as this run trains it: with fresh LoRA adapters (B = 0, A seeded by
+    --seed) if --lora_rank > 0, and rematerialised blocks if --remat. A resumed run restores its
+    adapters over these."""
     from flax import nnx
 
     from leser_jax.model import Llama, add_lora

@@ -129,7 +129,7 @@ def main(argv):
         common.log_config(name, c)
 
     init_model, _, tokenizer = checkpoint.load_init(FLAGS.init)
-    init_model = common.with_lora(init_model)
+    init_model = common.training_model(init_model)
     model_config = init_model.config
     common.log_config("model", model_config)
     catalog = common.load_catalog()
