@@ -24,16 +24,18 @@ Static (part of the compiled program, hashable): the graphdef, `max_new_tokens` 
 shape), `top_k` (`lax.top_k` needs a static k), `top_p` (whether the vocab is sorted at all:
 p = 1 skips the sort), `pad_id` (a tokenizer constant) and `row_sharding` (where the rows
 live on a device mesh, leser_jax/sharding.py; None on one device). Passed as arrays, so
-changing them never recompiles: the temperature (0 = greedy is a `where`, not a branch), the
-stop ids (a fixed-size [MAX_STOP_IDS] int32 array padded with -1) and the RNG key. The prompt
-shape [B, P] is static by nature: rollout.py pads P (and optionally B) to a few buckets, one
-compile each.
+changing them never recompiles: the temperature (0 = greedy is a `lax.cond` on it, not a
+Python branch), the stop ids (a fixed-size [MAX_STOP_IDS] int32 array padded with -1) and the
+RNG key. The prompt shape [B, P] is static by nature: rollout.py pads P (and optionally B) to
+a few buckets, one compile each.
 
 ## The loop state
 `SamplerState` carries the KV cache (S = P + max_new_tokens slots, no more: attention reads
 every slot at every step), the output buffers and the per-row flags. The prefill jit allocates
-the cache; the decode jit takes the state donated, because the loop replaces every field, so XLA
-updates the cache in place instead of keeping a copy of L*B*S*K*H*2 values alive.
+the cache: the prompts run against a cache of exactly their P slots (so that they attend over P
+keys, not S), which is then copied to their rows with T_new empty slots after. The decode jit
+takes the state donated, because the loop replaces every field, so XLA updates the cache in
+place instead of keeping a copy of L*B*S*K*H*2 values alive.
 
 Profiling: the blocks are named "prefill", "decode", "decode_step" (the model's layers inside)
 and "sample"; `prefill` and `decode` are separate jits so a caller can time them apart
@@ -175,10 +177,15 @@ def sample_tokens(logits: jax.Array, key: jax.Array, temperature: jax.Array, *, 
     """One token per row from logits [B, V]: argmax where temperature == 0, else a draw from
     softmax(logits / temperature) truncated to top-k / top-p. Returns [B] int32."""
     temperature = jnp.asarray(temperature, jnp.float32)
-    scaled = logits.astype(jnp.float32) / jnp.where(temperature > 0, temperature, 1.0)  # [B, V]
-    sampled = _draw(_truncate(scaled, top_k, top_p), key)  # [B]
-    greedy = jnp.argmax(logits, axis=-1)  # [B]
-    return jnp.where(temperature > 0, sampled, greedy).astype(jnp.int32)
+
+    def draw():
+        scaled = logits.astype(jnp.float32) / temperature  # [B, V]
+        return _draw(_truncate(scaled, top_k, top_p), key).astype(jnp.int32)
+
+    # A branch, so that a sampled step does not pay for an argmax (a variadic reduce over V,
+    # ~5% of a CPU decode step) nor a greedy one for the draw.
+    return jax.lax.cond(temperature > 0, draw,
+                        lambda: jnp.argmax(logits, axis=-1).astype(jnp.int32))  # [B]
 
 
 @flax.struct.dataclass
@@ -233,6 +240,20 @@ def _shard_rows(state: SamplerState, row_sharding: jax.sharding.Sharding | None)
         lambda x: jax.lax.with_sharding_constraint(x, row_sharding) if x.ndim else x, state)
 
 
+def _to_rows(cache: KVCache, rows: jax.Array, extra: int) -> KVCache:
+    """The prompts' cache [Q, ..., P] -> the sampled rows' [B, ..., P + extra]: row b gets
+    prompt rows[b]'s keys and values, and `extra` empty (invalid) slots after them."""
+    def grow(x, axis):  # [Q, ...] -> [B, ...] with `extra` zeros appended along the slot axis
+        widths = [(0, 0)] * x.ndim
+        widths[axis] = (0, extra)
+        return jnp.pad(jnp.take(x, rows, axis=0), widths)
+
+    return cache.replace(k=tuple(grow(k, 3) for k in cache.k),  # L x [B, K, H, S]
+                         v=tuple(grow(v, 2) for v in cache.v),  # L x [B, K, S, H]
+                         valid=grow(cache.valid, 1),  # [B, S], False = not written
+                         pos=jnp.take(cache.pos, rows, axis=0))  # [B]
+
+
 _STATIC = ("max_new_tokens", "top_k", "top_p", "pad_id", "row_sharding")
 
 
@@ -240,8 +261,8 @@ _STATIC = ("max_new_tokens", "top_k", "top_p", "pad_id", "row_sharding")
 def _prefill(graphdef, params, prompt_tokens, prompt_mask, rows, key, temperature, stop_ids, *,
              max_new_tokens: int, top_k: int, top_p: float, pad_id: int,
              row_sharding: jax.sharding.Sharding | None = None) -> SamplerState:
-    """Prefill prompts [Q, P] into a fresh cache of P + T_new slots, give sampled row b the
-    cache row of prompt rows[b] ([B] int32), and sample column 0.
+    """Prefill prompts [Q, P] into a fresh cache, give sampled row b the cache row of prompt
+    rows[b] ([B] int32) grown to P + T_new slots, and sample column 0.
 
     Rollouts of one prompt share its prefill: the prompt runs once and its cache row (and its
     last logits) are copied to each of its rows. The cache is made here, inside the jit (an XLA
@@ -252,12 +273,16 @@ def _prefill(graphdef, params, prompt_tokens, prompt_mask, rows, key, temperatur
     model = nnx.merge(graphdef, params)
     Q, P = prompt_tokens.shape
     B = rows.shape[0]
+    if P + max_new_tokens > model.config.max_seq_len:
+        raise ValueError(f"prompt {P} + max_new_tokens {max_new_tokens} exceeds the model's "
+                         f"max_seq_len {model.config.max_seq_len}")
     with jax.named_scope("prefill"):
-        cache = init_cache(model.config, Q, P + max_new_tokens)
+        # A cache of exactly P slots: the prompt attends over its own P keys, not over the
+        # T_new empty slots a decode needs (27% of the prefill's attention at P=128, T_new=48).
+        cache = init_cache(model.config, Q, P)
         logits, cache = model.prefill(prompt_tokens, prompt_mask, cache, last_only=True,
                                       remat=False)  # [Q, V]
-        # Every per-row array [Q, ...] -> [B, ...]; the shared slot index [] stays.
-        cache = jax.tree.map(lambda x: jnp.take(x, rows, axis=0) if x.ndim else x, cache)
+        cache = _to_rows(cache, rows, max_new_tokens)  # [B, ..., P + T_new]
         logits = jnp.take(logits, rows, axis=0)  # [B, V]
         state = SamplerState(
             cache=cache,

@@ -225,3 +225,9 @@ def test_validation():
     with pytest.raises(ValueError, match="stop ids"):
         stop_id_array(range(sampler.MAX_STOP_IDS + 1))
     assert stop_id_array([3, 7, 3]).tolist() == [3, 7] + [-1] * (sampler.MAX_STOP_IDS - 2)
+
+
+def test_prompt_plus_new_tokens_beyond_max_seq_len_is_refused(split):
+    # tiny's max_seq_len is 256: a 16-token prompt leaves room for 240 new tokens, not 241.
+    with pytest.raises(ValueError, match="max_seq_len"):
+        _sample(split, _rows([5]), max_new_tokens=CONFIG.max_seq_len - 15)

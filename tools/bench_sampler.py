@@ -6,9 +6,13 @@ step against its roofline floor.
 The full grid of the issue (a long run on 2 cores): --batch=32,128 --prompt_len=128,256
 --new_tokens=48,96.
 
-For every preset x batch B x prompt length P x new tokens T: a model of the preset with random
-weights (tools.weights, normal std 0.02), a prompt batch of random tokens [B, P] (no padding), and
-sampling at temperature 0.9 with stop ids that never occur, so that every row writes exactly T
+GRPO's shape, 8 prompts x 4 rollouts, beside 32 distinct prompts: --num_rollouts=1,4.
+
+For every preset x batch B x rollouts per prompt N x prompt length P x new tokens T: a model of
+the preset with random weights (tools.weights, normal std 0.02), B/N prompts of random tokens
+[B/N, P] (no padding), each sampled N times (ours prefills a prompt once and copies its cache to
+its N rows, as rollout.py does; transformers gets num_return_sequences=N and expands the prompts
+before its prefill), and sampling at temperature 0.9 with stop ids that never occur, so that every row writes exactly T
 tokens and the counts are exact. Ours: `sampler.prefill` then `sampler.decode` (the while_loop),
 each timed after block_until_ready; compile time is the first call minus a steady call, and the
 steady numbers are the best of --repeats calls. Theirs: the same weights copied into a
@@ -26,7 +30,10 @@ over those tokens (`model.flops_per_token`). floor = max(FLOPs / matmul peak, by
 bandwidth), with the N^3 matmul peak (in the first preset's dtype) and the read bandwidth (a
 jitted sum over --bandwidth_mb MB) measured in the same run, before and after the models (the
 higher is used).
-"step / floor" is the measured decode step over that floor. The machine is shared: the load
+"step / floor" is the measured decode step over that floor. "dense ms" is a step made of the
+dense matmuls alone (`dense_call`: the FLOPs the floor counts, as XLA runs them at this B, with
+nothing of attention, norms or sampling): the part of the gap to the floor that is the matmul
+library's, not the sampler's. The machine is shared: the load
 average is printed, and each number is a best-of, so the ratios err in our favour only as much
 as the noise of a best-of does.
 """
@@ -54,6 +61,9 @@ flags.DEFINE_list("presets", ["demo", "cpu"], "ModelConfig presets.")
 flags.DEFINE_list("batch", ["32"], "Batch sizes B (rows sampled at once).")
 flags.DEFINE_list("prompt_len", ["128"], "Prompt lengths P.")
 flags.DEFINE_list("new_tokens", ["48"], "New tokens T per row (every row writes exactly T).")
+flags.DEFINE_list("num_rollouts", ["1"], "Rows per prompt N: B/N distinct prompts, each sampled "
+                  "N times (GRPO's groups; ours prefills each prompt once, transformers gets "
+                  "num_return_sequences=N). 1 = B distinct prompts.")
 flags.DEFINE_integer("repeats", 3, "Timed calls per configuration after compile/warm-up; best.")
 flags.DEFINE_bool("hf", True, "Also time transformers' generate on the same weights.")
 flags.DEFINE_list("hf_threads", ["1", "2"], "torch thread counts to try; the fastest is reported.")
@@ -88,23 +98,59 @@ def decode_floor(config: ModelConfig, B: int, P: int, T: int, peak: float, bandw
     return max(flops / peak, nbytes / bandwidth), flops, nbytes
 
 
-def ours_call(model: Llama, tokens: np.ndarray, T: int, temperature: float):
-    """A function seed -> (prefill s, decode s) running our sampler on the prompt batch."""
+def ours_call(model: Llama, tokens: np.ndarray, T: int, temperature: float, N: int):
+    """A function seed -> (prefill s, decode s) running our sampler on the prompts [B/N, P],
+    N rows each (row b samples prompt b // N, the layout rollout.tile_groups makes)."""
     graphdef, params = nnx.split(model)
     mask = np.ones(tokens.shape, bool)
+    rows = np.repeat(np.arange(len(tokens)), N)  # [B]
     config = SamplingConfig(temperature=temperature, max_new_tokens=T)
     never = sampler.stop_id_array([model.config.vocab_size])  # no token has this id
 
     def call(seed: int) -> tuple[float, float]:
         state, prefill_s = timed(lambda: sampler.prefill(
             graphdef, params, tokens, mask, jax.random.key(seed), config, stop_ids=never,
-            pad_id=0))
+            pad_id=0, rows=rows))
         state, decode_s = timed(lambda: sampler.decode(graphdef, params, state, config,
                                                        stop_ids=never, pad_id=0))
         assert int(state.lengths.min()) == T, "a row stopped early: counts would be wrong"
         return prefill_s, decode_s
 
     return call
+
+
+def dense_call(model: Llama, B: int, T: int):
+    """A function () -> seconds of T - 1 "decode steps" made of the step's dense matmuls alone.
+
+    Each step multiplies B rows [B, D] through every layer's q, k, v, o, gate, up and down
+    kernels and the output head, with the model's own weights, in one jitted fori_loop, and
+    nothing else (no attention over the cache, no norms, no sampling). It is what XLA itself
+    makes of the FLOPs the floor counts, at this B: how far its small matmuls stand from the
+    N^3 peak, apart from anything the sampler adds."""
+    c = model.config
+    dt = c.dtype
+    _, params = nnx.split(model)
+    layers = [(a.q[...].reshape(c.d_model, -1), a.k[...].reshape(c.d_model, -1),
+               a.v[...].reshape(c.d_model, -1), a.o[...].reshape(-1, c.d_model),
+               m.gate[...], m.up[...], m.down[...])
+              for a, m in ((b.attn, b.mlp) for b in model.layers)]
+    head = model.embed[...].T if model.lm_head is None else model.lm_head[...]  # [D, V]
+    del params
+
+    @jax.jit
+    def steps(layers, head, x):  # x [B, D]
+        def step(_, x):
+            for wq, wk, wv, wo, gate, up, down in layers:
+                q, k, v = (x @ w.astype(dt) for w in (wq, wk, wv))  # [B, N*H], [B, K*H] x 2
+                # k and v feed the next step's rows so that XLA keeps their matmuls.
+                x = x + q @ wo.astype(dt) + (k.sum() + v.sum()).astype(dt)  # [B, D]
+                x = x + (jax.nn.silu(x @ gate.astype(dt)) * (x @ up.astype(dt))) @ down.astype(dt)
+            logits = jnp.dot(x, head.astype(dt), preferred_element_type=jnp.float32)  # [B, V]
+            return x + logits[:, :1].astype(dt)
+        return jax.lax.fori_loop(0, T - 1, step, x)
+
+    x = jnp.zeros((B, c.d_model), dt)
+    return lambda: timed(steps, layers, head, x)[1]
 
 
 def hf_model(model: Llama, device: str):
@@ -127,8 +173,9 @@ def hf_model(model: Llama, device: str):
     return hf
 
 
-def hf_call(hf, tokens: np.ndarray, T: int, temperature: float):
-    """A function threads -> seconds of one transformers generate call on the prompt batch."""
+def hf_call(hf, tokens: np.ndarray, T: int, temperature: float, N: int):
+    """A function threads -> seconds of one transformers generate call on the prompts [B/N, P],
+    N sequences each (num_return_sequences)."""
     import torch
 
     inputs = torch.from_numpy(tokens.astype(np.int64)).to(hf.device)
@@ -139,35 +186,39 @@ def hf_call(hf, tokens: np.ndarray, T: int, temperature: float):
         with torch.no_grad():
             out = hf.generate(inputs, attention_mask=torch.ones_like(inputs), do_sample=True,
                               temperature=temperature, top_k=0, top_p=1.0, max_new_tokens=T,
-                              pad_token_id=0)
+                              num_return_sequences=N, pad_token_id=0)
         if out.is_cuda:
             torch.cuda.synchronize()
-        assert out.shape == (tokens.shape[0], tokens.shape[1] + T)
+        assert out.shape == (tokens.shape[0] * N, tokens.shape[1] + T)
         return time.perf_counter() - start
 
     return call
 
 
-def bench(model: Llama, hf, tokens: np.ndarray, T: int, temperature: float, repeats: int,
-          hf_threads: list[int], profiler: StepProfiler, first_step: int):
+def bench(model: Llama, hf, tokens: np.ndarray, T: int, N: int, temperature: float,
+          repeats: int, hf_threads: list[int], profiler: StepProfiler, first_step: int):
     """Ours and theirs alternately (so both see the same load), best of `repeats` each; theirs
     at each thread count, the fastest kept (2 threads can collapse on a loaded 2-core machine:
     OpenMP barriers wait for a descheduled thread)."""
-    ours = ours_call(model, tokens, T, temperature)
-    theirs = hf_call(hf, tokens, T, temperature) if hf is not None else None
+    ours = ours_call(model, tokens, T, temperature, N)
+    theirs = hf_call(hf, tokens, T, temperature, N) if hf is not None else None
+    dense = dense_call(model, len(tokens) * N, T)
     first = ours(0)
     if theirs:
         theirs(hf_threads[0])  # warm-up
-    runs, hf_runs = [], []
+    dense()  # compile
+    runs, hf_runs, dense_runs = [], [], []
     for i in range(repeats):
         with profiler.step(first_step + i):
             runs.append(ours(i + 1))
+        dense_runs.append(dense())
         if theirs:
             hf_runs.extend((theirs(n), n) for n in hf_threads)
     prefill_s = min(r[0] for r in runs)
     decode_s = min(r[1] for r in runs)
     return dict(compile_s=sum(first) - prefill_s - decode_s, prefill_s=prefill_s,
                 decode_s=decode_s, step_s=decode_s / (T - 1),  # column 0 comes from prefill
+                dense_step_s=min(dense_runs) / (T - 1),
                 hf_s=min(hf_runs)[0] if hf_runs else None,
                 hf_threads=min(hf_runs)[1] if hf_runs else None)
 
@@ -211,13 +262,15 @@ def main(argv):
         model = random_model(config)
         hf = hf_model(model, FLAGS.hf_device) if FLAGS.hf else None
         err = check_same_weights(model, hf, np.arange(64).reshape(2, 32) + 4) if hf else None
-        for B, P, T in itertools.product(*(map(int, f) for f in (
-                FLAGS.batch, FLAGS.prompt_len, FLAGS.new_tokens))):
-            tokens = np.random.default_rng(B * P + T).integers(4, config.vocab_size, (B, P))
-            r = bench(model, hf, tokens, T, FLAGS.temperature, FLAGS.repeats,
+        for B, N, P, T in itertools.product(*(map(int, f) for f in (
+                FLAGS.batch, FLAGS.num_rollouts, FLAGS.prompt_len, FLAGS.new_tokens))):
+            if B % N:
+                raise app.UsageError(f"--num_rollouts {N} must divide --batch {B}")
+            tokens = np.random.default_rng(B * P + T).integers(4, config.vocab_size, (B // N, P))
+            r = bench(model, hf, tokens, T, N, FLAGS.temperature, FLAGS.repeats,
                       [int(n) for n in FLAGS.hf_threads], profiler, len(rows) * FLAGS.repeats)
-            rows.append((name, config, B, P, T, r, r["hf_s"], err))
-            print(f"done {name} B={B} P={P} T={T}", flush=True)
+            rows.append((name, config, B, N, P, T, r, r["hf_s"], err))
+            print(f"done {name} B={B} N={N} P={P} T={T}", flush=True)
     profiler.close()
     peak = max(peak_before, matmul_peak_flops(peak_size, FLAGS.peak_repeats, peak_dtype))
     bandwidth = max(bw_before, read_bandwidth(bandwidth_mb))
@@ -229,24 +282,24 @@ def main(argv):
           f"temperature {FLAGS.temperature}, best of {FLAGS.repeats}; transformers "
           f"{transformers.__version__} on torch {torch.__version__}, threads tried "
           f"{','.join(FLAGS.hf_threads)} on {FLAGS.hf_device}")
-    header = ("preset", "B", "P", "T", "compile s", "prefill s", "decode s", "ours tok/s",
-              "HF tok/s", "HF thr", "ours/HF", "step ms", "floor ms", "step/floor")
+    header = ("preset", "B", "N", "P", "T", "compile s", "prefill s", "decode s", "ours tok/s",
+              "HF tok/s", "HF thr", "ours/HF", "step ms", "dense ms", "floor ms", "step/floor")
     table = []
-    for name, config, B, P, T, r, hf_s, err in rows:
+    for name, config, B, N, P, T, r, hf_s, err in rows:
         ours_tps = B * T / (r["prefill_s"] + r["decode_s"])
         floor_s, _, _ = decode_floor(config, B, P, T, peak, bandwidth)
-        table.append((name, B, P, T, f"{r['compile_s']:.1f}", f"{r['prefill_s']:.2f}",
+        table.append((name, B, N, P, T, f"{r['compile_s']:.1f}", f"{r['prefill_s']:.2f}",
                       f"{r['decode_s']:.2f}", f"{ours_tps:,.0f}",
                       f"{B * T / hf_s:,.0f}" if hf_s else "-", r["hf_threads"] or "-",
                       f"{ours_tps * hf_s / (B * T):.2f}x" if hf_s else "-",
-                      f"{r['step_s'] * 1e3:.2f}", f"{floor_s * 1e3:.2f}",
-                      f"{r['step_s'] / floor_s:.1f}x"))
+                      f"{r['step_s'] * 1e3:.2f}", f"{r['dense_step_s'] * 1e3:.2f}",
+                      f"{floor_s * 1e3:.2f}", f"{r['step_s'] / floor_s:.1f}x"))
     widths = [max(len(str(x)) for x in col) for col in zip(header, *table)]
     for row in (header, tuple("-" * w for w in widths), *table):
         print(" | ".join(str(x).rjust(w) for x, w in zip(row, widths)))
-    if any(r[7] is not None for r in rows):
+    if any(r[8] is not None for r in rows):
         print("same weights: max |logit diff| ours vs transformers "
-              + ", ".join(f"{r[0]} {r[7]:.1e}" for r in rows if r[7] is not None))
+              + ", ".join(f"{r[0]} {r[8]:.1e}" for r in rows if r[8] is not None))
 
 
 if __name__ == "__main__":
