@@ -28,7 +28,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from leser_jax.model import init_cache
+from leser_jax.model import fork_cache, init_cache
 from leser_jax.sampler import token_logprobs
 
 KL_ESTIMATORS = ("k1", "k3")
@@ -165,11 +165,11 @@ def completion_logprobs(model, prompt_tokens: jax.Array, prompt_mask: jax.Array,
     prompt_tokens/prompt_mask [Q, P] (left-padded) hold each GROUP's prompt once; the
     completions [R, T] (right-padded) are in the group layout, R = Q * N, row r continuing prompt
     r // N. The N rollouts of a group share their prompt, so the prompt is run once per group
-    (`model.prefill` into a KV cache, whose rows are then repeated N times) and only the
-    completions are run per rollout: with a 300-token prompt and 60-token completions that is
-    about a third of the work of running [prompt, completion] per rollout, forward and backward
-    (the gradient reaches the prompt's activations through the repeated cache, summed over the
-    group). The logits at the prompt's last token predict completion token 0, those at
+    (`model.prefill` into a KV cache that `model.fork_cache` makes the shared prefix of its N
+    rows, not copied) and only the completions are run per rollout: with a 300-token prompt and
+    60-token completions that is about a third of the work of running [prompt, completion] per
+    rollout, forward and backward (the gradient reaches the prompt's activations through the
+    shared keys and values, from all N rows of the group). The logits at the prompt's last token predict completion token 0, those at
     completion token t predict token t + 1:
 
         prompt  [pad p0 p1] -> cache, logits at p1 (-> c0)
@@ -179,9 +179,9 @@ def completion_logprobs(model, prompt_tokens: jax.Array, prompt_mask: jax.Array,
     R, T = completion_tokens.shape
     if R % Q:
         raise ValueError(f"{R} completions do not form groups of the {Q} prompts")
-    cache = init_cache(model.config, Q, P + T)
+    cache = init_cache(model.config, Q, P)
     first, cache = model.prefill(prompt_tokens, prompt_mask, cache, last_only=True)  # [Q, V]
-    cache = jax.tree.map(lambda x: jnp.repeat(x, R // Q, axis=0) if x.ndim else x, cache)  # [R, ...]
+    cache = fork_cache(cache, R // Q, T)  # R rows of T slots, each group's prompt shared
     rest, _ = model.prefill(completion_tokens, completion_mask, cache)  # [R, T, V]
     logits = jnp.concatenate([jnp.repeat(first, R // Q, axis=0)[:, None], rest[:, :-1]], axis=1)
     return token_logprobs(logits, completion_tokens, temperature)  # [R, T]

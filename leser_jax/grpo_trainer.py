@@ -12,7 +12,7 @@ queries):
               model (with LoRA: the policy's own frozen base, adapters off); `mu` jitted
               updates of the clipped GRPO loss + KL (grpo.rollout_loss), gradients accumulated
               over micro-batches, train state donated. A group's N rollouts share one run of
-              their prompt, in sampling and in the update (sampler.prefill's rows,
+              their prompt, in sampling and in the update (model.fork_cache: a shared prefix,
               grpo.completion_logprobs): the prompt (context + query) is several times longer
               than an answer.
 

@@ -46,6 +46,7 @@ returned, so a sampler can donate it to a jitted prefill and carry it through a 
     valid  [B, S] bool      the slot holds a real token (False for padding and for unwritten slots)
     pos    [B] int32        the next RoPE position of each row = number of real tokens written
     index  [] int32         the next slot to write; the same for all rows
+    prefix SharedPrefix or None: keys and values shared by groups of rows (below)
 
 All rows write the same slot at each step (`index`), and each row has its own RoPE position
 (`pos`), so a left-padded prompt batch needs no per-row scatter: a row with 3 pad tokens has
@@ -63,8 +64,26 @@ array per layer, because a slice of a stacked [L, ...] array is copied before a 
 The demo preset's decode step at B=32, S=176 on 2 CPU cores: 19-23 ms with [L, B, S, K, H],
 12-13 ms with [B, K, S, H] per layer, 9-11 ms now (tools/bench_sampler.py, WORKSPACE.md).
 
+## Shared prefixes
+GRPO samples N completions of each prompt and scores them again in the loss; the N rows of a
+group all attend to the same prompt keys. `fork_cache` turns a cache of Q written prompts into
+one of Q * N rows whose prompt keys and values stay as ONE `SharedPrefix` per prompt (not N
+copies), with empty slots of the rows' own for what they write next:
+
+    prefix  k, v [Q, K, H, P] / [Q, K, P, H], valid [Q, P]   read by rows q*N .. q*N + N - 1
+    rows    k, v [B, K, H, S] / [B, K, S, H], valid [B, S]   B = Q * N, each row's own tokens
+
+Attention then takes one softmax over the P prefix slots and the row's S own slots together,
+exactly as over a copied [P + S] cache, but computes the prefix scores and values as one matmul
+per (prompt, kv head) for all N*G*T query rows of the group: the prefix is read once per group
+instead of once per row, and the matmuls are N times taller (Hydragen, Juravsky et al. 2024,
+arXiv 2402.05099, makes the same split). A decode step of 8 prompts x 4 rows at P = 128, T = 48
+reads 4 x fewer prompt keys (tools/bench_sampler.py --num_rollouts=4, WORKSPACE.md). Rows of a
+group must be contiguous, the layout rollout.tile_groups makes.
+
 Writing past `max_len` cannot be detected inside jit (`dynamic_update_slice` clamps the start
-index): a sampler must make `max_len >= prompt length + max new tokens`.
+index): a sampler must give the cache a slot for every token it writes (prompt length + max new
+tokens; with a shared prefix, max new tokens of the rows' own).
 
 ## LoRA
 Low-rank adaptation (Hu et al. 2021, arXiv 2106.09685). With `lora_rank` r > 0, each projection
@@ -414,11 +433,46 @@ class Attention(nnx.Module):
         scores = scores.reshape(B, K, G, T, S) * (H ** -0.5)
         # where, not + (-inf): a row with no visible key (a left pad) gets a uniform softmax, not NaN.
         scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(scores, axis=-1).astype(dt)  # [B, K, G, T, S]
-        out = jnp.einsum("BKMS,BKSH->BKMH", probs.reshape(B, K, G * T, S),
-                         v.astype(dt))  # [B, K, G*T, H]
+        scores = scores.reshape(B, K, G * T, S)
+        prefix = None if cache is None else cache.prefix
+        if prefix is None:
+            probs = jax.nn.softmax(scores, axis=-1).astype(dt)  # [B, K, G*T, S]
+            out = jnp.einsum("BKMS,BKSH->BKMH", probs, v.astype(dt))  # [B, K, G*T, H]
+        else:
+            out = _attend_with_prefix(q, scores, v.astype(dt), prefix, layer, dt)
         out = out.reshape(B, K, G, T, H).transpose(0, 3, 1, 2, 4).reshape(B, T, c.num_heads, H)
         return _project("BTNH,NHD->BTD", out, self.o, self.o_lora, dt), cache  # [B, T, D]
+
+
+def _attend_with_prefix(q, scores, v, prefix: SharedPrefix, layer: int, dt: str) -> jax.Array:
+    """Attention over a group's shared prefix and each row's own slots (see "Shared prefixes").
+
+    q [B, K, M, H] (M = G*T query rows per kv head), scores [B, K, M, S] over the rows' own
+    slots (scaled and masked), v [B, K, S, H]; the prefix holds Q prompts, rows b*N .. b*N + N-1
+    continue prompt b (B = Q * N). Returns [B, K, M, H], the attention of one softmax over the
+    P prefix slots and the S own slots together.
+    """
+    B, K, M, H = q.shape
+    pk, pv = prefix.k[layer].astype(dt), prefix.v[layer].astype(dt)  # [Q, K, H, P], [Q, K, P, H]
+    Q, P = pk.shape[0], pk.shape[3]
+    N = B // Q
+
+    def by_group(x):  # [B, K, M, X] -> [Q, K, N*M, X]: the N rows of a group as one matrix
+        return x.reshape(Q, N, K, M, -1).transpose(0, 2, 1, 3, 4).reshape(Q, K, N * M, -1)
+
+    def by_row(x):  # [Q, K, N*M, X] -> [B, K, M, X]
+        return x.reshape(Q, K, N, M, -1).transpose(0, 2, 1, 3, 4).reshape(B, K, M, -1)
+
+    # One matmul per (prompt, kv head) for all N*M query rows that read the prefix: its keys
+    # are read once per group, not once per row.
+    prefix_scores = jnp.einsum("QKMH,QKHP->QKMP", by_group(q), pk,
+                               preferred_element_type=jnp.float32) * (H ** -0.5)
+    prefix_scores = jnp.where(prefix.valid[:, None, None], prefix_scores,
+                              jnp.finfo(jnp.float32).min)  # [Q, K, N*M, P]
+    probs = jax.nn.softmax(jnp.concatenate([by_row(prefix_scores), scores], axis=-1),
+                           axis=-1).astype(dt)  # [B, K, M, P + S]
+    out = jnp.einsum("QKMP,QKPH->QKMH", by_group(probs[..., :P]), pv)  # [Q, K, N*M, H]
+    return by_row(out) + jnp.einsum("BKMS,BKSH->BKMH", probs[..., P:], v)  # [B, K, M, H]
 
 
 def _put(arrays: tuple, i: int, x: jax.Array) -> tuple:
@@ -469,6 +523,16 @@ class Block(nnx.Module):
 
 
 @flax.struct.dataclass
+class SharedPrefix:
+    """Keys and values that groups of N rows share, before their own slots (module docstring,
+    "Shared prefixes"): prompt q's, read by rows q*N .. q*N + N - 1."""
+
+    k: tuple[jax.Array, ...]  # L x [Q, K, H, P]
+    v: tuple[jax.Array, ...]  # L x [Q, K, P, H]
+    valid: jax.Array  # [Q, P] bool: slot holds a real token
+
+
+@flax.struct.dataclass
 class KVCache:
     """Keys and values of every layer, plus what a row needs to continue (see module docstring)."""
 
@@ -477,10 +541,33 @@ class KVCache:
     valid: jax.Array  # [B, S] bool: slot holds a real token
     pos: jax.Array  # [B] int32: next RoPE position of each row
     index: jax.Array  # [] int32: next slot to write, shared by all rows
+    prefix: SharedPrefix | None = None  # what every row's slots follow, shared by its group
 
     @property
     def max_len(self) -> int:
         return self.v[0].shape[2]
+
+
+def fork_cache(cache: KVCache, num_rows: int, max_len: int) -> KVCache:
+    """Each of the Q rows of `cache` becomes N = num_rows rows that share its slots as a prefix.
+
+    cache: Q prompts, written (e.g. by `prefill`), without a prefix. Returns a cache of Q * N
+    rows, row q*N + i continuing prompt q at its next position, with `max_len` empty slots of
+    its own; the prompts' keys and values are not copied (see "Shared prefixes").
+    """
+    if cache.prefix is not None:
+        raise ValueError("the cache already follows a shared prefix")
+    B = cache.valid.shape[0] * num_rows
+    K, H = cache.v[0].shape[1], cache.v[0].shape[3]
+    dtype = cache.v[0].dtype
+    L = len(cache.v)
+    return KVCache(
+        k=tuple(jnp.zeros((B, K, H, max_len), dtype) for _ in range(L)),  # L x [B, K, H, S]
+        v=tuple(jnp.zeros((B, K, max_len, H), dtype) for _ in range(L)),  # L x [B, K, S, H]
+        valid=jnp.zeros((B, max_len), jnp.bool_),  # [B, S]
+        pos=jnp.repeat(cache.pos, num_rows),  # [B]
+        index=jnp.zeros((), jnp.int32),  # []
+        prefix=SharedPrefix(k=cache.k, v=cache.v, valid=cache.valid))
 
 
 def init_cache(config: ModelConfig, batch: int, max_len: int, dtype: str | None = None) -> KVCache:

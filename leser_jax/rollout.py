@@ -16,8 +16,9 @@ int array (a known GRPO bug elsewhere is prompts without shared ids). Row r of a
 belongs to prompt `group_ids[r]`, i.e. prompts[group_ids[r]].
 
 Buckets: P is rounded up to the smallest of `prompt_buckets`, and optionally the row count to
-one of `batch_buckets` (extra rows repeat the first prompt and are dropped after sampling), so a
-run compiles the sampler once per bucket, not once per batch. Stops: EOS, and `</answer>` where
+one of `batch_buckets`, then to whole groups of N (extra rows are whole groups of the first
+prompt, dropped after sampling), so a run compiles the sampler once per bucket, not once per
+batch. Stops: EOS, and `</answer>` where
 the tokenizer has it as one token (our SentencePiece vocabulary); a Hugging Face LLaMA vocabulary
 spells it in several tokens, and its eos ends the answer (the warm-up teaches eos after it).
 
@@ -158,23 +159,23 @@ def generate_rollouts(graphdef, params, tokenizer: Tokenizer, prompts: Sequence[
     tokens, mask, group_ids = tile_groups(prompt_tokens, prompt_mask, num_rollouts)  # [R, P]
     R = len(group_ids)
     rows = bucket(R, batch_buckets) if batch_buckets else R
-    # The prompts are prefilled once per group (sampler.prefill's `rows`), then each of their N
-    # rows samples on its own. Filler rows (up to the batch bucket) and filler prompts (up to
-    # ceil(rows / N), so a bucket's shapes never depend on Q) repeat prompt 0: a real prompt, so
-    # no all-pad row reaches the model; they are dropped below.
+    # The prompts are prefilled once per group and their N rows share the prompt's keys
+    # (sampler.prefill's num_rollouts), then each row samples on its own. Filler prompts (up to
+    # ceil(rows / N) groups, so a bucket's shapes never depend on Q) repeat prompt 0: a real
+    # prompt, so no all-pad row reaches the model; their rows are dropped below.
     num_prompts = -(-rows // num_rollouts)
     filler = np.zeros(num_prompts - len(prompt_tokens), np.int64)
     padded_tokens = np.concatenate([prompt_tokens, prompt_tokens[filler]])  # [Q', P]
     padded_mask = np.concatenate([prompt_mask, prompt_mask[filler]])
-    row_prompts = np.concatenate([group_ids, np.zeros(rows - R, np.int32)])  # [rows]
+    rows = num_prompts * num_rollouts  # whole groups: row r continues padded prompt r // N
     stop_array = sampler.stop_id_array(stop_ids(tokenizer) if stop is None else stop)
     key = jax.random.fold_in(base_key, step)
     row_sharding = None if mesh is None else sharding.row_sharding(mesh, rows)
 
     start = time.perf_counter()
     state = sampler.prefill(graphdef, params, padded_tokens, padded_mask, key, sampling,
-                            stop_ids=stop_array, pad_id=tokenizer.pad_id, rows=row_prompts,
-                            row_sharding=row_sharding)
+                            stop_ids=stop_array, pad_id=tokenizer.pad_id,
+                            num_rollouts=num_rollouts, row_sharding=row_sharding)
     jax.block_until_ready(state)
     prefilled = time.perf_counter()
     state = sampler.decode(graphdef, params, state, sampling, stop_ids=stop_array,

@@ -30,12 +30,14 @@ RNG key. The prompt shape [B, P] is static by nature: rollout.py pads P (and opt
 a few buckets, one compile each.
 
 ## The loop state
-`SamplerState` carries the KV cache (S = P + max_new_tokens slots, no more: attention reads
-every slot at every step), the output buffers and the per-row flags. The prefill jit allocates
-the cache: the prompts run against a cache of exactly their P slots (so that they attend over P
-keys, not S), which is then copied to their rows with T_new empty slots after. The decode jit
-takes the state donated, because the loop replaces every field, so XLA updates the cache in
-place instead of keeping a copy of L*B*S*K*H*2 values alive.
+`SamplerState` carries the KV cache (each prompt's P slots, shared by its rows, and each row's
+T_new = max_new_tokens slots of its own, no more: attention reads every slot at every step),
+the output buffers and the per-row flags. The prefill jit allocates the cache: the Q prompts
+run against a cache of exactly their P slots (so that they attend over P keys, not P + T_new),
+which `model.fork_cache` then hands to their N rows each as a shared prefix (not copied: the
+rows of a group read one prompt's keys; "Shared prefixes" in leser_jax/model.py), beside T_new
+empty slots per row for what they sample. The decode jit takes the state donated, because the
+loop replaces every field, so XLA updates the cache in place instead of keeping a copy of it.
 
 Profiling: the blocks are named "prefill", "decode", "decode_step" (the model's layers inside)
 and "sample"; `prefill` and `decode` are separate jits so a caller can time them apart
@@ -58,10 +60,10 @@ from collections.abc import Sequence
 import flax.struct
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
-from leser_jax.model import KVCache, init_cache
+from leser_jax import sharding
+from leser_jax.model import KVCache, fork_cache, init_cache
 
 MAX_STOP_IDS = 8  # stop ids travel as a fixed-size array, so a different set never recompiles
 
@@ -192,7 +194,8 @@ def sample_tokens(logits: jax.Array, key: jax.Array, temperature: jax.Array, *, 
 class SamplerState:
     """What the decode loop carries from one token to the next (B rows, T_new = max_new_tokens)."""
 
-    cache: KVCache  # k L x [B, K, H, S], v L x [B, K, S, H] (S = P + T_new); valid, pos, index
+    cache: KVCache  # rows' k L x [B, K, H, T_new], v L x [B, K, T_new, H]; valid, pos, index;
+    #                 prefix: the Q prompts' k L x [Q, K, H, P], v L x [Q, K, P, H], valid [Q, P]
     tokens: jax.Array  # [B, T_new] int32: sampled tokens, pad_id after a row's stop token
     logprobs: jax.Array  # [B, T_new] float32: token_logprobs of each sampled token, 0 after stop
     done: jax.Array  # [B] bool: the row has emitted a stop token
@@ -231,48 +234,43 @@ def _record(state: SamplerState, logits: jax.Array, temperature, stop_ids, *, to
             step=state.step + 1)
 
 
-def _shard_rows(state: SamplerState, row_sharding: jax.sharding.Sharding | None) -> SamplerState:
-    """Pins every per-row array [B, ...] of the state (cache, outputs, flags) to `row_sharding`;
-    the shared scalars (slot index, step, key) stay replicated. None (one device): unchanged."""
+def _shard_rows(state: SamplerState,
+                row_sharding: jax.sharding.NamedSharding | None) -> SamplerState:
+    """Pins every per-row array [B, ...] of the state (cache, outputs, flags) to `row_sharding`
+    and the prompts' shared prefix [Q, ...] to the matching split of Q rows (a device holds the
+    prompts of its rows when the mesh divides Q); the shared scalars (slot index, step, key)
+    stay replicated. None (one device): unchanged."""
     if row_sharding is None:
         return state
-    return jax.tree.map(
-        lambda x: jax.lax.with_sharding_constraint(x, row_sharding) if x.ndim else x, state)
+    prefix = state.cache.prefix
+    state = jax.tree.map(
+        lambda x: jax.lax.with_sharding_constraint(x, row_sharding) if x.ndim else x,
+        state.replace(cache=state.cache.replace(prefix=None)))
+    if prefix is not None:
+        prompts = sharding.row_sharding(row_sharding.mesh, prefix.valid.shape[0])
+        prefix = jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, prompts), prefix)
+    return state.replace(cache=state.cache.replace(prefix=prefix))
 
 
-def _to_rows(cache: KVCache, rows: jax.Array, extra: int) -> KVCache:
-    """The prompts' cache [Q, ..., P] -> the sampled rows' [B, ..., P + extra]: row b gets
-    prompt rows[b]'s keys and values, and `extra` empty (invalid) slots after them."""
-    def grow(x, axis):  # [Q, ...] -> [B, ...] with `extra` zeros appended along the slot axis
-        widths = [(0, 0)] * x.ndim
-        widths[axis] = (0, extra)
-        return jnp.pad(jnp.take(x, rows, axis=0), widths)
-
-    return cache.replace(k=tuple(grow(k, 3) for k in cache.k),  # L x [B, K, H, S]
-                         v=tuple(grow(v, 2) for v in cache.v),  # L x [B, K, S, H]
-                         valid=grow(cache.valid, 1),  # [B, S], False = not written
-                         pos=jnp.take(cache.pos, rows, axis=0))  # [B]
-
-
-_STATIC = ("max_new_tokens", "top_k", "top_p", "pad_id", "row_sharding")
+_STATIC = ("max_new_tokens", "num_rollouts", "top_k", "top_p", "pad_id", "row_sharding")
 
 
 @functools.partial(jax.jit, static_argnums=0, static_argnames=_STATIC)
-def _prefill(graphdef, params, prompt_tokens, prompt_mask, rows, key, temperature, stop_ids, *,
-             max_new_tokens: int, top_k: int, top_p: float, pad_id: int,
-             row_sharding: jax.sharding.Sharding | None = None) -> SamplerState:
-    """Prefill prompts [Q, P] into a fresh cache, give sampled row b the cache row of prompt
-    rows[b] ([B] int32) grown to P + T_new slots, and sample column 0.
+def _prefill(graphdef, params, prompt_tokens, prompt_mask, key, temperature, stop_ids, *,
+             max_new_tokens: int, num_rollouts: int, top_k: int, top_p: float, pad_id: int,
+             row_sharding: jax.sharding.NamedSharding | None = None) -> SamplerState:
+    """Prefill prompts [Q, P], fork each into its N = num_rollouts rows (B = Q * N, row b
+    continues prompt b // N), and sample column 0.
 
-    Rollouts of one prompt share its prefill: the prompt runs once and its cache row (and its
-    last logits) are copied to each of its rows. The cache is made here, inside the jit (an XLA
-    allocation, nothing to transfer or donate). row_sharding: where the B sampled rows live on
-    a mesh (sharding.row_sharding; None = one device); the parameters keep the sharding they
-    arrive with.
+    Rollouts of one prompt share its prefill: the prompt runs once, its keys and values become
+    the shared prefix of its N rows (`model.fork_cache`) and its last logits are repeated for
+    them. The cache is made here, inside the jit (an XLA allocation, nothing to transfer or
+    donate). row_sharding: where the B sampled rows live on a mesh (sharding.row_sharding;
+    None = one device); the parameters keep the sharding they arrive with.
     """
     model = nnx.merge(graphdef, params)
     Q, P = prompt_tokens.shape
-    B = rows.shape[0]
+    B = Q * num_rollouts
     if P + max_new_tokens > model.config.max_seq_len:
         raise ValueError(f"prompt {P} + max_new_tokens {max_new_tokens} exceeds the model's "
                          f"max_seq_len {model.config.max_seq_len}")
@@ -282,8 +280,8 @@ def _prefill(graphdef, params, prompt_tokens, prompt_mask, rows, key, temperatur
         cache = init_cache(model.config, Q, P)
         logits, cache = model.prefill(prompt_tokens, prompt_mask, cache, last_only=True,
                                       remat=False)  # [Q, V]
-        cache = _to_rows(cache, rows, max_new_tokens)  # [B, ..., P + T_new]
-        logits = jnp.take(logits, rows, axis=0)  # [B, V]
+        cache = fork_cache(cache, num_rollouts, max_new_tokens)  # rows [B, ..., T_new]
+        logits = jnp.repeat(logits, num_rollouts, axis=0)  # [B, V]
         state = SamplerState(
             cache=cache,
             tokens=jnp.full((B, max_new_tokens), pad_id, jnp.int32),  # [B, T_new]
@@ -298,10 +296,10 @@ def _prefill(graphdef, params, prompt_tokens, prompt_mask, rows, key, temperatur
 
 
 # The state (KV cache included) is replaced by the loop: donating it lets XLA update it in place.
-@functools.partial(jax.jit, static_argnums=0, static_argnames=_STATIC[1:], donate_argnums=2)
+@functools.partial(jax.jit, static_argnums=0, static_argnames=_STATIC[2:], donate_argnums=2)
 def _decode(graphdef, params, state: SamplerState, temperature, stop_ids, *, top_k: int,
             top_p: float, pad_id: int,
-            row_sharding: jax.sharding.Sharding | None = None) -> SamplerState:
+            row_sharding: jax.sharding.NamedSharding | None = None) -> SamplerState:
     """Decodes columns state.step .. T_new - 1 in one while_loop; stops when all rows are done."""
     model = nnx.merge(graphdef, params)
     max_new_tokens = state.tokens.shape[1]
@@ -326,25 +324,23 @@ def _stop_array(stop_ids: jax.Array | Sequence[int]) -> jax.Array:
 
 
 def prefill(graphdef, params, prompt_tokens, prompt_mask, key, config: SamplingConfig, *,
-            stop_ids: jax.Array | Sequence[int], pad_id: int, rows=None,
-            row_sharding: jax.sharding.Sharding | None = None) -> SamplerState:
+            stop_ids: jax.Array | Sequence[int], pad_id: int, num_rollouts: int = 1,
+            row_sharding: jax.sharding.NamedSharding | None = None) -> SamplerState:
     """The first half of `generate`: prefill and column 0 (exposed so callers can time it).
-
-    rows: [B] int, the prompt of each sampled row (several rows may share one prompt, which is
-      then prefilled once); default: one row per prompt.
-    row_sharding: see `generate`.
-    """
-    rows = np.arange(len(prompt_tokens)) if rows is None else rows
+    Arguments as in `generate`."""
+    if num_rollouts < 1:
+        raise ValueError(f"num_rollouts must be >= 1, got {num_rollouts}")
     return _prefill(graphdef, params, jnp.asarray(prompt_tokens, jnp.int32),
-                    jnp.asarray(prompt_mask, jnp.bool_), jnp.asarray(rows, jnp.int32), key,
+                    jnp.asarray(prompt_mask, jnp.bool_), key,
                     jnp.asarray(config.temperature, jnp.float32), _stop_array(stop_ids),
-                    max_new_tokens=config.max_new_tokens, top_k=config.top_k,
-                    top_p=float(config.top_p), pad_id=int(pad_id), row_sharding=row_sharding)
+                    max_new_tokens=config.max_new_tokens, num_rollouts=int(num_rollouts),
+                    top_k=config.top_k, top_p=float(config.top_p), pad_id=int(pad_id),
+                    row_sharding=row_sharding)
 
 
 def decode(graphdef, params, state: SamplerState, config: SamplingConfig, *,
            stop_ids: jax.Array | Sequence[int], pad_id: int,
-           row_sharding: jax.sharding.Sharding | None = None) -> SamplerState:
+           row_sharding: jax.sharding.NamedSharding | None = None) -> SamplerState:
     """The second half of `generate`: the decode loop. `state` is donated (do not reuse it)."""
     return _decode(graphdef, params, state, jnp.asarray(config.temperature, jnp.float32),
                    _stop_array(stop_ids), top_k=config.top_k, top_p=float(config.top_p),
@@ -360,15 +356,16 @@ def finish(state: SamplerState) -> Samples:
 
 def generate(graphdef, params, prompt_tokens, prompt_mask, key: jax.Array,
              config: SamplingConfig, *, stop_ids: jax.Array | Sequence[int],
-             pad_id: int, rows=None, row_sharding: jax.sharding.Sharding | None = None
-             ) -> Samples:
-    """Samples a completion for every row of a left-padded prompt batch.
+             pad_id: int, num_rollouts: int = 1,
+             row_sharding: jax.sharding.NamedSharding | None = None) -> Samples:
+    """Samples `num_rollouts` completions of every prompt of a left-padded prompt batch.
 
-    graphdef, params: `nnx.split(model)`. prompt_tokens [B, P] int, prompt_mask [B, P] bool (True
+    graphdef, params: `nnx.split(model)`. prompt_tokens [Q, P] int, prompt_mask [Q, P] bool (True
     at real tokens; left padding, so the last column is every row's last prompt token). `key`: a
     PRNG key (rollout.py derives one per step with fold_in). stop_ids: a `stop_id_array` (or a
     sequence of ids, converted here). Rows stop after any stop id; the loop stops when all have.
-    rows: [B] the prompt of each sampled row (`prefill`); default: one row per prompt.
+    num_rollouts: N rows per prompt, B = Q * N, in the group layout: row b continues prompt
+      b // N (rollout.tile_groups). Each prompt is prefilled once and its N rows share its keys.
     row_sharding: on a device mesh, the sharding of the B sampled rows (KV cache, tokens,
       log-probs; sharding.row_sharding(mesh, B)), with `params` placed by
       sharding.param_shardings; None (one device) leaves the programs as they are. Random draws
@@ -377,7 +374,8 @@ def generate(graphdef, params, prompt_tokens, prompt_mask, key: jax.Array,
     """
     stop_ids = _stop_array(stop_ids)
     state = prefill(graphdef, params, prompt_tokens, prompt_mask, key, config,
-                    stop_ids=stop_ids, pad_id=pad_id, rows=rows, row_sharding=row_sharding)
+                    stop_ids=stop_ids, pad_id=pad_id, num_rollouts=num_rollouts,
+                    row_sharding=row_sharding)
     return finish(decode(graphdef, params, state, config, stop_ids=stop_ids, pad_id=pad_id,
                          row_sharding=row_sharding))
 

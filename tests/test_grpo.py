@@ -155,7 +155,7 @@ def test_group_shared_prompts_give_the_per_rollout_forward_and_the_samplers_logp
     rows = np.array([0, 0, 0, 1, 1, 1])  # N = 3 rollouts each, the group layout
     samples = generate(graphdef, params, prompts, prompt_mask, jax.random.key(0),
                        SamplingConfig(temperature=0.9, max_new_tokens=8),
-                       stop_ids=stop_id_array([config.vocab_size]), pad_id=0, rows=rows)
+                       stop_ids=stop_id_array([config.vocab_size]), pad_id=0, num_rollouts=3)
     assert len({tuple(t) for t in np.asarray(samples.tokens)[:3].tolist()}) > 1  # they differ
     shared = completion_logprobs(model, prompts, prompt_mask, samples.tokens, samples.mask, 0.9)
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from leser_jax.model import (KVCache, Llama, ModelConfig, flops_per_token, init_cache,
-                             llama3_inv_freq, param_count)
+from leser_jax.model import (KVCache, Llama, ModelConfig, flops_per_token, fork_cache,
+                             init_cache, llama3_inv_freq, param_count)
 
 
 def _tokens(config, shape, seed=1):
@@ -121,6 +121,55 @@ def test_prefill_last_only_and_cache_is_a_pytree(tiny):
     full = forward(model, tokens)
     assert last.shape == (2, config.vocab_size)
     np.testing.assert_allclose(last, full[:, -1], atol=1e-5, rtol=0)
+
+
+def test_forked_cache_equals_each_row_alone_forward_and_gradient(tiny):
+    """fork_cache: N rows sharing a prompt's keys give, for every row, the logits of running
+    [prompt, row] on its own, through prefill of right-padded continuations and a decode step
+    after them; and the gradient through the shared prefix equals the gradient of the rows run
+    alone (it reaches the prompt's activations from all N rows)."""
+    config, model = tiny
+    lengths, N, T = (4, 9), 3, 5
+    prompts = [_tokens(config, (1, n), seed=30 + i) for i, n in enumerate(lengths)]
+    P = max(lengths)
+    prompt_tokens = jnp.concatenate([jnp.pad(r, ((0, 0), (P - r.shape[1], 0))) for r in prompts])
+    prompt_mask = jnp.arange(P)[None, :] >= (P - jnp.array(lengths))[:, None]  # [Q, P], left pads
+    rows = _tokens(config, (2 * N, T), seed=40)  # [B, T], row b continues prompt b // N
+    row_mask = jnp.ones((2 * N, T), bool).at[1, 3:].set(False)  # row 1: 3 tokens, right pads
+    nxt = _tokens(config, (2 * N,), seed=41)  # one decoded token after each row's T slots
+
+    def forked(params):
+        model_ = nnx.merge(graphdef, params)
+        cache = init_cache(config, batch=2, max_len=P)
+        _, cache = model_.prefill(prompt_tokens, prompt_mask, cache)
+        cache = fork_cache(cache, N, T + 1)
+        logits, cache = model_.prefill(rows, row_mask, cache)  # [B, T, V]
+        last, cache = model_.decode_step(nxt, cache)  # [B, V]
+        return logits, last, cache
+
+    def alone(params):  # each row as one sequence [its prompt, its row, next], no cache
+        model_ = nnx.merge(graphdef, params)
+        tokens = jnp.concatenate([prompt_tokens.repeat(N, 0), rows, nxt[:, None]], axis=1)
+        mask = jnp.concatenate([prompt_mask.repeat(N, 0), row_mask,
+                                jnp.ones((2 * N, 1), bool)], axis=1)
+        out = model_(tokens, mask)  # [B, P + T + 1, V]
+        return out[:, P:P + T], out[:, -1]
+
+    graphdef, params = nnx.split(model)
+    logits, last, cache = jax.jit(forked)(params)
+    want_logits, want_last = jax.jit(alone)(params)
+    assert cache.prefix.k[0].shape[0] == 2 and cache.k[0].shape[0] == 2 * N  # not copied
+    assert cache.pos.tolist() == [10, 8, 10, 15, 15, 15]  # prompt + real row tokens + 1
+    np.testing.assert_allclose(logits[row_mask], want_logits[row_mask], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(last, want_last, atol=1e-5, rtol=0)
+
+    weights = jax.random.normal(jax.random.key(5), want_last.shape)  # a loss that uses every row
+    grad = jax.jit(jax.grad(lambda p: jnp.sum(forked(p)[1] * weights)))(params)
+    want = jax.jit(jax.grad(lambda p: jnp.sum(alone(p)[1] * weights)))(params)
+    for g, w in zip(jax.tree.leaves(grad), jax.tree.leaves(want)):
+        np.testing.assert_allclose(g, w, atol=1e-4 * float(jnp.abs(w).max()) + 1e-6, rtol=0)
+    with pytest.raises(ValueError, match="already"):
+        fork_cache(cache, 2, 4)
 
 
 def _reference_llama3_inv_freq(theta, head_dim, factor, low, high, original):

@@ -189,7 +189,7 @@ def _sample_report() -> dict:
     rows = np.repeat(np.arange(4), 2)  # [B = 8]: 2 rollouts per prompt
     sampling = sampler.SamplingConfig(temperature=0.9, max_new_tokens=12)
     key = jax.random.key(7)
-    kwargs = dict(stop_ids=[1], pad_id=0, rows=rows)
+    kwargs = dict(stop_ids=[1], pad_id=0, num_rollouts=2)
     single = sampler.generate(graphdef, params, prompts, mask, key, sampling, **kwargs)
     mesh = sharding.make_mesh(sharding.MeshConfig(data=2, fsdp=4))
     placed = jax.device_put(params, sharding.param_shardings(params, mesh))

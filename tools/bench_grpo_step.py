@@ -87,7 +87,6 @@ def main(argv):
     update = grpo_update(graphdef, tx, schedule, grpo_config)
     never = sampler.stop_id_array([config.vocab_size])  # no token has this id
     rng = np.random.default_rng(0)
-    rows = np.repeat(np.arange(Q), N)  # [R]: group layout
 
     records = []
     for step in range(FLAGS.warmup + FLAGS.steps):
@@ -96,7 +95,7 @@ def main(argv):
         key = jax.random.fold_in(jax.random.key(0), step)
         s, prefill_s = timed(lambda: sampler.prefill(
             graphdef, state.params, prompts, mask, key, sampling, stop_ids=never, pad_id=0,
-            rows=rows))
+            num_rollouts=N))
         s, decode_s = timed(lambda: sampler.decode(graphdef, state.params, s, sampling,
                                                    stop_ids=never, pad_id=0))
         samples = sampler.finish(s)

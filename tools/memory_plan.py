@@ -29,13 +29,15 @@ Numerics (issue 10): bf16 parameters and activations, float32 optimizer state.
 
 ## The activation model (per device, one micro-batch: Q/M prompts, R/M = B*N/M rollouts)
 Tokens: prompts Q/M x P (prefilled once per group, grpo.completion_logprobs) and completions
-R/M x T; every query attends over S = P + T cache slots. Per token and layer, stored for the
+R/M x T; a prompt token attends over the P prompt slots, a completion token over its group's P
+prompt slots (shared, model.fork_cache) and its own T. Per token and layer, stored for the
 backward, a = 2 bytes (bf16):
     a * (4D + (2N + 2K) H + 4F)    norms' inputs and outputs (4D); q, k, v ((N + 2K) H) and the
                                    attention output (N H); gate, up, silu(gate), product (4F)
-    N * S * (4 + 4 + a)            attention: float32 scores and softmax, bf16 probabilities
-                                   (a plain einsum attention: no fused kernel, model.py)
-plus the cache of the update's prefill, 2 L K S H a per row (prompts and rollouts), and the
+    N * slots * (4 + 4 + a)        attention: float32 scores and softmax, bf16 probabilities
+                                   (a plain einsum attention: no fused kernel, model.py), over
+                                   slots = P for a prompt token, P + T for a completion token
+plus the cache of the update's prefill, 2 L K H a per slot: P per prompt, T per rollout, and the
 completion logits: 2 float32 [R/M, T, V] arrays (the head's output and the softmax of the
 backward; XLA fuses the temperature scaling), 8 V bytes a completion token: with V = 128,256
 that is 1 MB a token, why micro-batches matter. Without remat all L layers are stored, plus
@@ -43,30 +45,34 @@ one for the backward's working set; with remat (ModelConfig.remat: jax.checkpoin
 Block) only each block's input (a D per token and layer) plus two layers' worth (one
 recomputed, its gradients).
 Elementwise intermediates (RoPE, masks) are taken as fused. Sampling: the KV cache
-2 L K (P + T) H a per rollout row, plus the prefill's transients (one layer's attention
-scores over Q prompts, the prompts' own cache before it is copied to their N rows, and the
+2 L K H a per slot, P per prompt (the prefix its N rows share) and T per rollout row, plus the
+prefill's transients (one layer's attention scores of Q prompts over their P slots, and the
 last logits [R, V] float32 x 2).
 
 ## Checked against XLA (`--xla_check`)
 `--xla_check` compiles the full-fine-tuning update (plain SGD, without and with remat) for
 abstract inputs of the run's shape on the default backend, nothing allocated, and prints XLA's
 temp buffer bytes next to the plan's gradients + activations. On the 2-core CPU machine
-(2026-11-26), 1B, B=4 queries x N=4, P=512, T=256, M=1:
-- float32 model: XLA 59.7 GB, planned 60.2 GB. The attention term above was fitted to this
-  backend: with one float32 [.., S] array fewer the plan fell 0.7 GB a layer short.
-- bf16 model: XLA 58.8 GB, planned 42.5 GB: the CPU backend computes bf16 matmuls in float32
-  and keeps float32 copies. GPUs compute bf16 natively: run the check on a GPU before trusting
-  the bf16 rows (no GPU was lent for this plan).
-- remat: no saving on the CPU (float32: 56.5 GB against 59.7). XLA:CPU removes
+(2026-11-26, after the shared prompt prefix of model.fork_cache), 1B, B=4 queries x N=4,
+P=512, T=256, M=1:
+- float32 model: XLA 56.4 GB, planned 56.2 GB. The attention term above was fitted to this
+  backend: with one float32 [.., S] array fewer the plan fell 0.7 GB a layer short. (Before
+  the shared prefix, when the update copied each prompt's cache to its N rows: XLA 59.7 GB,
+  planned 60.2.)
+- bf16 model: XLA 55.5 GB, planned 39.3 GB: the CPU backend computes bf16 matmuls in float32
+  and keeps float32 copies. GPUs compute bf16 natively (below).
+- remat: no saving on the CPU (float32: 53.3 GB against 56.4). XLA:CPU removes
   jax.checkpoint's optimization barriers before it schedules, so the recomputation of our
   unrolled layers is scheduled early, in the forward pass, and keeps as much as no remat (a toy
   with the checkpointed layer inside lax.scan does save on CPU: 1.40 GB -> 0.25 GB). XLA:GPU
   removes the barriers only after scheduling.
-On an H200 (2026-11-26, jax 0.11.2), 1B bf16, B=32 x N=4, P=256, T=128, M=1: XLA's temp
-buffers 77.3 GB against the plan's 111.1 (no remat) and 21.5 against 33.5 (remat); the peak
-that tools/bench_grpo_step measured (jax memory_stats, the whole step) 98.7 GB against the
-plan's 130.9 and 42.8 against 53.3. On a GPU the plan errs on the safe side by 25-45%: XLA
-fuses the attention's softmax and keeps fewer float32 arrays than the plan counts.
+On an H200 (2026-11-26, jax 0.11.2, before the shared prefix), 1B bf16, B=32 x N=4, P=256,
+T=128, M=1: XLA's temp buffers 77.3 GB against the plan's 111.1 (no remat) and 21.5 against
+33.5 (remat); the peak that tools/bench_grpo_step measured (jax memory_stats, the whole step)
+98.7 GB against the plan's 130.9 and 42.8 against 53.3. On a GPU the plan errs on the safe
+side by 25-45%: XLA fuses the attention's softmax and keeps fewer float32 arrays than the plan
+counts. The plan for that shape is now 104.2 GB (no remat) and 31.6 (remat); the GPU check
+has not been run again since.
 
 Departures: none from the paper (it says nothing about memory); the model is an estimate of
 what XLA keeps, which fuses and frees more or less than this; a GPU run's measured peak
@@ -161,14 +167,14 @@ def sampling_bytes(config: ModelConfig, run: RunShape, devices: int) -> dict[str
     """The sampler's KV cache for B x N rollout rows and its prefill transients, per device."""
     c = config
     a = _BYTES[c.dtype]
-    S = run.prompt_len + run.new_tokens
+    P, T = run.prompt_len, run.new_tokens
     rows = per_device(run.queries * run.rollouts, devices)
     prompts = per_device(run.queries, devices)
-    per_row = 2 * c.num_layers * c.num_kv_heads * S * c.head_dim * a
-    prefill = (prompts * c.num_heads * run.prompt_len * S * (4 + a)  # one layer's scores
-               + prompts * per_row  # the prompts' cache before it is copied to their rows
+    per_slot = 2 * c.num_layers * c.num_kv_heads * c.head_dim * a
+    prefill = (prompts * c.num_heads * P * P * (4 + a)  # one layer's scores
                + 2 * rows * c.vocab_size * 4)  # last logits and their softmax
-    return {"KV cache": rows * per_row, "sampler transients": prefill}
+    # The prompts' P slots are the prefix their N rows share; each row has its own T.
+    return {"KV cache": (prompts * P + rows * T) * per_slot, "sampler transients": prefill}
 
 
 def activation_bytes(config: ModelConfig, run: RunShape, devices: int, *,
@@ -176,14 +182,15 @@ def activation_bytes(config: ModelConfig, run: RunShape, devices: int, *,
     """Activations kept for the backward of one micro-batch, per device (module docstring)."""
     c = config
     a = _BYTES[c.dtype]
-    S = run.prompt_len + run.new_tokens
+    P, T = run.prompt_len, run.new_tokens
     rows = per_device(run.queries * run.rollouts // run.micro_batches, devices)
     prompts = per_device(run.queries // run.micro_batches, devices)
-    tokens = rows * run.new_tokens + prompts * run.prompt_len
-    per_token_layer = (a * (4 * c.d_model + (2 * c.num_heads + 2 * c.num_kv_heads) * c.head_dim
-                            + 4 * c.ffn_dim) + c.num_heads * S * (4 + 4 + a))
-    layer = tokens * per_token_layer
-    cache = (rows + prompts) * 2 * c.num_layers * c.num_kv_heads * S * c.head_dim * a
+    tokens = rows * T + prompts * P
+    dense = a * (4 * c.d_model + (2 * c.num_heads + 2 * c.num_kv_heads) * c.head_dim
+                 + 4 * c.ffn_dim)  # per token
+    scores = prompts * P * P + rows * T * (P + T)  # (query, slot) pairs of the attention
+    layer = tokens * dense + c.num_heads * (4 + 4 + a) * scores
+    cache = (prompts * P + rows * T) * 2 * c.num_layers * c.num_kv_heads * c.head_dim * a
     logits = rows * run.new_tokens * c.vocab_size * 4 * 2
     if remat:
         layers = c.num_layers * tokens * c.d_model * a + 2 * layer
