@@ -169,8 +169,8 @@ def completion_logprobs(model, prompt_tokens: jax.Array, prompt_mask: jax.Array,
     rows, not copied) and only the completions are run per rollout: with a 300-token prompt and
     60-token completions that is about a third of the work of running [prompt, completion] per
     rollout, forward and backward (the gradient reaches the prompt's activations through the
-    shared keys and values, from all N rows of the group). The logits at the prompt's last token predict completion token 0, those at
-    completion token t predict token t + 1:
+    shared keys and values, from all N rows of the group). The logits at the prompt's last
+    token predict completion token 0, those at completion token t predict token t + 1:
 
         prompt  [pad p0 p1] -> cache, logits at p1 (-> c0)
         rollout [c0 c1 pad] -> logits at c0 (-> c1), c1 (-> pad, masked)

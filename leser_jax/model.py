@@ -448,8 +448,8 @@ def _attend_with_prefix(q, scores, v, prefix: SharedPrefix, layer: int, dt: str)
     """Attention over a group's shared prefix and each row's own slots (see "Shared prefixes").
 
     q [B, K, M, H] (M = G*T query rows per kv head), scores [B, K, M, S] over the rows' own
-    slots (scaled and masked), v [B, K, S, H]; the prefix holds Q prompts, rows b*N .. b*N + N-1
-    continue prompt b (B = Q * N). Returns [B, K, M, H], the attention of one softmax over the
+    slots (scaled and masked), v [B, K, S, H]; the prefix holds Q prompts, rows q*N .. q*N + N-1
+    continue prompt q (B = Q * N). Returns [B, K, M, H], the attention of one softmax over the
     P prefix slots and the S own slots together.
     """
     B, K, M, H = q.shape

@@ -18,9 +18,9 @@ belongs to prompt `group_ids[r]`, i.e. prompts[group_ids[r]].
 Buckets: P is rounded up to the smallest of `prompt_buckets`, and optionally the row count to
 one of `batch_buckets`, then to whole groups of N (extra rows are whole groups of the first
 prompt, dropped after sampling), so a run compiles the sampler once per bucket, not once per
-batch. Stops: EOS, and `</answer>` where
-the tokenizer has it as one token (our SentencePiece vocabulary); a Hugging Face LLaMA vocabulary
-spells it in several tokens, and its eos ends the answer (the warm-up teaches eos after it).
+batch. Stops: EOS, and `</answer>` where the tokenizer has it as one token (our SentencePiece
+vocabulary); a Hugging Face LLaMA vocabulary spells it in several tokens, and its eos ends the
+answer (the warm-up teaches eos after it).
 
 Everything here is plain Python and NumPy; the device code is leser_jax/sampler.py.
 """

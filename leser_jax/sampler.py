@@ -252,7 +252,8 @@ def _shard_rows(state: SamplerState,
     return state.replace(cache=state.cache.replace(prefix=prefix))
 
 
-_STATIC = ("max_new_tokens", "num_rollouts", "top_k", "top_p", "pad_id", "row_sharding")
+_DECODE_STATIC = ("top_k", "top_p", "pad_id", "row_sharding")
+_STATIC = ("max_new_tokens", "num_rollouts") + _DECODE_STATIC  # the prefill's
 
 
 @functools.partial(jax.jit, static_argnums=0, static_argnames=_STATIC)
@@ -296,7 +297,7 @@ def _prefill(graphdef, params, prompt_tokens, prompt_mask, key, temperature, sto
 
 
 # The state (KV cache included) is replaced by the loop: donating it lets XLA update it in place.
-@functools.partial(jax.jit, static_argnums=0, static_argnames=_STATIC[2:], donate_argnums=2)
+@functools.partial(jax.jit, static_argnums=0, static_argnames=_DECODE_STATIC, donate_argnums=2)
 def _decode(graphdef, params, state: SamplerState, temperature, stop_ids, *, top_k: int,
             top_p: float, pad_id: int,
             row_sharding: jax.sharding.NamedSharding | None = None) -> SamplerState:
