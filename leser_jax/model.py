@@ -401,8 +401,8 @@ class Attention(nnx.Module):
         Without a cache S = T and the keys are this call's tokens. With a `KVCache`, this call's
         keys and values are written into layer `layer` at slots cache.index .. cache.index + T - 1
         first (dynamic_update_slices of that layer's k [B, K, H, S] and v [B, K, S, H]: in place
-        when donated), then attention reads all S slots of that layer; the updated cache is
-        returned.
+        when donated), then attention reads all S slots of that layer, after the P slots of the
+        row's group when the cache follows a `SharedPrefix`; the updated cache is returned.
         """
         c = self.config
         dt = c.dtype
