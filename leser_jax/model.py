@@ -396,16 +396,18 @@ class Attention(nnx.Module):
         self.o_lora = _lora(c, NH, D, rngs)
 
     def __call__(self, x, positions, mask, inv_freq, cache=None, layer=None):
-        """x [B, T, D], positions [B, T], mask [B, T, S] (True = may attend).
+        """x [B, T, D], positions [B, T], mask [B, T, S'] (True = may attend).
 
-        Without a cache S = T and the keys are this call's tokens. With a `KVCache`, this call's
+        Without a cache S' = T and the keys are this call's tokens. With a `KVCache`, this call's
         keys and values are written into layer `layer` at slots cache.index .. cache.index + T - 1
         first (dynamic_update_slices of that layer's k [B, K, H, S] and v [B, K, S, H]: in place
-        when donated), then attention reads all S slots of that layer, after the P slots of the
-        row's group when the cache follows a `SharedPrefix`; the updated cache is returned.
+        when donated), then attention reads the first S' <= S slots of that layer, after the P
+        slots of the row's group when the cache follows a `SharedPrefix`; the updated cache is
+        returned.
         """
         c = self.config
         dt = c.dtype
+        read = mask.shape[-1]  # slots attention reads: the first S' <= S (Llama.prefill)
         q = _project("BTD,DNH->BTNH", x, self.q, self.q_lora, dt)  # [B, T, N, H]
         k = _project("BTD,DKH->BTKH", x, self.k, self.k_lora, dt)  # [B, T, K, H]
         v = _project("BTD,DKH->BTKH", x, self.v, self.v_lora, dt)  # [B, T, K, H]
@@ -421,7 +423,7 @@ class Attention(nnx.Module):
             v = jax.lax.dynamic_update_slice(cache.v[layer], v.astype(cache.v[layer].dtype),
                                              (0, 0, cache.index, 0))
             cache = cache.replace(k=_put(cache.k, layer, k), v=_put(cache.v, layer, v))
-            # k [B, K, H, S], v [B, K, S, H]: all S slots of this layer
+            k, v = k[..., :read], v[:, :, :read]  # [B, K, H, S'], [B, K, S', H]
         B, T = x.shape[:2]
         K, G, H, S = c.num_kv_heads, c.kv_groups, c.head_dim, v.shape[2]
         # The G query heads of a kv head, at all T positions, as the G*T rows of one matrix: both
@@ -656,13 +658,17 @@ class Llama(nnx.Module):
         return self._logits(x if last_n is None else x[:, T - last_n:])
 
     def prefill(self, tokens: jax.Array, pad_mask: jax.Array, cache: KVCache, *,
-                last_only: bool = False, remat: bool | None = None) -> tuple[jax.Array, KVCache]:
+                last_only: bool = False, remat: bool | None = None,
+                read_slots: int | None = None) -> tuple[jax.Array, KVCache]:
         """Writes tokens [B, T] (pad_mask [B, T], True = real) at slots index .. index + T - 1.
 
         Returns logits [B, T, V] float32, or [B, V] of the last slot if `last_only` (a prompt
         batch is left-padded, so the last slot is every row's last real token), and the cache.
         Also usable to append a chunk to a cache that already holds tokens. remat: default
         `config.remat` (GRPO's loss differentiates through this path); the sampler passes False.
+        read_slots: attention reads only the first `read_slots` slots of the cache (static; the
+        caller knows that no slot after them is written yet, e.g. a chunked prefill, whose
+        chunk ending at slot e reads e slots, not all S); None = all S.
         """
         B, T = tokens.shape
         c = self.config
@@ -673,6 +679,7 @@ class Llama(nnx.Module):
         slots = jnp.arange(cache.max_len)  # [S]
         query_slots = cache.index + jnp.arange(T)  # [T]
         mask = (slots[None, :] <= query_slots[:, None])[None] & valid[:, None, :]  # [B, T, S]
+        mask = mask[:, :, :read_slots]  # [B, T, S'] the slots attention reads (module docstring)
         inv_freq = llama3_inv_freq(c)
         x = self._embed(tokens)  # [B, T, D]
         for i in range(len(self.layers)):

@@ -78,12 +78,17 @@ class SamplingConfig:
     top_p: nucleus sampling, keep the smallest set of most likely tokens whose probability
       (at this temperature) reaches p; 1 = off.
     max_new_tokens: T_new, the most tokens a completion may have (its stop token included).
+    prefill_chunk: prompt tokens the prefill runs at once; 0 = the whole prompt. A chunk that
+      ends at slot e attends over e slots, not P, so the scores [Q, K, G*chunk, e] stay small
+      and the causal half above the diagonal is skipped (WORKSPACE.md: demo, P = 256, 2 CPU
+      cores). Equal up to float rounding for any chunk.
     """
 
     temperature: float = 0.9
     top_k: int = 0
     top_p: float = 1.0
     max_new_tokens: int = 256
+    prefill_chunk: int = 32
 
     def __post_init__(self):
         if not (math.isfinite(self.temperature) and self.temperature >= 0):
@@ -94,6 +99,9 @@ class SamplingConfig:
             raise ValueError(f"top_p must be in (0, 1] (1 = off), got {self.top_p}")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.prefill_chunk < 0:
+            raise ValueError(f"prefill_chunk must be >= 0 (0 = whole prompt), got "
+                             f"{self.prefill_chunk}")
 
 
 def stop_id_array(stop_ids: Sequence[int]) -> jax.Array:
@@ -253,12 +261,13 @@ def _shard_rows(state: SamplerState,
 
 
 _DECODE_STATIC = ("top_k", "top_p", "pad_id", "row_sharding")
-_STATIC = ("max_new_tokens", "num_rollouts") + _DECODE_STATIC  # the prefill's
+_STATIC = ("max_new_tokens", "num_rollouts", "prefill_chunk") + _DECODE_STATIC  # prefill's
 
 
 @functools.partial(jax.jit, static_argnums=0, static_argnames=_STATIC)
 def _prefill(graphdef, params, prompt_tokens, prompt_mask, key, temperature, stop_ids, *,
-             max_new_tokens: int, num_rollouts: int, top_k: int, top_p: float, pad_id: int,
+             max_new_tokens: int, num_rollouts: int, prefill_chunk: int, top_k: int,
+             top_p: float, pad_id: int,
              row_sharding: jax.sharding.NamedSharding | None = None) -> SamplerState:
     """Prefill prompts [Q, P], fork each into its N = num_rollouts rows (B = Q * N, row b
     continues prompt b // N), and sample column 0.
@@ -277,10 +286,15 @@ def _prefill(graphdef, params, prompt_tokens, prompt_mask, key, temperature, sto
                          f"max_seq_len {model.config.max_seq_len}")
     with jax.named_scope("prefill"):
         # A cache of exactly P slots: the prompt attends over its own P keys, not over the
-        # T_new empty slots a decode needs (27% of the prefill's attention at P=128, T_new=48).
+        # T_new empty slots a decode needs (27% of the prefill's attention at P=128, T_new=48),
+        # chunk by chunk (SamplingConfig.prefill_chunk): the chunk ending at slot e reads e.
         cache = init_cache(model.config, Q, P)
-        logits, cache = model.prefill(prompt_tokens, prompt_mask, cache, last_only=True,
-                                      remat=False)  # [Q, V]
+        chunk = prefill_chunk or P
+        for start in range(0, P, chunk):
+            end = min(start + chunk, P)
+            logits, cache = model.prefill(prompt_tokens[:, start:end], prompt_mask[:, start:end],
+                                          cache, last_only=True, remat=False,
+                                          read_slots=end)  # [Q, V] of the chunk's last token
         cache = fork_cache(cache, num_rollouts, max_new_tokens)  # rows [B, ..., T_new]
         logits = jnp.repeat(logits, num_rollouts, axis=0)  # [B, V]
         state = SamplerState(
@@ -335,7 +349,8 @@ def prefill(graphdef, params, prompt_tokens, prompt_mask, key, config: SamplingC
                     jnp.asarray(prompt_mask, jnp.bool_), key,
                     jnp.asarray(config.temperature, jnp.float32), _stop_array(stop_ids),
                     max_new_tokens=config.max_new_tokens, num_rollouts=int(num_rollouts),
-                    top_k=config.top_k, top_p=float(config.top_p), pad_id=int(pad_id),
+                    prefill_chunk=config.prefill_chunk, top_k=config.top_k,
+                    top_p=float(config.top_p), pad_id=int(pad_id),
                     row_sharding=row_sharding)
 
 

@@ -220,6 +220,8 @@ def test_validation():
         SamplingConfig(top_k=-1)
     with pytest.raises(ValueError, match="max_new_tokens"):
         SamplingConfig(max_new_tokens=0)
+    with pytest.raises(ValueError, match="prefill_chunk"):
+        SamplingConfig(prefill_chunk=-1)
     with pytest.raises(ValueError, match="stop ids"):
         stop_id_array([])
     with pytest.raises(ValueError, match="stop ids"):
@@ -231,3 +233,14 @@ def test_prompt_plus_new_tokens_beyond_max_seq_len_is_refused(split):
     # tiny's max_seq_len is 256: a 16-token prompt leaves room for 240 new tokens, not 241.
     with pytest.raises(ValueError, match="max_seq_len"):
         _sample(split, _rows([5]), max_new_tokens=CONFIG.max_seq_len - 15)
+
+
+def test_chunked_prefill_equals_whole_prompt_prefill(split):
+    # P = 16 in chunks of 5: 5, 5, 5, 1 tokens; the 3-token row's first chunks are all padding.
+    rows = _rows([3, 9, 16, 12], seed=3)
+    whole = _sample(split, rows, prefill_chunk=0, temperature=0.0)
+    chunked = _sample(split, rows, prefill_chunk=5, temperature=0.0)
+    np.testing.assert_array_equal(chunked.tokens, whole.tokens)
+    np.testing.assert_allclose(chunked.logprobs, whole.logprobs, atol=1e-5, rtol=0)
+    sampled = [_sample(split, rows, prefill_chunk=c, key=4) for c in (0, 5)]
+    np.testing.assert_array_equal(sampled[0].tokens, sampled[1].tokens)
