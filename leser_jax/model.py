@@ -679,7 +679,7 @@ class Llama(nnx.Module):
         slots = jnp.arange(cache.max_len)  # [S]
         query_slots = cache.index + jnp.arange(T)  # [T]
         mask = (slots[None, :] <= query_slots[:, None])[None] & valid[:, None, :]  # [B, T, S]
-        mask = mask[:, :, :read_slots]  # [B, T, S'] the slots attention reads (module docstring)
+        mask = mask[:, :, :read_slots]  # [B, T, S']: the slots attention reads
         inv_freq = llama3_inv_freq(c)
         x = self._embed(tokens)  # [B, T, D]
         for i in range(len(self.layers)):

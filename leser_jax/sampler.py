@@ -21,9 +21,10 @@ trainer does not see). Greedy decoding (temperature 0) records log-probs at temp
 
 ## What recompiles
 Static (part of the compiled program, hashable): the graphdef, `max_new_tokens` (the output
-shape), `top_k` (`lax.top_k` needs a static k), `top_p` (whether the vocab is sorted at all:
-p = 1 skips the sort), `pad_id` (a tokenizer constant) and `row_sharding` (where the rows
-live on a device mesh, leser_jax/sharding.py; None on one device). Passed as arrays, so
+shape), `num_rollouts` (the row count), `prefill_chunk` (the prefill's unrolled chunks),
+`top_k` (`lax.top_k` needs a static k), `top_p` (whether the vocab is sorted at all: p = 1
+skips the sort), `pad_id` (a tokenizer constant) and `row_sharding` (where the rows live on a
+device mesh, leser_jax/sharding.py; None on one device). Passed as arrays, so
 changing them never recompiles: the temperature (0 = greedy is a `lax.cond` on it, not a
 Python branch), the stop ids (a fixed-size [MAX_STOP_IDS] int32 array padded with -1) and the
 RNG key. The prompt shape [B, P] is static by nature: rollout.py pads P (and optionally B) to
