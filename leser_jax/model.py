@@ -407,7 +407,6 @@ class Attention(nnx.Module):
         """
         c = self.config
         dt = c.dtype
-        read = mask.shape[-1]  # slots attention reads: the first S' <= S (Llama.prefill)
         q = _project("BTD,DNH->BTNH", x, self.q, self.q_lora, dt)  # [B, T, N, H]
         k = _project("BTD,DKH->BTKH", x, self.k, self.k_lora, dt)  # [B, T, K, H]
         v = _project("BTD,DKH->BTKH", x, self.v, self.v_lora, dt)  # [B, T, K, H]
@@ -423,6 +422,7 @@ class Attention(nnx.Module):
             v = jax.lax.dynamic_update_slice(cache.v[layer], v.astype(cache.v[layer].dtype),
                                              (0, 0, cache.index, 0))
             cache = cache.replace(k=_put(cache.k, layer, k), v=_put(cache.v, layer, v))
+            read = mask.shape[-1]  # the first S' <= S slots are read (Llama.prefill's read_slots)
             k, v = k[..., :read], v[:, :, :read]  # [B, K, H, S'], [B, K, S', H]
         B, T = x.shape[:2]
         K, G, H, S = c.num_kv_heads, c.kv_groups, c.head_dim, v.shape[2]
