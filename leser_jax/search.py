@@ -25,8 +25,8 @@ per-field boosts (`SearchConfig`): `title` (with alternative titles), `descripti
 `attributes` (attribute names and values), plus `row`, the product's position in
 `Catalog.products`.
 
-`field_scores(text, rows)` gives the relevance model (relevance.py) the BM25 score of a text
-against each field of exactly the given rows. Asking Tantivy for it, with a query restricted to
+`field_scores(text, rows)` gives the relevance features (relevance_features.py) the BM25 score of
+a text against each field of exactly the given rows. Asking Tantivy for it, with a query restricted to
 those rows (a `term_set_query` or a union of `term_query`s on an indexed `row` field), costs
 0.2-1 ms per field and call on Home Depot (measured: 3 fields x 250 rows ~2.3 ms, more than the
 whole budget of the relevance model's batch). So it is computed here, in NumPy, from Tantivy's own

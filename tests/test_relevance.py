@@ -11,11 +11,11 @@ import os
 import numpy as np
 import pytest
 
-from leser_jax import relevance
+from leser_jax import relevance, relevance_features
 from leser_jax.catalog import CatalogBuilder, GradeScale
 from leser_jax.data.synthetic import SyntheticConfig, generate
-from leser_jax.relevance import (FEATURE_NAMES, Calibration, RelevanceConfig, RelevanceFeatures,
-                                 RelevanceModel, ndcg_at_k, quantities, roc_auc)
+from leser_jax.relevance import Calibration, RelevanceConfig, RelevanceModel, ndcg_at_k, roc_auc
+from leser_jax.relevance_features import FEATURE_NAMES, RelevanceFeatures, quantities
 from leser_jax.search import TEXT_FIELDS, SearchEngine, query_terms
 
 COL = {name: i for i, name in enumerate(FEATURE_NAMES)}
@@ -115,7 +115,7 @@ def test_every_feature_is_a_documented_column(hand):
     assert x.shape == (3, len(FEATURE_NAMES)) and x.dtype == np.float32
     assert len(set(FEATURE_NAMES)) == len(FEATURE_NAMES)
     for name in FEATURE_NAMES:  # one row of the docstring's table per feature
-        assert f"| {name} " in relevance.__doc__, name
+        assert f"| {name} " in relevance_features.__doc__, name
 
 
 def test_features_of_hand_made_pairs(hand):
@@ -268,13 +268,13 @@ def test_load_rejects_other_features(model, tmp_path):
     meta_path = os.path.join(tmp_path, relevance.META_FILE)
     with open(meta_path) as f:
         meta = json.load(f)
-    meta["features_version"] = relevance.FEATURES_VERSION + 7
+    meta["features_version"] = relevance_features.FEATURES_VERSION + 7
     with open(meta_path, "w") as f:
         json.dump(meta, f)
-    with pytest.raises(ValueError, match=rf"version {relevance.FEATURES_VERSION + 7}.*"
-                                         rf"version {relevance.FEATURES_VERSION}"):
+    with pytest.raises(ValueError, match=rf"version {relevance_features.FEATURES_VERSION + 7}.*"
+                                         rf"version {relevance_features.FEATURES_VERSION}"):
         RelevanceModel.load(str(tmp_path), model.features.engine)
-    meta["features_version"] = relevance.FEATURES_VERSION
+    meta["features_version"] = relevance_features.FEATURES_VERSION
     meta["feature_names"] = meta["feature_names"][:-1]
     with open(meta_path, "w") as f:
         json.dump(meta, f)
