@@ -7,6 +7,7 @@ The full grid of the issue (a long run on 2 cores): --batch=32,128 --prompt_len=
 --new_tokens=48,96.
 
 GRPO's shape, 8 prompts x 4 rollouts, beside 32 distinct prompts: --num_rollouts=1,4.
+The prompts prefilled in chunks of 32 tokens (the default) beside one pass: --prefill_chunk=32,0.
 
 For every preset x batch B x rollouts per prompt N x prompt length P x new tokens T: a model of
 the preset with random weights (tools.weights, normal std 0.02), B/N prompts of random tokens
@@ -65,6 +66,9 @@ flags.DEFINE_list("new_tokens", ["48"], "New tokens T per row (every row writes 
 flags.DEFINE_list("num_rollouts", ["1"], "Rows per prompt N: B/N distinct prompts, each sampled "
                   "N times (GRPO's groups; ours prefills each prompt once, transformers gets "
                   "num_return_sequences=N). 1 = B distinct prompts.")
+flags.DEFINE_list("prefill_chunk", [str(SamplingConfig.prefill_chunk)],
+                  "Prefill chunk sizes C to compare (SamplingConfig.prefill_chunk; 0 = the whole "
+                  "prompt in one pass).")
 flags.DEFINE_integer("repeats", 3, "Timed calls per configuration after compile/warm-up; best.")
 flags.DEFINE_bool("hf", True, "Also time transformers' generate on the same weights.")
 flags.DEFINE_list("hf_threads", ["1", "2"], "torch thread counts to try; the fastest is reported.")
@@ -99,12 +103,15 @@ def decode_floor(config: ModelConfig, B: int, P: int, T: int, peak: float, bandw
     return max(flops / peak, nbytes / bandwidth), flops, nbytes
 
 
-def ours_call(model: Llama, tokens: np.ndarray, T: int, temperature: float, N: int):
+def ours_call(model: Llama, tokens: np.ndarray, T: int, temperature: float, N: int,
+              prefill_chunk: int):
     """A function seed -> (prefill s, decode s) running our sampler on the prompts [B/N, P],
-    N rows each (row b samples prompt b // N, the layout rollout.tile_groups makes)."""
+    N rows each (row b samples prompt b // N, the layout rollout.tile_groups makes), the prompts
+    prefilled in chunks of prefill_chunk tokens (0: in one pass)."""
     graphdef, params = nnx.split(model)
     mask = np.ones(tokens.shape, bool)
-    config = SamplingConfig(temperature=temperature, max_new_tokens=T)
+    config = SamplingConfig(temperature=temperature, max_new_tokens=T,
+                            prefill_chunk=prefill_chunk)
     never = sampler.stop_id_array([model.config.vocab_size])  # no token has this id
 
     def call(seed: int) -> tuple[float, float]:
@@ -198,12 +205,12 @@ def hf_call(hf, tokens: np.ndarray, T: int, temperature: float, N: int):
     return call
 
 
-def bench(model: Llama, hf, tokens: np.ndarray, T: int, N: int, temperature: float,
+def bench(model: Llama, hf, tokens: np.ndarray, T: int, N: int, C: int, temperature: float,
           repeats: int, hf_threads: list[int], profiler: StepProfiler, first_step: int):
     """Ours and theirs alternately (so both see the same load), best of `repeats` each; theirs
     at each thread count, the fastest kept (2 threads can collapse on a loaded 2-core machine:
     OpenMP barriers wait for a descheduled thread)."""
-    ours = ours_call(model, tokens, T, temperature, N)
+    ours = ours_call(model, tokens, T, temperature, N, C)
     theirs = hf_call(hf, tokens, T, temperature, N) if hf is not None else None
     dense = dense_call(model, len(tokens) * N, T)
     first = ours(0)
@@ -266,15 +273,16 @@ def main(argv):
         model = random_model(config)
         hf = hf_model(model, FLAGS.hf_device) if FLAGS.hf else None
         err = check_same_weights(model, hf, np.arange(64).reshape(2, 32) + 4) if hf else None
-        for B, N, P, T in itertools.product(*(map(int, f) for f in (
-                FLAGS.batch, FLAGS.num_rollouts, FLAGS.prompt_len, FLAGS.new_tokens))):
+        for B, N, P, T, C in itertools.product(*(map(int, f) for f in (
+                FLAGS.batch, FLAGS.num_rollouts, FLAGS.prompt_len, FLAGS.new_tokens,
+                FLAGS.prefill_chunk))):
             if B % N:
                 raise app.UsageError(f"--num_rollouts {N} must divide --batch {B}")
             tokens = np.random.default_rng(B * P + T).integers(4, config.vocab_size, (B // N, P))
-            r = bench(model, hf, tokens, T, N, FLAGS.temperature, FLAGS.repeats,
+            r = bench(model, hf, tokens, T, N, C, FLAGS.temperature, FLAGS.repeats,
                       [int(n) for n in FLAGS.hf_threads], profiler, len(rows) * FLAGS.repeats)
-            rows.append((name, config, B, N, P, T, r, r["hf_s"], err))
-            print(f"done {name} B={B} N={N} P={P} T={T}", flush=True)
+            rows.append((name, config, B, N, P, T, C, r, r["hf_s"], err))
+            print(f"done {name} B={B} N={N} P={P} T={T} C={C}", flush=True)
     profiler.close()
     peak = max(peak_before, matmul_peak_flops(peak_size, FLAGS.peak_repeats, peak_dtype))
     bandwidth = max(bw_before, read_bandwidth(bandwidth_mb))
@@ -286,13 +294,13 @@ def main(argv):
           f"temperature {FLAGS.temperature}, best of {FLAGS.repeats}; transformers "
           f"{transformers.__version__} on torch {torch.__version__}, threads tried "
           f"{','.join(FLAGS.hf_threads)} on {FLAGS.hf_device}")
-    header = ("preset", "B", "N", "P", "T", "compile s", "prefill s", "decode s", "ours tok/s",
+    header = ("preset", "B", "N", "P", "T", "C", "compile s", "prefill s", "decode s", "ours tok/s",
               "HF tok/s", "HF thr", "ours/HF", "step ms", "dense ms", "floor ms", "step/floor")
     table = []
-    for name, config, B, N, P, T, r, hf_s, err in rows:
+    for name, config, B, N, P, T, C, r, hf_s, err in rows:
         ours_tps = B * T / (r["prefill_s"] + r["decode_s"])
         floor_s, _, _ = decode_floor(config, B, P, T, peak, bandwidth)
-        table.append((name, B, N, P, T, f"{r['compile_s']:.1f}", f"{r['prefill_s']:.2f}",
+        table.append((name, B, N, P, T, C, f"{r['compile_s']:.1f}", f"{r['prefill_s']:.2f}",
                       f"{r['decode_s']:.2f}", f"{ours_tps:,.0f}",
                       f"{B * T / hf_s:,.0f}" if hf_s else "-", r["hf_threads"] or "-",
                       f"{ours_tps * hf_s / (B * T):.2f}x" if hf_s else "-",
@@ -301,9 +309,9 @@ def main(argv):
     widths = [max(len(str(x)) for x in col) for col in zip(header, *table)]
     for row in (header, tuple("-" * w for w in widths), *table):
         print(" | ".join(str(x).rjust(w) for x, w in zip(row, widths)))
-    if any(r[8] is not None for r in rows):
+    if any(r[-1] is not None for r in rows):
         print("same weights: max |logit diff| ours vs transformers "
-              + ", ".join(f"{r[0]} {r[8]:.1e}" for r in rows if r[8] is not None))
+              + ", ".join(f"{r[0]} {r[-1]:.1e}" for r in rows if r[-1] is not None))
 
 
 if __name__ == "__main__":
