@@ -14,6 +14,7 @@ import os
 from absl import flags
 
 from leser_jax.catalog import Catalog, SplitConfig
+from leser_jax.config import ModelConfig
 from leser_jax.data import load_dataset
 from leser_jax.data.synthetic import SyntheticConfig
 from leser_jax.search import SearchEngine
@@ -107,8 +108,6 @@ def setup_mesh():
 
 
 def define_lora_flags() -> None:
-    from leser_jax.model import ModelConfig  # here: the data-only launchers need no JAX
-
     flags.DEFINE_integer("lora_rank", 0, "Train LoRA adapters of this rank on every attention "
                          "and MLP projection, the --init model frozen (0: full fine-tuning).")
     flags.DEFINE_float("lora_alpha", ModelConfig.lora_alpha, "LoRA scale numerator: the "

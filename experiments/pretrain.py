@@ -27,7 +27,8 @@ from flax import nnx
 
 from experiments import common
 from leser_jax import checkpoint, lm_data, run_log
-from leser_jax.model import Llama, ModelConfig, flops_per_token, param_count
+from leser_jax.config import ModelConfig, flops_per_token, param_count
+from leser_jax.model import Llama
 from leser_jax.optim import make_optimizer
 from leser_jax.prompts import INSTRUCTION, AnswerFormat
 from leser_jax.tokenizer import SENTENCEPIECE_FILE, load_tokenizer, train_sentencepiece

@@ -73,7 +73,8 @@ import ml_dtypes
 import numpy as np
 from flax import nnx
 
-from leser_jax.model import Llama, ModelConfig, merge_lora
+from leser_jax.config import ModelConfig
+from leser_jax.model import Llama, merge_lora
 
 _CONFIG_FILE = "config.json"
 _PARAMS_DIR = "params"

@@ -14,7 +14,8 @@ from flax import nnx
 from leser_jax import checkpoint, lm_data
 from leser_jax.checkpoint import (CheckpointError, checkpoint_configs, checkpoint_tokenizer,
                                   list_checkpoints, restore_latest, save_checkpoint)
-from leser_jax.model import Llama, ModelConfig
+from leser_jax.config import ModelConfig
+from leser_jax.model import Llama
 from leser_jax.optim import OptimConfig, make_optimizer
 from leser_jax.tokenizer import train_sentencepiece
 from leser_jax.train import (LoopConfig, TrainState, abstract_train_state, init_train_state,

@@ -10,9 +10,10 @@ import pytest
 from flax import nnx
 
 from leser_jax import checkpoint, evaluation, plots
+from leser_jax.config import ModelConfig
 from leser_jax.context import ContextConfig
 from leser_jax.metrics import METRICS, Estimate, Evaluation
-from leser_jax.model import Llama, ModelConfig
+from leser_jax.model import Llama
 from leser_jax.prompts import INSTRUCTION
 from leser_jax.reward import RewardConfig, SearchFeedback
 from leser_jax.search import SearchEngine

@@ -118,8 +118,8 @@ def test_completion_logprobs_equal_the_samplers():
     """The loss recomputes exactly what the sampler recorded: ratio = 1 before any update."""
     from flax import nnx
 
+    from leser_jax.config import ModelConfig
     from leser_jax.grpo import completion_logprobs
-    from leser_jax.model import ModelConfig
     from leser_jax.sampler import SamplingConfig, generate, stop_id_array
     from tests.test_sampler import _left_pad, _random_model, _rows
 
@@ -143,8 +143,8 @@ def test_group_shared_prompts_give_the_per_rollout_forward_and_the_samplers_logp
     must equal running [prompt, completion] for every rollout on its own."""
     from flax import nnx
 
+    from leser_jax.config import ModelConfig
     from leser_jax.grpo import completion_logprobs
-    from leser_jax.model import ModelConfig
     from leser_jax.sampler import SamplingConfig, generate, stop_id_array, token_logprobs
     from tests.test_sampler import _left_pad, _random_model, _rows
 

@@ -25,11 +25,12 @@ import pytest
 from flax import nnx
 
 from leser_jax import checkpoint, grpo, lm_data, sft
+from leser_jax.config import ModelConfig
 from leser_jax.context import ContextConfig
 from leser_jax.data.synthetic import SyntheticConfig, generate
 from leser_jax.grpo import GRPOConfig
 from leser_jax.grpo_trainer import GRPOTrainer, LoopConfig, reward_metrics
-from leser_jax.model import Llama, ModelConfig
+from leser_jax.model import Llama
 from leser_jax.optim import OptimConfig, make_optimizer
 from leser_jax.prompts import INSTRUCTION, AnswerFormat, render_answer
 from leser_jax.relevance import RelevanceConfig, RelevanceModel

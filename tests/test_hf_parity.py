@@ -16,7 +16,8 @@ from flax import nnx
 
 from leser_jax import checkpoint
 from leser_jax.checkpoint import load_hf_llama, load_params, save_params
-from leser_jax.model import Llama, ModelConfig
+from leser_jax.config import ModelConfig
+from leser_jax.model import Llama
 
 
 def _require_torch():

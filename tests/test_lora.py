@@ -16,13 +16,13 @@ from flax import nnx
 
 from leser_jax import checkpoint, grpo, lm_data
 from leser_jax.checkpoint import list_checkpoints
+from leser_jax.config import ModelConfig, lora_param_count, param_count
 from leser_jax.context import ContextConfig
 from leser_jax.data.synthetic import SyntheticConfig, generate
 from leser_jax.grpo import GRPOConfig
 from leser_jax.grpo_trainer import GRPOTrainer, reference_logprobs
 from leser_jax.grpo_trainer import LoopConfig as GRPOLoop
-from leser_jax.model import (Llama, ModelConfig, add_lora, init_cache, lora_param_count,
-                             merge_lora, param_count)
+from leser_jax.model import Llama, add_lora, init_cache, merge_lora
 from leser_jax.optim import OptimConfig, make_optimizer
 from leser_jax.prompts import INSTRUCTION, AnswerFormat
 from leser_jax.search import SearchEngine

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from leser_jax.model import ModelConfig, param_count
+from leser_jax.config import ModelConfig, param_count
 from tools.memory_plan import (RunShape, activation_bytes, layer_param_count, lora_param_count,
                                memory_plan, plan_table, sampling_bytes, state_bytes,
                                xla_update_bytes)

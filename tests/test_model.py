@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from leser_jax.model import (KVCache, Llama, ModelConfig, flops_per_token, fork_cache,
-                             init_cache, llama3_inv_freq, param_count)
+from leser_jax.config import ModelConfig, flops_per_token, param_count
+from leser_jax.model import KVCache, Llama, fork_cache, init_cache, llama3_inv_freq
 
 
 def _tokens(config, shape, seed=1):

@@ -12,7 +12,8 @@ from flax import nnx
 
 from leser_jax import lm_data
 from leser_jax.checkpoint import restore_latest, save_checkpoint
-from leser_jax.model import Llama, ModelConfig
+from leser_jax.config import ModelConfig
+from leser_jax.model import Llama
 from leser_jax.optim import (Float32MasterState, OptimConfig, decay_mask, make_optimizer,
                              make_schedule, with_float32_master)
 from leser_jax.train import (abstract_train_state, init_train_state, make_train_step,

@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from leser_jax import rollout, sampler
-from leser_jax.model import ModelConfig
+from leser_jax.config import ModelConfig
 from leser_jax.profiling import StepProfiler, phase
 from leser_jax.rollout import bucket, encode_prompts, generate_rollouts, tile_groups
 from leser_jax.sampler import SamplingConfig

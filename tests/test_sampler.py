@@ -10,7 +10,8 @@ import pytest
 from flax import nnx
 
 from leser_jax import sampler
-from leser_jax.model import Llama, ModelConfig
+from leser_jax.config import ModelConfig
+from leser_jax.model import Llama
 from leser_jax.sampler import SamplingConfig, generate, stop_id_array, token_logprobs
 
 CONFIG = ModelConfig.tiny()

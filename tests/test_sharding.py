@@ -120,9 +120,10 @@ def _update_report() -> dict:
     from flax import nnx
 
     from leser_jax import grpo, sharding
+    from leser_jax.config import ModelConfig
     from leser_jax.grpo import GRPOConfig
     from leser_jax.grpo_trainer import reference_logprobs
-    from leser_jax.model import Llama, ModelConfig
+    from leser_jax.model import Llama
     from leser_jax.train import init_train_state, make_train_step
     from tests.test_grpo_run import _rollout_batch
 
@@ -178,7 +179,8 @@ def _sample_report() -> dict:
     from flax import nnx
 
     from leser_jax import sampler, sharding
-    from leser_jax.model import Llama, ModelConfig
+    from leser_jax.config import ModelConfig
+    from leser_jax.model import Llama
 
     config = ModelConfig.tiny().replace(vocab_size=64, num_layers=1)  # 1 layer: compiles faster
     graphdef, params = nnx.split(Llama(config, rngs=nnx.Rngs(1)))

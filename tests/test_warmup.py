@@ -7,7 +7,8 @@ import pytest
 from flax import nnx
 
 from leser_jax import lm_data
-from leser_jax.model import Llama, ModelConfig
+from leser_jax.config import ModelConfig
+from leser_jax.model import Llama
 from leser_jax.prompts import render_answer
 from leser_jax.sft import format_report
 from leser_jax.train import masked_lm_loss

@@ -11,7 +11,7 @@ update (grpo_trainer.grpo_update: the jitted, donating train step with grpo.roll
 reward phase is tools/bench_reward's and tools/bench_grpo's business; here it is the few
 microseconds of a random draw.
 
-MFU = model FLOPs / (seconds x peak), with the FLOPs of `model.flops_per_token` (2N per token
+MFU = model FLOPs / (seconds x peak), with the FLOPs of `config.flops_per_token` (2N per token
 forward plus attention, x3 for a training step) and the peak of an N^3 matmul in the model's
 dtype measured in the same run. Phases:
   rollout:   prefill of the Q prompts (once per group) + R*T decode tokens at context ~P + T/2
@@ -33,9 +33,10 @@ from absl import app, flags
 from flax import nnx
 
 from leser_jax import grpo, sampler
+from leser_jax.config import ModelConfig, flops_per_token, param_count
 from leser_jax.grpo import GRPOConfig
 from leser_jax.grpo_trainer import grpo_update, reference_logprobs
-from leser_jax.model import ModelConfig, add_lora, flops_per_token, param_count
+from leser_jax.model import add_lora
 from leser_jax.optim import OptimConfig, make_optimizer
 from leser_jax.sampler import SamplingConfig
 from leser_jax.train import init_train_state

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from leser_jax.model import ModelConfig
+from leser_jax.config import ModelConfig
 from tools.timing import matmul_peak_flops, timed
 
 flags.DEFINE_list("presets", ["demo", "cpu"], "ModelConfig presets whose kernel shapes to time.")

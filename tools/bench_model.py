@@ -7,7 +7,7 @@ and one train step exactly as the training launchers run it (leser_jax.train.mak
 next-token cross-entropy, global-norm clipping, masked AdamW on a warmup-cosine schedule, the
 TrainState donated), both jitted over nnx.split state. Compile time (first call) is reported apart from the steady state (mean of
 --steps calls after one warm-up call); every clock is read after block_until_ready. MFU =
-model FLOPs (`model.flops_per_token`: 2N + attention forward, 3x that for a train step) per second
+model FLOPs (`config.flops_per_token`: 2N + attention forward, 3x that for a train step) per second
 divided by the float32 matmul peak measured in the same run (the best of --peak_repeats jitted
 N x N x N matmuls, 2 N^3 FLOPs each, measured before and after the models; the higher is used),
 so the number is relative to what this machine can do now.
@@ -22,7 +22,8 @@ import jax.numpy as jnp
 from absl import app, flags
 
 from flax import nnx
-from leser_jax.model import Llama, ModelConfig, flops_per_token, param_count
+from leser_jax.config import ModelConfig, flops_per_token, param_count
+from leser_jax.model import Llama
 from tools.timing import matmul_peak_flops, timed
 from leser_jax.optim import OptimConfig, make_optimizer
 from leser_jax.train import init_train_state, make_train_step, masked_lm_loss

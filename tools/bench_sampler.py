@@ -28,7 +28,7 @@ new tok/s = B * T / (prefill + decode).
 
 The decode-step floor: a step must read every weight once and the keys and values of the tokens
 written so far (on average P + T/2 per row), and do 2 FLOPs per weight per row plus attention
-over those tokens (`model.flops_per_token`). floor = max(FLOPs / matmul peak, bytes / memory
+over those tokens (`config.flops_per_token`). floor = max(FLOPs / matmul peak, bytes / memory
 bandwidth), with the N^3 matmul peak (in the first preset's dtype) and the read bandwidth (a
 jitted sum over --bandwidth_mb MB) measured in the same run, before and after the models (the
 higher is used).
@@ -53,7 +53,8 @@ from absl import app, flags
 from flax import nnx
 
 from leser_jax import sampler
-from leser_jax.model import Llama, ModelConfig, flops_per_token, param_count
+from leser_jax.config import ModelConfig, flops_per_token, param_count
+from leser_jax.model import Llama
 from leser_jax.profiling import StepProfiler
 from leser_jax.sampler import SamplingConfig
 from tools.timing import matmul_peak_flops, timed

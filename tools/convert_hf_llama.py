@@ -18,7 +18,7 @@ from pathlib import Path
 from absl import app, flags, logging
 
 from leser_jax import checkpoint
-from leser_jax.model import param_count
+from leser_jax.config import param_count
 
 flags.DEFINE_string("hf_dir", None, "Hugging Face checkpoint directory (config.json, *.safetensors).")
 flags.DEFINE_string("out", None, "Output directory for the params checkpoint.")

@@ -18,7 +18,8 @@ import numpy as np
 from absl import app, flags
 from flax import nnx
 
-from leser_jax.model import Llama, ModelConfig, merge_lora
+from leser_jax.config import ModelConfig
+from leser_jax.model import Llama, merge_lora
 
 
 def hf_config_dict(config: ModelConfig) -> dict:

@@ -2,7 +2,7 @@
 
     .venv/bin/python -m tools.memory_plan --presets=llama3_2_1b,llama3_2_3b --devices=1,8
 
-Computed from the ModelConfig preset (leser_jax.model.param_count) and the run's shape, not
+Computed from the ModelConfig preset (leser_jax.config.param_count) and the run's shape, not
 measured: a plan to choose micro-batches, remat and LoRA before a GPU is rented. For each preset
 it prints one table, a column per (devices, full fine-tuning | LoRA), a row per component.
 
@@ -85,8 +85,8 @@ import dataclasses
 
 from absl import app, flags
 
-from leser_jax import model
-from leser_jax.model import ModelConfig, param_count
+from leser_jax import config as config_lib
+from leser_jax.config import ModelConfig, param_count
 
 GB = 1e9
 _BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -123,7 +123,7 @@ class RunShape:
 def lora_param_count(config: ModelConfig, rank: int) -> int:
     """Adapter parameters: A [in, r] and B [r, out] on q, k, v, o, gate, up and down (the
     adapters model.LoRA adds)."""
-    return model.lora_param_count(config.replace(lora_rank=rank))
+    return config_lib.lora_param_count(config.replace(lora_rank=rank))
 
 
 def layer_param_count(config: ModelConfig) -> int:

@@ -6,7 +6,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from leser_jax.model import Llama, ModelConfig
+from leser_jax.config import ModelConfig
+from leser_jax.model import Llama
 
 
 def random_model(config: ModelConfig, seed: int = 0, std: float = 0.02) -> Llama:
