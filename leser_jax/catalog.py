@@ -9,8 +9,25 @@ from, into a `CatalogBuilder`, which is the one place where bad input is judged:
 
     duplicate product id   -> the first row wins, the repeat is skipped and counted
     missing id or title    -> skipped and counted
+    a query, title or alt title with a line break
+                           -> skipped and counted
+    a text over its limit  -> skipped and counted (limits below)
     judgment of an unknown product or query, or a grade outside the dataset's scale
                            -> skipped and counted
+
+Loaders report what only they can see through the same `skip`: a line that is not JSON, a quote
+left open, bytes that are not UTF-8 (see data/canonical.py).
+
+Queries and titles are one line of text everywhere downstream: an `<item>` of the prompt, a line
+of queries.csv written by `canonical.write`. A line break in one is either a row that swallowed
+the next (an unclosed quote in a CSV file) or pasted text, not a product name, so it is a bad row
+rather than something to repair; a description may hold line breaks (ESCI's bullet points are one
+a line). The length limits sit far above real data and far below what a merged row reaches (a few
+hundred queries merged into one run to thousands of characters): a query is typed into a search
+box (Home Depot's longest is 60 characters), a title is a product name (Home Depot's longest is
+147; Amazon asks sellers for at most 200), a description is indexed but never shown in a prompt:
+
+    MAX_QUERY_CHARS = 1,000   MAX_TITLE_CHARS = 2,000   MAX_DESCRIPTION_CHARS = 100,000
 
 Nothing is dropped silently: every skipped row is counted by reason in a `LoadReport`, and the
 first few of each reason are kept with `file:line` so that a user can look at them. With
@@ -26,9 +43,16 @@ import collections
 import dataclasses
 import hashlib
 import math
+import re
 from collections.abc import Iterable, Mapping
 
 SPLITS = ("train", "dev", "test")
+MAX_QUERY_CHARS = 1_000
+MAX_TITLE_CHARS = 2_000  # product titles and alt titles
+MAX_DESCRIPTION_CHARS = 100_000  # ~15,000 words: only merged rows or a pasted document
+
+# The characters at which str.splitlines breaks a line: a text holding one is not one line.
+_LINE_BREAK = re.compile("[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
 
 
 class CatalogError(ValueError):
@@ -239,18 +263,28 @@ class CatalogBuilder:
     def add_product(self, where: str, *, product_id, title, description="", attributes=None,
                     alt_titles: Iterable[str] = ()) -> bool:
         product_id = _clean(product_id)
-        title = _clean(title)
+        title, description = _clean(title), _clean(description)
+        alt_titles = tuple(t for t in map(_clean, alt_titles) if t)
         if not product_id:
             return self.skip(where, "product without id")
         if not title:
             return self.skip(where, "product without title", f"product_id={product_id}")
+        # A bad row is judged before the duplicate check, so that it cannot claim its id.
+        label = f"product_id={product_id}"
+        titles = [(label, title)] + [(f"{label} alt_titles[{i}]", alt)
+                                     for i, alt in enumerate(alt_titles)]
+        if not all(self._text_ok(where, "product title", t, MAX_TITLE_CHARS, which)
+                   for which, t in titles):
+            return False
+        if not self._text_ok(where, "product description", description, MAX_DESCRIPTION_CHARS,
+                             label, one_line=False):
+            return False
         if product_id in self._product_ids:
-            return self.skip(where, "duplicate product id", f"product_id={product_id}")
+            return self.skip(where, "duplicate product id", label)
         attributes = {str(k).strip(): _clean(v) for k, v in (attributes or {}).items()}
         self._products.append(Product(
-            product_id=product_id, title=title, description=_clean(description),
-            attributes={k: v for k, v in attributes.items() if k and v},
-            alt_titles=tuple(t for t in map(_clean, alt_titles) if t)))
+            product_id=product_id, title=title, description=description,
+            attributes={k: v for k, v in attributes.items() if k and v}, alt_titles=alt_titles))
         self._product_ids.add(product_id)
         return True
 
@@ -260,6 +294,8 @@ class CatalogBuilder:
             return self.skip(where, "query without id")
         if not text:
             return self.skip(where, "query without text", f"query_id={query_id}")
+        if not self._text_ok(where, "query", text, MAX_QUERY_CHARS, f"query_id={query_id}"):
+            return False
         if query_id in self._queries:
             return self.skip(where, "duplicate query id", f"query_id={query_id}")
         self._queries[query_id] = Query(query_id=query_id, text=text, kind=kind)
@@ -281,6 +317,17 @@ class CatalogBuilder:
         if product_id in self._judgments[query_id]:
             return self.skip(where, "duplicate judgment", f"query_id={query_id} product_id={product_id}")
         self._judgments[query_id][product_id] = grade
+        return True
+
+    def _text_ok(self, where: str, what: str, text: str, limit: int, label: str, *,
+                 one_line: bool = True) -> bool:
+        """Skips (returns False) a text with a line break, where it must be one line, or too long."""
+        if one_line and (brk := _LINE_BREAK.search(text)):
+            return self.skip(where, f"{what} with a line break",
+                             f"{label}: {brk.group()!r} at character {brk.start() + 1}")
+        if len(text) > limit:
+            return self.skip(where, f"{what} too long",
+                             f"{label}: {len(text):,} characters, the limit is {limit:,}")
         return True
 
     def build(self, split_config: SplitConfig = SplitConfig()) -> Catalog:

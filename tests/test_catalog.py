@@ -6,7 +6,8 @@ import collections
 
 import pytest
 
-from leser_jax.catalog import Catalog, CatalogBuilder, CatalogError, GradeScale, SplitConfig
+from leser_jax.catalog import (MAX_DESCRIPTION_CHARS, MAX_QUERY_CHARS, MAX_TITLE_CHARS, Catalog,
+                               CatalogBuilder, CatalogError, GradeScale, SplitConfig)
 
 SCALE = GradeScale(grade_min=1, grade_max=3, relevant_at=2.5)
 
@@ -67,6 +68,15 @@ def test_builder_keeps_good_rows_and_cleans_them():
     (("judgment", dict(query_id="q9", product_id="p1", grade=3)), "judgment of unknown query"),
     (("judgment", dict(query_id="q1", product_id="p1", grade=3.5)), "grade outside scale"),
     (("judgment", dict(query_id="q1", product_id="p1", grade="high")), "grade not a number"),
+    (("query", dict(query_id="q2", text="red\nshoes")), "query with a line break"),
+    (("query", dict(query_id="q2", text="x" * (MAX_QUERY_CHARS + 1))), "query too long"),
+    (("product", dict(product_id="p2", title="shoe\u2028rack")), "product title with a line break"),
+    (("product", dict(product_id="p2", title="t", alt_titles=["ok", "a\rb"])),
+     "product title with a line break"),
+    (("product", dict(product_id="p2", title="x" * (MAX_TITLE_CHARS + 1))),
+     "product title too long"),
+    (("product", dict(product_id="p2", title="t", description="x" * (MAX_DESCRIPTION_CHARS + 1))),
+     "product description too long"),
 ])
 def test_builder_counts_each_bad_row(row, reason):
     kind, fields = row
@@ -79,6 +89,30 @@ def test_builder_counts_each_bad_row(row, reason):
     assert reason in catalog.report.summary() and "file.csv:7" in catalog.report.summary()
     with pytest.raises(CatalogError, match=f"file.csv:7: {reason}"):
         getattr(make_builder(strict=True), f"add_{kind}")("file.csv:7", **fields)
+
+
+def test_text_limits_and_line_breaks():
+    """At the limit is kept; a description may hold line breaks; a bad row cannot claim its id."""
+    b = make_builder()
+    assert b.add_query("f:3", query_id="q2", text="x" * MAX_QUERY_CHARS)
+    assert b.add_product("f:4", product_id="p2", title="y" * MAX_TITLE_CHARS,
+                         description="line one\nline two")
+    assert not b.add_product("f:5", product_id="p3", title="shelf\fbracket")
+    assert b.add_product("f:6", product_id="p3", title="shelf bracket")  # the id is still free
+    assert not b.add_query("f:7", query_id="q3", text="  red\x85shoes ")  # NEL, a Unicode break
+    catalog = b.build()
+    assert [p.product_id for p in catalog.products] == ["p1", "p2", "p3"]
+    assert catalog.product("p2").description == "line one\nline two"
+    assert catalog.report.skipped == {"product title with a line break": 1,
+                                      "query with a line break": 1}
+    assert catalog.report.examples["product title with a line break"] == [
+        "f:5: product_id=p3: '\\x0c' at character 6"]
+    assert catalog.report.examples["query with a line break"] == [
+        "f:7: query_id=q3: '\\x85' at character 4"]
+    too_long = make_builder()
+    too_long.add_query("f:8", query_id="q2", text="x" * 1_234)
+    assert too_long.build().report.examples["query too long"] == [
+        "f:8: query_id=q2: 1,234 characters, the limit is 1,000"]
 
 
 def test_duplicate_judgment_keeps_the_first():

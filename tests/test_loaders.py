@@ -11,13 +11,15 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import shutil
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from leser_jax.catalog import CatalogError, GradeScale, Product, Query, SplitConfig
+from leser_jax.catalog import (MAX_QUERY_CHARS, MAX_TITLE_CHARS, CatalogBuilder, CatalogError,
+                               GradeScale, Product, Query, SplitConfig)
 from leser_jax.data import canonical, esci, load_dataset, wands
 
 WANDS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "wands")
@@ -285,12 +287,21 @@ def test_wands_missing_file_and_column(tmp_path):
         wands.load(path)
 
 
-def test_wands_unreadable_field_names_its_line(tmp_path):
+def test_wands_huge_field_is_one_bad_row_at_its_line(tmp_path):
+    """Past the csv module's field size limit, quoted or not: one bad row, the file still loads."""
     path = copy_wands(tmp_path)
-    with open(os.path.join(path, "query.csv"), "a", encoding="utf-8") as f:
-        f.write("5\t" + "x" * 200_000 + "\tHuge\n")  # past the csv module's field size limit
-    with pytest.raises(CatalogError, match=r"query.csv:8: unreadable"):
-        wands.load(path)
+    query = os.path.join(path, "query.csv")
+    with open(query, "a", encoding="utf-8") as f:
+        f.write("5\t" + "x" * 200_000 + "\tHuge\n")
+        f.write('6\t"' + "x" * 200_000 + '"\tHuge\n')
+        f.write("7\tlamp\tLamps\n")
+    catalog = wands.load(path)
+    assert [q.query_id for q in catalog.queries] == ["0", "1", "2", "3", "4", "7"]
+    assert skips(catalog)["query too long"] == 1 and skips(catalog)["unreadable CSV row"] == 1
+    assert catalog.report.examples["query too long"] == [
+        f"{query}:8: query_id=5: 200,000 characters, the limit is {MAX_QUERY_CHARS:,}"]
+    assert catalog.report.examples["unreadable CSV row"] == [
+        f"{query}:9: field larger than field limit (131072)"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -442,3 +453,195 @@ def test_canonical_round_trip_keeps_full_grade_precision(tmp_path):
     catalog = canonical.load(path)
     assert catalog.judgments == {"q1": {"p1": 1 + 2 / 3}}
     assert_round_trip(catalog, tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# One bad line is one bad row: stray quotes, line breaks, long texts, bad bytes, truncated gzip
+
+def small_canonical(path, n=12):
+    """A canonical folder from `canonical.write`: products p0.., queries q0.. ("query i") and one
+    judgment (q_i, p_i); so queries.csv has q_i on line i + 2 and judgments.csv.gz likewise."""
+    builder = CatalogBuilder("small", GradeScale(grade_min=0, grade_max=1, relevant_at=1))
+    for i in range(n):
+        builder.add_product(f"x:{i}", product_id=f"p{i}", title=f"product {i}")
+    for i in range(n):
+        builder.add_query(f"x:{i}", query_id=f"q{i}", text=f"query {i}")
+        builder.add_judgment(f"x:{i}", query_id=f"q{i}", product_id=f"p{i}", grade=1)
+    canonical.write(builder.build(), str(path))
+    return str(path)
+
+
+def replace_in(path, name, old: bytes, new: bytes):
+    """Replaces bytes once in a file of a dataset folder (through gzip for a .gz file)."""
+    full = os.path.join(path, name)
+    opener = gzip.open if name.endswith(".gz") else open
+    with opener(full, "rb") as f:
+        data = f.read()
+    assert data.count(old) == 1, (name, old)
+    with opener(full, "wb") as f:
+        f.write(data.replace(old, new))
+    return full
+
+
+def query_ids(catalog):
+    return [q.query_id for q in catalog.queries]
+
+
+ALL_BUT_Q3 = [f"q{i}" for i in range(12) if i != 3]
+
+
+def test_stray_quote_costs_its_own_row_only(tmp_path):
+    """Read as one CSV stream, the quote ran on to the end of the file: q3 swallowed q4-q11, the
+    catalog kept 4 queries, and the only trace was 8 judgments of unknown queries, which strict
+    mode blamed on judgments.csv.gz:6."""
+    path = small_canonical(tmp_path / "small")
+    queries = replace_in(path, "queries.csv", b"q3,query 3", b'q3,"query 3')
+    judgments = os.path.join(path, "judgments.csv.gz")
+    catalog = canonical.load(path)
+    assert query_ids(catalog) == ALL_BUT_Q3
+    assert catalog.query_by_id["q4"].text == "query 4"
+    assert skips(catalog) == {"unclosed quote": 1, "judgment of unknown query": 1}
+    assert catalog.report.examples["unclosed quote"] == [
+        f"{queries}:5: a quoted field opened on this line does not close on it (rows are one "
+        f"line each)"]
+    assert catalog.report.examples["judgment of unknown query"] == [f"{judgments}:5: query_id=q3"]
+    with pytest.raises(CatalogError, match=re.escape(f"{queries}:5: unclosed quote")):
+        canonical.load(path, strict=True)
+
+
+def test_stray_quote_in_judgments_and_wands(tmp_path):
+    path = small_canonical(tmp_path / "small")
+    judgments = replace_in(path, "judgments.csv.gz", b"q5,p5,1.0", b'q5,"p5,1.0')
+    catalog = canonical.load(path)
+    assert len(catalog.judgments) == 11 and "q5" not in catalog.judgments
+    assert catalog.report.examples["unclosed quote"][0].startswith(f"{judgments}:7: ")
+    assert skips(catalog) == {"unclosed quote": 1}
+
+    # WANDS is tab-separated with CSV quoting; query 0's quote would have run on to query 3's.
+    wands_path = copy_wands(tmp_path)
+    query = replace_in(wands_path, "query.csv", b"0\tsalon chair", b'0\t"salon chair')
+    catalog = wands.load(wands_path)
+    assert query_ids(catalog) == ["1", "2", "3", "4"]
+    assert catalog.query_by_id["3"].text == 'fawkes 36" blue vanity'
+    assert skips(catalog)["unclosed quote"] == 1
+    assert catalog.report.examples["unclosed quote"][0].startswith(f"{query}:2: ")
+    # The fixture's one judgment of an unknown query (line 18) plus query 0's six (2-5, 16, 19).
+    assert skips(catalog)["judgment of unknown query"] == 1 + 6
+
+
+def test_line_break_in_quoted_query_is_a_bad_row(tmp_path):
+    """Read as one CSV stream, "query\\n3" loaded as a query with a line break in it."""
+    path = small_canonical(tmp_path / "small")
+    queries = replace_in(path, "queries.csv", b"q3,query 3", b'q3,"query\n3"')
+    catalog = canonical.load(path)
+    assert query_ids(catalog) == ALL_BUT_Q3
+    # Line 5 opens the quote; line 6, '3"', is a row of its own with an id and no text.
+    assert skips(catalog) == {"unclosed quote": 1, "query without text": 1,
+                              "judgment of unknown query": 1}
+    assert catalog.report.examples["unclosed quote"][0].startswith(f"{queries}:5: ")
+    assert catalog.report.examples["query without text"] == [f'{queries}:6: query_id=3"']
+
+
+def test_line_break_in_json_title_is_a_bad_row(tmp_path):
+    """JSON escapes a line break, so the line parses; the builder rejects the title."""
+    path = small_canonical(tmp_path / "small")
+    products = replace_in(path, "products.jsonl.gz", b'"product 3"', b'"product\\n3"')
+    catalog = canonical.load(path)
+    assert [p.product_id for p in catalog.products] == [f"p{i}" for i in range(12) if i != 3]
+    assert skips(catalog) == {"product title with a line break": 1,
+                              "judgment of unknown product": 1}
+    assert catalog.report.examples["product title with a line break"] == [
+        f"{products}:4: product_id=p3: '\\n' at character 8"]
+    with pytest.raises(CatalogError, match=re.escape(f"{products}:4: product title with a line")):
+        canonical.load(path, strict=True)
+
+
+def test_over_long_texts_are_bad_rows(tmp_path):
+    """Today a 5,000-character query or title loads; a row at the limit still does."""
+    path = small_canonical(tmp_path / "small")
+    queries = replace_in(path, "queries.csv", b"q3,query 3", b"q3," + b"x" * 5_000)
+    replace_in(path, "queries.csv", b"q4,query 4", b"q4," + b"y" * MAX_QUERY_CHARS)
+    products = replace_in(path, "products.jsonl.gz", b'"product 7"',
+                          b'"' + b"z" * (MAX_TITLE_CHARS + 1) + b'"')
+    catalog = canonical.load(path)
+    assert query_ids(catalog) == ALL_BUT_Q3
+    assert len(catalog.query_by_id["q4"].text) == MAX_QUERY_CHARS
+    assert "p7" not in catalog.row_of
+    assert skips(catalog) == {"query too long": 1, "product title too long": 1,
+                              "judgment of unknown query": 1, "judgment of unknown product": 1}
+    assert catalog.report.examples["query too long"] == [
+        f"{queries}:5: query_id=q3: 5,000 characters, the limit is {MAX_QUERY_CHARS:,}"]
+    assert catalog.report.examples["product title too long"] == [
+        f"{products}:8: product_id=p7: {MAX_TITLE_CHARS + 1:,} characters, the limit is "
+        f"{MAX_TITLE_CHARS:,}"]
+
+
+def test_bytes_that_are_not_utf8_are_bad_rows(tmp_path):
+    """Today a Latin-1 byte became U+FFFD and loaded, strict or not. A real U+FFFD, a BOM and
+    other UTF-8 text still load."""
+    path = small_canonical(tmp_path / "small")
+    queries = replace_in(path, "queries.csv", b"q3,query 3", b"q3,caf\xe9")
+    replace_in(path, "queries.csv", b"q4,query 4", "q4,café \ufffd".encode())
+    replace_in(path, "queries.csv", b"query_id,query", b"\xef\xbb\xbfquery_id,query")  # a BOM
+    products = replace_in(path, "products.jsonl.gz", b'"product 5"', b'"product \xff5"')
+    judgments = replace_in(path, "judgments.csv.gz", b"q6,p6,1.0", b"q6,p6\x80,1.0")
+    catalog = canonical.load(path)
+    assert query_ids(catalog) == ALL_BUT_Q3
+    assert catalog.query_by_id["q4"].text == "café \ufffd"
+    assert "p5" not in catalog.row_of and "q6" not in catalog.judgments
+    assert skips(catalog) == {"bytes that are not UTF-8": 3, "judgment of unknown query": 1,
+                              "judgment of unknown product": 1}
+    assert catalog.report.examples["bytes that are not UTF-8"] == [
+        # 39 = len('{"product_id": "p5", "title": "product '), so the byte is character 40.
+        f"{products}:6: byte 0xFF at character 40",
+        f"{queries}:5: byte 0xE9 at character 7",
+        f"{judgments}:8: byte 0x80 at character 6"]
+    with pytest.raises(CatalogError, match=re.escape(f"{products}:6: bytes that are not UTF-8")):
+        canonical.load(path, strict=True)
+
+
+def test_bytes_that_are_not_utf8_in_wands(tmp_path):
+    path = copy_wands(tmp_path)
+    label = replace_in(path, "label.csv", b"Relevant", b"Relevant\xe9")
+    catalog = wands.load(path)
+    assert skips(catalog)["bytes that are not UTF-8"] == 1
+    assert "unknown WANDS label" not in skips(catalog)  # the row was judged once, on its bytes
+    assert catalog.report.examples["bytes that are not UTF-8"][0].startswith(f"{label}:17: ")
+
+
+@pytest.mark.parametrize("name", ["judgments.csv.gz", "products.jsonl.gz"])
+def test_truncated_gzip_names_the_file(tmp_path, name):
+    """Today gzip's EOFError ("Compressed file ended before the end-of-stream marker was
+    reached") named neither the file nor the line."""
+    path = small_canonical(tmp_path / "small", n=3_000)
+    full = os.path.join(path, name)
+    with open(full, "rb") as f:
+        data = f.read()
+    with open(full, "wb") as f:
+        f.write(data[:len(data) // 2])
+    with pytest.raises(CatalogError, match=re.escape(f"{full}: truncated or corrupt, unreadable "
+                                                     f"after line ")) as error:
+        canonical.load(path)
+    lines_read = int(re.search(r"after line (\d+)", str(error.value)).group(1))
+    assert 0 < lines_read < 3_001  # the first half was read; the rows after it are lost
+    assert "Compressed file ended before the end-of-stream marker" in str(error.value)
+
+
+def test_gzip_name_on_a_plain_file_names_the_file(tmp_path):
+    path = small_canonical(tmp_path / "small")
+    judgments = os.path.join(path, "judgments.csv.gz")
+    with open(judgments, "w") as f:
+        f.write("query_id,product_id,grade\nq1,p1,1\n")
+    with pytest.raises(CatalogError, match=re.escape(f"{judgments}: truncated or corrupt, "
+                                                     f"unreadable after line 0: Not a gzipped")):
+        canonical.load(path)
+
+
+def test_canonical_row_with_more_fields_than_the_header(tmp_path):
+    """An unquoted comma used to drop the rest of the text silently ("red, shoes" -> "red")."""
+    path = small_canonical(tmp_path / "small")
+    queries = replace_in(path, "queries.csv", b"q3,query 3", b"q3,red, shoes")
+    catalog = canonical.load(path)
+    assert query_ids(catalog) == ALL_BUT_Q3
+    assert catalog.report.examples["more fields than the header"] == [
+        f"{queries}:5: 3 fields, header has 2"]

@@ -10,6 +10,19 @@ A dataset folder holds (see shared/data/README.md):
 `.gz` is optional on both compressed files: `products.jsonl` and `judgments.csv` are read too.
 Any dataset (ESCI, WANDS, synthetic) can be written in this layout with `write`, which is how
 the synthetic catalog is inspected and how the round trip is tested.
+
+Every row is one physical line, and each line is judged on its own (`read_lines`, `read_table`;
+the WANDS loader reads its files with them too), so one bad line costs one row:
+
+- A CSV line is parsed alone. A quote that it opens and does not close is a bad row at that line
+  ("unclosed quote"); read as a whole file, the quoted field would run on to the next quote in
+  the file and merge hundreds of rows into one, whose only trace would be skipped judgments
+  blamed on judgments.csv.gz. The cost: a CSV field cannot hold a line break, which the catalog
+  forbids in queries anyway (catalog.py); product descriptions may, as JSON escapes it.
+- A line that holds bytes that are not UTF-8 is a bad row ("bytes that are not UTF-8", with the
+  byte and its place), not text with a silent U+FFFD in it.
+- A .gz file that ends early (a truncated copy) or is corrupt raises CatalogError with its path
+  and the last line read: the rows after it are lost, and how many cannot be counted.
 """
 
 from __future__ import annotations
@@ -18,7 +31,9 @@ import csv
 import gzip
 import json
 import os
-from collections.abc import Iterator
+import re
+import zlib
+from collections.abc import Callable, Iterator
 
 from leser_jax.catalog import Catalog, CatalogBuilder, CatalogError, GradeScale, SplitConfig
 
@@ -47,7 +62,9 @@ def load(path: str, *, strict: bool = False, split_config: SplitConfig = SplitCo
                              scale, source=path, strict=strict)
 
     products_path = _find(path, "products.jsonl.gz")
-    for where, line in _numbered_lines(products_path):
+    for where, line in read_lines(products_path):
+        if not _utf8_ok(builder, where, line):
+            continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
@@ -66,12 +83,12 @@ def load(path: str, *, strict: bool = False, split_config: SplitConfig = SplitCo
                             alt_titles=alt_titles)
 
     queries_path = _find(path, "queries.csv")
-    for where, row in _csv_rows(queries_path, ("query_id", "query")):
+    for where, row in read_table(builder, queries_path, ("query_id", "query")):
         builder.add_query(where, query_id=row["query_id"], text=row["query"],
                           kind=row.get("kind") or "")
 
     judgments_path = _find(path, "judgments.csv.gz")
-    for where, row in _csv_rows(judgments_path, ("query_id", "product_id", "grade")):
+    for where, row in read_table(builder, judgments_path, ("query_id", "product_id", "grade")):
         builder.add_judgment(where, query_id=row["query_id"], product_id=row["product_id"],
                              grade=row["grade"])
     return builder.build(split_config)
@@ -109,6 +126,63 @@ def write(catalog: Catalog, path: str, *, license: str = "") -> None:
                 writer.writerow([query_id, product_id, repr(grade)])  # repr: exact round trip
 
 
+def read_lines(path: str) -> Iterator[tuple[str, str]]:
+    """The non-blank lines of a text file as ("path:N", line); a .gz file is decompressed.
+
+    Bytes that are not UTF-8 come through as surrogate escapes, for the caller to count the line
+    as a bad row (`_utf8_ok`). A .gz file that ends early or is corrupt raises CatalogError: gzip's
+    own EOFError names no file and no line.
+    """
+    number = 0
+    try:
+        with _open_text(path) as f:
+            for number, line in enumerate(f, start=1):
+                if line.strip():
+                    yield f"{path}:{number}", line
+    except (EOFError, OSError, zlib.error) as e:
+        raise CatalogError(f"{path}: truncated or corrupt, unreadable after line {number}: "
+                           f"{e}") from e
+
+
+def read_table(builder: CatalogBuilder, path: str, required: tuple[str, ...], *,
+               delimiter: str = ",", header_key: Callable[[str], str] = str
+               ) -> Iterator[tuple[str, dict[str, str]]]:
+    """Rows of a CSV (or tab-separated) file as {column: cell} with "path:N", one row a line.
+
+    The first non-blank line is the header; `header_key` maps its names to the keys of the rows.
+    Fails early when a required column is missing. A row with fewer cells than the header is padded
+    with "" (as pandas reads it); a row with more is misaligned, so it is a bad row.
+    """
+    lines = read_lines(path)
+    header_where, header_line = next(lines, (f"{path}:1", ""))
+    try:
+        header = [header_key(name) for name in _cells(header_line, delimiter) or []]
+    except csv.Error as e:
+        raise CatalogError(f"{header_where}: unreadable header: {e}") from e
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise CatalogError(f"{path}: missing column(s) {missing}; header is {header}, "
+                           f"expected {', '.join(required)}")
+    for where, line in lines:
+        if not _utf8_ok(builder, where, line):
+            continue
+        try:
+            cells = _cells(line, delimiter)
+        except csv.Error as e:  # e.g. a field over the csv module's size limit
+            builder.skip(where, "unreadable CSV row", str(e))
+            continue
+        if cells is None:
+            builder.skip(where, "unclosed quote", "a quoted field opened on this line does not "
+                         "close on it (rows are one line each)")
+            continue
+        if len(cells) > len(header):
+            builder.skip(where, "more fields than the header",
+                         f"{len(cells)} fields, header has {len(header)}")
+            continue
+        cells += [""] * (len(header) - len(cells))
+        yield where, dict(zip(header, cells))
+
+
 def _read_meta(path: str) -> dict:
     meta_path = os.path.join(path, "dataset.json")
     if not os.path.isfile(meta_path):
@@ -133,26 +207,38 @@ def _find(path: str, name: str) -> str:
     raise FileNotFoundError(f"{os.path.join(path, name)} not found: expected {FILES[name]}")
 
 
+def _cells(line: str, delimiter: str) -> list[str] | None:
+    """The cells of one CSV line, or None when a quoted field on it is not closed.
+
+        a,b -> ["a", "b"]      a,"b, ""c"" d" -> ["a", 'b, "c" d']      a,"b -> None
+    """
+    if '"' not in line:  # most rows: without quotes, a split is the csv module's parse, faster
+        return line.rstrip("\r\n").split(delimiter)
+    if not line.endswith(("\n", "\r")):
+        line += "\n"  # the last line of a file may have no line end; the check below needs one
+    cells = next(csv.reader([line], delimiter=delimiter))
+    # The csv module returns a quoted field that the line does not close with the line end in it.
+    return None if cells and cells[-1].endswith(("\n", "\r")) else cells
+
+
+# Bytes that are not UTF-8 decode to lone surrogates U+DC80-U+DCFF ("surrogateescape"), which
+# valid UTF-8 never decodes to; a U+FFFD in the text may be a character that the file holds.
+_NOT_UTF8 = re.compile("[\udc80-\udcff]")
+
+
+def _utf8_ok(builder: CatalogBuilder, where: str, line: str) -> bool:
+    """False, with the line counted as a bad row, when it holds bytes that are not UTF-8."""
+    if line.isascii():  # the common case, at C speed
+        return True
+    bad = _NOT_UTF8.search(line)
+    if bad is None:
+        return True
+    return builder.skip(where, "bytes that are not UTF-8",
+                        f"byte 0x{ord(bad.group()) - 0xDC00:02X} at character {bad.start() + 1}")
+
+
 def _open_text(path: str):
+    """UTF-8 text, undecodable bytes kept as surrogate escapes; lines split as csv expects."""
     if path.endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8-sig", errors="replace", newline="")
-    return open(path, encoding="utf-8-sig", errors="replace", newline="")  # -sig: tolerate a BOM
-
-
-def _numbered_lines(path: str) -> Iterator[tuple[str, str]]:
-    with _open_text(path) as f:
-        for number, line in enumerate(f, start=1):
-            if line.strip():
-                yield f"{path}:{number}", line
-
-
-def _csv_rows(path: str, required: tuple[str, ...]) -> Iterator[tuple[str, dict]]:
-    """Rows of a CSV as dicts, with "path:line"; fails early when a required column is missing."""
-    with _open_text(path) as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in required if c not in (reader.fieldnames or [])]
-        if missing:
-            raise CatalogError(f"{path}: missing column(s) {missing}; header is {reader.fieldnames}, "
-                               f"expected {', '.join(required)}")
-        for row in reader:
-            yield f"{path}:{reader.line_num}", row
+        return gzip.open(path, "rt", encoding="utf-8-sig", errors="surrogateescape", newline="")
+    return open(path, encoding="utf-8-sig", errors="surrogateescape", newline="")  # -sig: a BOM

@@ -14,7 +14,11 @@ Decisions, each visible in the code below:
 - The files are read the way WANDS's own notebook reads them, `pandas.read_csv(sep="\\t")`:
   tab-separated with CSV quoting (query 208 is `"fawkes 36"" blue vanity"`). A row with fewer
   fields than the header is padded with empty cells, as pandas does; a row with more fields is
-  misaligned, so it is skipped and counted.
+  misaligned, so it is skipped and counted. Unlike pandas, a row is one line
+  (canonical.read_table): a quote that its line does not close is a bad row there, not the start
+  of a field that swallows the rows after it. WANDS's text is tokenised and lower-cased, with
+  `''` for inches; a quoted field holding a line break, should a copy have one, would be counted
+  as bad rows at its lines, not loaded. Bytes that are not UTF-8 make a bad row too.
 - Columns are found by header name, compared after lower-casing and turning spaces into
   underscores: the README says `category_hierarchy`, the published file says `category hierarchy`.
   Only the columns the loader uses are required (ratings, query_class and the label id are not).
@@ -32,11 +36,11 @@ Decisions, each visible in the code below:
 
 from __future__ import annotations
 
-import csv
 import os
 from collections.abc import Iterator
 
-from leser_jax.catalog import Catalog, CatalogBuilder, CatalogError, GradeScale, SplitConfig
+from leser_jax.catalog import Catalog, CatalogBuilder, GradeScale, SplitConfig
+from leser_jax.data.canonical import read_table
 
 FILES = ("product.csv", "query.csv", "label.csv")
 COLUMNS = {
@@ -110,24 +114,5 @@ def _header_key(name: str) -> str:
 
 def _rows(builder: CatalogBuilder, path: str) -> Iterator[tuple[str, dict[str, str]]]:
     """Rows of a WANDS file as {column: text} with "path:line"; fails early on a missing column."""
-    required = COLUMNS[os.path.basename(path)]
-    with open(path, encoding="utf-8", errors="replace", newline="") as f:
-        reader = csv.reader(f, delimiter="\t")
-        try:
-            header = [_header_key(h) for h in next(reader, [])]
-            missing = [c for c in required if c not in header]
-            if missing:
-                raise CatalogError(f"{path}: missing column(s) {missing}; header is {header}, "
-                                   f"expected {', '.join(required)}")
-            for cells in reader:
-                where = f"{path}:{reader.line_num}"
-                if not any(cell.strip() for cell in cells):
-                    continue  # a blank line
-                if len(cells) > len(header):
-                    builder.skip(where, "more fields than the header",
-                                 f"{len(cells)} fields, header has {len(header)}")
-                    continue
-                cells += [""] * (len(header) - len(cells))
-                yield where, dict(zip(header, cells))
-        except csv.Error as e:  # e.g. an unclosed quote that swallows the rest of the file
-            raise CatalogError(f"{path}:{reader.line_num}: unreadable: {e}") from e
+    return read_table(builder, path, COLUMNS[os.path.basename(path)], delimiter="\t",
+                      header_key=_header_key)
