@@ -12,19 +12,25 @@ import json
 import os
 import time
 
-from absl import app, flags
+from absl import flags
 
-from experiments import common
+from experiments import cli, common
 from leser_jax.search import SearchConfig, SearchEngine
 
 common.define_dataset_flags()
 flags.DEFINE_string("out", None, "Output folder: the index goes to DIR/index.", required=True)
-flags.DEFINE_float("title_boost", 2.0, "BM25 weight of the title field.")
-flags.DEFINE_float("description_boost", 1.0, "BM25 weight of the description field.")
-flags.DEFINE_float("attributes_boost", 1.0, "BM25 weight of the attributes field.")
+flags.DEFINE_float("title_boost", 2.0, "BM25 weight of the title field.", lower_bound=0)
+flags.DEFINE_float("description_boost", 1.0, "BM25 weight of the description field.",
+                   lower_bound=0)
+flags.DEFINE_float("attributes_boost", 1.0, "BM25 weight of the attributes field.",
+                   lower_bound=0)
+_BOOSTS = ["title_boost", "description_boost", "attributes_boost"]
+flags.register_multi_flags_validator(_BOOSTS, lambda f: any(f[b] > 0 for b in _BOOSTS),
+                                     "at least one field boost must be > 0")
 flags.DEFINE_string("tokenizer", "en_stem", "Tantivy tokenizer of the text fields.")
 flags.DEFINE_integer("num_threads", 2, "search_many threads (the index is written by one thread: "
-                     "ties in score then go to the lowest catalog row on every build).")
+                     "ties in score then go to the lowest catalog row on every build).",
+                     lower_bound=1)
 FLAGS = flags.FLAGS
 
 
@@ -61,4 +67,4 @@ def _folder_bytes(path: str) -> int:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

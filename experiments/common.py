@@ -1,4 +1,5 @@
-"""Flags that several launchers share: which dataset, and how to load and split it; LoRA.
+"""Flags that several launchers share: which dataset, and how to load and split it; the
+prompt's context; the optimizer, mesh and LoRA.
 
 Launchers call `define_dataset_flags()` at import time and `load_catalog()` in main(); the library
 itself never reads flags.
@@ -13,10 +14,12 @@ import os
 
 from absl import flags
 
+from experiments import cli
 from leser_jax.catalog import Catalog, SplitConfig
 from leser_jax.config import ModelConfig
-from leser_jax.data import load_dataset
-from leser_jax.data.synthetic import SyntheticConfig
+from leser_jax.context import ContextConfig
+from leser_jax.data import load_dataset, synthetic_vocab
+from leser_jax.data.synthetic import MAX_PRODUCTS, MAX_QUERIES, SyntheticConfig
 from leser_jax.search import SearchEngine
 
 FLAGS = flags.FLAGS
@@ -28,15 +31,25 @@ def define_dataset_flags() -> None:
                         "canonical, ESCI or WANDS layout, e.g. ../shared/data/homedepot-search-relevance")
     flags.DEFINE_bool("strict", False, "Fail on the first malformed row instead of skipping it.")
     flags.DEFINE_string("esci_locale", "us", "ESCI only: product_locale to keep (us, es or jp).")
-    flags.DEFINE_integer("synthetic_seed", 0, "Synthetic catalog: generator seed.")
-    flags.DEFINE_integer("synthetic_products", 20_000, "Synthetic catalog: number of products.")
-    flags.DEFINE_integer("synthetic_queries", 2_000, "Synthetic catalog: number of queries.")
-    flags.DEFINE_float("dev_fraction", 0.1, "Share of queries in the dev split (by hashed id).")
-    flags.DEFINE_float("test_fraction", 0.1, "Share of queries in the test split (by hashed id).")
+    flags.DEFINE_integer("synthetic_seed", 0, "Synthetic catalog: generator seed.",
+                         lower_bound=0)
+    # SyntheticConfig's range: a product per category at least; ids hold 6 and 5 digits.
+    flags.DEFINE_integer("synthetic_products", 20_000, "Synthetic catalog: number of products.",
+                         lower_bound=len(synthetic_vocab.CATEGORIES), upper_bound=MAX_PRODUCTS)
+    flags.DEFINE_integer("synthetic_queries", 2_000, "Synthetic catalog: number of queries.",
+                         lower_bound=1, upper_bound=MAX_QUERIES)
+    flags.DEFINE_float("dev_fraction", 0.1, "Share of queries in the dev split (by hashed id).",
+                       lower_bound=0, upper_bound=1)
+    flags.DEFINE_float("test_fraction", 0.1, "Share of queries in the test split (by hashed id).",
+                       lower_bound=0, upper_bound=1)
+    flags.register_multi_flags_validator(
+        ["dev_fraction", "test_fraction"], lambda f: f["dev_fraction"] + f["test_fraction"] <= 1,
+        "--dev_fraction + --test_fraction must be <= 1 (the rest is the train split)")
 
 
 def load_split_config() -> SplitConfig:
-    return SplitConfig(train=1.0 - FLAGS.dev_fraction - FLAGS.test_fraction,
+    # max(0, ...): 1 - 0.9 - 0.1 is -2.8e-17 in floats, which SplitConfig would call negative.
+    return SplitConfig(train=max(0.0, 1.0 - FLAGS.dev_fraction - FLAGS.test_fraction),
                        dev=FLAGS.dev_fraction, test=FLAGS.test_fraction)
 
 
@@ -70,6 +83,19 @@ def open_engine(catalog: Catalog, folder: str | None) -> SearchEngine:
     return SearchEngine.build(catalog)
 
 
+def define_context_flags() -> None:
+    """The prompt's context (read by `context_config`): the teacher, warm-up, GRPO and
+    evaluation must be given the same, or the policy is shown a prompt it never learnt."""
+    flags.DEFINE_integer("context_k", ContextConfig().k, "Products of the query shown as context.",
+                         lower_bound=0)
+    flags.DEFINE_integer("context_max_tokens", ContextConfig().max_tokens,
+                         "Context token budget.", lower_bound=0)
+
+
+def context_config() -> ContextConfig:
+    return ContextConfig(k=FLAGS.context_k, max_tokens=FLAGS.context_max_tokens)
+
+
 def define_optim_flags() -> None:
     """Optimizer flags that every training launcher shares (read by `optim_and_loop`)."""
     flags.DEFINE_bool("master_fp32", True,
@@ -80,14 +106,15 @@ def define_optim_flags() -> None:
 def define_mesh_flags() -> None:
     """Device mesh and multi-host flags (read by `setup_mesh`)."""
     flags.DEFINE_integer("mesh_data", 0, "Data-parallel replicas of the device mesh "
-                         "(0: devices / mesh_fsdp).")
+                         "(0: devices / mesh_fsdp).", lower_bound=0)
     flags.DEFINE_integer("mesh_fsdp", 0, "Devices each parameter is split over (0: all devices "
-                         "/ mesh_data; both 0: pure FSDP over every device).")
+                         "/ mesh_data; both 0: pure FSDP over every device).", lower_bound=0)
     flags.DEFINE_string("coordinator_address", None, "host:port of process 0 of a multi-host "
                         "run (default: $JAX_COORDINATOR_ADDRESS; unset: one process).")
     flags.DEFINE_integer("num_processes", None, "Processes of a multi-host run "
-                         "(default: $JAX_NUM_PROCESSES).")
-    flags.DEFINE_integer("process_id", None, "This process's index (default: $JAX_PROCESS_ID).")
+                         "(default: $JAX_NUM_PROCESSES).", lower_bound=1)
+    flags.DEFINE_integer("process_id", None, "This process's index (default: $JAX_PROCESS_ID).",
+                         lower_bound=0)
 
 
 def setup_mesh():
@@ -109,9 +136,11 @@ def setup_mesh():
 
 def define_lora_flags() -> None:
     flags.DEFINE_integer("lora_rank", 0, "Train LoRA adapters of this rank on every attention "
-                         "and MLP projection, the --init model frozen (0: full fine-tuning).")
+                         "and MLP projection, the --init model frozen (0: full fine-tuning).",
+                         lower_bound=0)
     flags.DEFINE_float("lora_alpha", ModelConfig.lora_alpha, "LoRA scale numerator: the "
                        "adapters add (alpha / rank) A B to each kernel.")
+    cli.exclusive_bounds("lora_alpha", lower=0)
     flags.DEFINE_bool("remat", False, "Recompute each block's activations in the backward pass "
                       "(ModelConfig.remat): less memory for ~25% more update time.")
 

@@ -25,9 +25,8 @@ import time
 
 from absl import app, flags
 
-from experiments import common
+from experiments import cli, common
 from leser_jax import evaluation, plots, run_log
-from leser_jax.context import ContextConfig
 from leser_jax.relevance import RelevanceModel
 from leser_jax.reward import RewardConfig, SearchFeedback
 from leser_jax.teacher import TeacherConfig
@@ -35,6 +34,7 @@ from leser_jax.teacher import TeacherConfig
 _R = RewardConfig()
 
 common.define_dataset_flags()
+common.define_context_flags()
 flags.DEFINE_string("out", None, "Output folder: results.json, results.md, *.png.", required=True)
 flags.DEFINE_string("index", None, "Index folder from experiments.build_index (else built in "
                     "memory).")
@@ -44,21 +44,27 @@ flags.DEFINE_multi_string("policy", [], "NAME=DIR: a policy checkpoint to evalua
 flags.DEFINE_list("baselines", list(evaluation.BASELINES), "Baseline systems to include.")
 flags.DEFINE_string("reference", "grpo", "System the others are compared with, paired.")
 flags.DEFINE_enum("split", "test", ["train", "dev", "test"], "Queries to evaluate on.")
-flags.DEFINE_integer("num_queries", 0, "Evaluate the first this many queries (0 = all).")
-flags.DEFINE_integer("context_k", ContextConfig().k, "Products of the query shown as context.")
-flags.DEFINE_integer("context_max_tokens", ContextConfig().max_tokens, "Context token budget.")
-flags.DEFINE_integer("max_new_tokens", 96, "Longest policy answer (GRPO's --max_new_tokens).")
+flags.DEFINE_integer("num_queries", 0, "Evaluate the first this many queries (0 = all).",
+                     lower_bound=0)
+flags.DEFINE_integer("max_new_tokens", 96, "Longest policy answer (GRPO's --max_new_tokens).",
+                     lower_bound=1)
 flags.DEFINE_float("temperature", 0.0, "Policies' decoding: 0 = greedy, else sampled at this "
-                   "temperature (GRPO's rollouts use 0.9), with the seed of --seed.")
-flags.DEFINE_integer("batch_size", 32, "Queries per system call.")
-flags.DEFINE_integer("teacher_max_expansions", None, "Teacher: most expansions per answer.")
+                   "temperature (GRPO's rollouts use 0.9), with the seed of --seed.",
+                   lower_bound=0)
+flags.DEFINE_integer("batch_size", 32, "Queries per system call.", lower_bound=1)
+flags.DEFINE_integer("teacher_max_expansions", None, "Teacher: most expansions per answer.",
+                     lower_bound=1)
 flags.DEFINE_integer("teacher_max_candidates", TeacherConfig().max_candidates,
-                     "Teacher: candidates per query.")
-flags.DEFINE_integer("reward_k", _R.k, "Hits per search [k].")
-flags.DEFINE_float("reward_tau", _R.tau, "Relevance from which a product is a hit [tau].")
-flags.DEFINE_float("reward_lambda", _R.lam, "Teacher: weight of coverage in its reward.")
-flags.DEFINE_integer("bootstrap_samples", 1000, "Bootstrap resamples of the queries.")
-flags.DEFINE_integer("seed", 0, "Bootstrap seed.")
+                     "Teacher: candidates per query.", lower_bound=1)
+flags.DEFINE_integer("reward_k", _R.k, "Hits per search [k].", lower_bound=1)
+flags.DEFINE_float("reward_tau", _R.tau, "Relevance from which a product is a hit [tau].",
+                   upper_bound=1)
+cli.exclusive_bounds("reward_tau", lower=0)
+flags.DEFINE_float("reward_lambda", _R.lam, "Teacher: weight of coverage in its reward.",
+                   lower_bound=0)
+flags.DEFINE_integer("bootstrap_samples", 1000, "Bootstrap resamples of the queries.",
+                     lower_bound=1)
+flags.DEFINE_integer("seed", 0, "Bootstrap seed.", lower_bound=0)
 FLAGS = flags.FLAGS
 
 
@@ -79,7 +85,7 @@ def main(argv):
     run_log.quiet_library_logs()
     start = time.perf_counter()
     policies = parse_policies(FLAGS.policy)
-    context = ContextConfig(k=FLAGS.context_k, max_tokens=FLAGS.context_max_tokens)
+    context = common.context_config()
     reward = RewardConfig(k=FLAGS.reward_k, tau=FLAGS.reward_tau, lam=FLAGS.reward_lambda)
     teacher_config = TeacherConfig(max_candidates=FLAGS.teacher_max_candidates,
                                    max_expansions=FLAGS.teacher_max_expansions)
@@ -136,4 +142,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

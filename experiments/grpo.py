@@ -30,9 +30,9 @@ import json
 import os
 import time
 
-from absl import app, flags, logging
+from absl import flags, logging
 
-from experiments import common
+from experiments import cli, common
 from leser_jax import checkpoint, run_log
 from leser_jax.context import ContextConfig
 from leser_jax.grpo import AGGREGATIONS, KL_ESTIMATORS, GRPOConfig
@@ -56,6 +56,7 @@ common.define_dataset_flags()
 common.define_optim_flags()
 common.define_mesh_flags()
 common.define_lora_flags()
+common.define_context_flags()
 flags.DEFINE_enum("preset", "demo", list(PRESETS), "Run defaults (the model comes from --init).")
 flags.DEFINE_string("run_dir", None, "Output folder of this stage.", required=True)
 flags.DEFINE_string("init", None, "Start policy and reference: a params checkpoint with its "
@@ -64,33 +65,49 @@ flags.DEFINE_string("relevance", None, "Folder of a model from experiments.train
                     required=True)
 flags.DEFINE_string("index", None, "Index folder from experiments.build_index (else built in "
                     "memory).")
-flags.DEFINE_integer("steps", None, "GRPO steps (default: the preset's).")
-flags.DEFINE_integer("queries_per_step", None, "Train queries per step [B] (default: preset's).")
-flags.DEFINE_integer("num_rollouts", _G.num_rollouts, "Completions per query [N].")
+flags.DEFINE_integer("steps", None, "GRPO steps (default: the preset's).", lower_bound=1)
+flags.DEFINE_integer("queries_per_step", None, "Train queries per step [B] (default: preset's).",
+                     lower_bound=1)
+# N >= 2: an advantage is a reward minus its group's mean, so a group of one learns nothing.
+flags.DEFINE_integer("num_rollouts", _G.num_rollouts, "Completions per query [N].",
+                     lower_bound=2)
 flags.DEFINE_float("temperature", _G.temperature, "Sampling temperature of the rollouts.")
-flags.DEFINE_integer("max_new_tokens", None, "Longest completion (default: the preset's).")
+cli.exclusive_bounds("temperature", lower=0)  # greedy rollouts of a group would all be equal
+flags.DEFINE_integer("max_new_tokens", None, "Longest completion (default: the preset's).",
+                     lower_bound=1)
 flags.DEFINE_float("clip_eps", _G.clip_eps, "PPO ratio clipping [epsilon].")
-flags.DEFINE_float("kl_coef", _G.kl_coef, "KL penalty to the reference [beta].")
+cli.exclusive_bounds("clip_eps", lower=0, upper=1)
+flags.DEFINE_float("kl_coef", _G.kl_coef, "KL penalty to the reference [beta].", lower_bound=0)
 flags.DEFINE_enum("kl_estimator", _G.kl_estimator, list(KL_ESTIMATORS), "KL estimator.")
 flags.DEFINE_enum("aggregation", _G.aggregation, list(AGGREGATIONS), "Loss aggregation.")
 flags.DEFINE_bool("normalize_std", _G.normalize_std, "Divide advantages by the group's std.")
-flags.DEFINE_integer("mu", _G.mu, "Optimizer updates per batch of rollouts [mu].")
-flags.DEFINE_integer("micro_batches", _G.micro_batches, "Gradient accumulation micro-batches.")
+flags.DEFINE_integer("mu", _G.mu, "Optimizer updates per batch of rollouts [mu].",
+                     lower_bound=1)
+flags.DEFINE_integer("micro_batches", _G.micro_batches, "Gradient accumulation micro-batches.",
+                     lower_bound=1)
 flags.DEFINE_float("lr", None, "Peak learning rate (default: the preset's).")
-flags.DEFINE_integer("warmup_steps", 5, "Linear learning-rate warmup, in optimizer updates.")
+cli.exclusive_bounds("lr", lower=0)
+flags.DEFINE_integer("warmup_steps", 5, "Linear learning-rate warmup, in optimizer updates.",
+                     lower_bound=0)
 flags.DEFINE_float("weight_decay", 0.0, "AdamW decoupled weight decay (0: the KL term already "
-                   "holds the policy near the reference).")
-flags.DEFINE_integer("reward_k", _R.k, "Hits per search in the reward [k].")
-flags.DEFINE_float("reward_tau", _R.tau, "Relevance threshold of a hit [tau].")
-flags.DEFINE_float("reward_lambda", _R.lam, "Weight of the coverage reward [lambda].")
-flags.DEFINE_integer("context_k", ContextConfig().k, "Products of the query shown as context.")
-flags.DEFINE_integer("context_max_tokens", ContextConfig().max_tokens, "Context token budget.")
-flags.DEFINE_integer("eval_every", 20, "Greedy evaluation on dev queries every E steps (0: off).")
-flags.DEFINE_integer("eval_queries", 64, "Dev queries of that evaluation.")
-flags.DEFINE_integer("samples_every", 10, "Log rollout texts every this many steps (0: never).")
-flags.DEFINE_integer("checkpoint_every", 20, "Steps between checkpoints.")
-flags.DEFINE_integer("keep_checkpoints", 2, "Newest checkpoints kept.")
-flags.DEFINE_integer("seed", 0, "Seeds each step's queries and sampling keys (with the step).")
+                   "holds the policy near the reference).", lower_bound=0)
+flags.DEFINE_integer("reward_k", _R.k, "Hits per search in the reward [k].", lower_bound=1)
+flags.DEFINE_float("reward_tau", _R.tau, "Relevance threshold of a hit [tau].", upper_bound=1)
+cli.exclusive_bounds("reward_tau", lower=0)
+flags.DEFINE_float("reward_lambda", _R.lam, "Weight of the coverage reward [lambda].",
+                   lower_bound=0)
+flags.DEFINE_integer("eval_every", 20, "Greedy evaluation on dev queries every E steps (0: off).",
+                     lower_bound=0)
+flags.DEFINE_integer("eval_queries", 64, "Dev queries of that evaluation.", lower_bound=0)
+flags.register_multi_flags_validator(
+    ["eval_every", "eval_queries"], lambda f: f["eval_every"] == 0 or f["eval_queries"] >= 1,
+    "--eval_queries=0 evaluates no query: turn the evaluation off with --eval_every=0")
+flags.DEFINE_integer("samples_every", 10, "Log rollout texts every this many steps (0: never).",
+                     lower_bound=0)
+flags.DEFINE_integer("checkpoint_every", 20, "Steps between checkpoints.", lower_bound=1)
+flags.DEFINE_integer("keep_checkpoints", 2, "Newest checkpoints kept.", lower_bound=1)
+flags.DEFINE_integer("seed", 0, "Seeds each step's queries and sampling keys (with the step).",
+                     lower_bound=0)
 flags.DEFINE_string("profile_dir", None, "Write a jax.profiler trace of 3 steady-state steps.")
 FLAGS = flags.FLAGS
 
@@ -98,19 +115,20 @@ FLAGS = flags.FLAGS
 def configs_from_flags() -> tuple[GRPOConfig, OptimConfig, RewardConfig, ContextConfig,
                                   LoopConfig]:
     preset = PRESETS[FLAGS.preset]
-    steps = FLAGS.steps or preset["steps"]
+    steps = cli.preset_or(FLAGS.steps, preset["steps"])
     grpo = GRPOConfig(
         num_rollouts=FLAGS.num_rollouts, temperature=FLAGS.temperature, clip_eps=FLAGS.clip_eps,
         kl_coef=FLAGS.kl_coef, kl_estimator=FLAGS.kl_estimator, aggregation=FLAGS.aggregation,
         normalize_std=FLAGS.normalize_std, mu=FLAGS.mu, micro_batches=FLAGS.micro_batches,
-        queries_per_step=FLAGS.queries_per_step or preset["queries_per_step"],
-        max_new_tokens=FLAGS.max_new_tokens or preset["max_new_tokens"])
+        queries_per_step=cli.preset_or(FLAGS.queries_per_step, preset["queries_per_step"]),
+        max_new_tokens=cli.preset_or(FLAGS.max_new_tokens, preset["max_new_tokens"]))
     updates = steps * grpo.mu  # the schedule counts optimizer updates
-    optim = OptimConfig(lr=FLAGS.lr or preset["lr"], total_steps=updates,
+    # updates - 1 >= 0 since --steps and --mu are >= 1 (a run of one update has no warmup).
+    optim = OptimConfig(lr=cli.preset_or(FLAGS.lr, preset["lr"]), total_steps=updates,
                         warmup_steps=min(FLAGS.warmup_steps, updates - 1),
                         weight_decay=FLAGS.weight_decay, master_fp32=FLAGS.master_fp32)
     reward = RewardConfig(k=FLAGS.reward_k, tau=FLAGS.reward_tau, lam=FLAGS.reward_lambda)
-    context = ContextConfig(k=FLAGS.context_k, max_tokens=FLAGS.context_max_tokens)
+    context = common.context_config()
     loop = LoopConfig(total_steps=steps, checkpoint_every=FLAGS.checkpoint_every,
                       keep_checkpoints=FLAGS.keep_checkpoints, eval_every=FLAGS.eval_every,
                       eval_queries=FLAGS.eval_queries, samples_every=FLAGS.samples_every,
@@ -161,4 +179,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

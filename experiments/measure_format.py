@@ -13,26 +13,25 @@ from __future__ import annotations
 import json
 import time
 
-from absl import app, flags
+from absl import flags
 
-from experiments import common
+from experiments import cli, common
 from leser_jax import checkpoint, run_log, sampler, sft
-from leser_jax.context import ContextConfig
 
 common.define_dataset_flags()
+common.define_context_flags()
 flags.DEFINE_string("init", None, "Params checkpoint with tokenizer, or a run dir with DIR/params.",
                     required=True)
 flags.DEFINE_string("index", None, "Index folder from experiments.build_index (else built in "
                     "memory).")
 flags.DEFINE_enum("split", "dev", ["train", "dev", "test"], "Queries to sample for.")
-flags.DEFINE_integer("num_queries", 0, "Sample for the first this many queries (0 = all).")
-flags.DEFINE_float("temperature", 0.9, "Sampling temperature.")
-flags.DEFINE_integer("max_new_tokens", 192, "Longest sampled answer.")
-flags.DEFINE_integer("batch_size", 32, "Prompts per sampler call.")
-flags.DEFINE_integer("seed", 0, "Sampling seed.")
-flags.DEFINE_integer("context_k", ContextConfig().k, "Products of the query shown as context.")
-flags.DEFINE_integer("context_max_tokens", ContextConfig().max_tokens, "Context token budget.")
-flags.DEFINE_integer("show", 5, "Completions printed (failures first).")
+flags.DEFINE_integer("num_queries", 0, "Sample for the first this many queries (0 = all).",
+                     lower_bound=0)
+flags.DEFINE_float("temperature", 0.9, "Sampling temperature (0 = greedy).", lower_bound=0)
+flags.DEFINE_integer("max_new_tokens", 192, "Longest sampled answer.", lower_bound=1)
+flags.DEFINE_integer("batch_size", 32, "Prompts per sampler call.", lower_bound=1)
+flags.DEFINE_integer("seed", 0, "Sampling seed.", lower_bound=0)
+flags.DEFINE_integer("show", 5, "Completions printed (failures first).", lower_bound=0)
 flags.DEFINE_string("out", None, "Write the report here as JSON.")
 FLAGS = flags.FLAGS
 
@@ -43,7 +42,7 @@ def main(argv):
     start = time.perf_counter()
     model, config, tokenizer = checkpoint.load_init(FLAGS.init)
     common.log_config("model", config)
-    context = ContextConfig(k=FLAGS.context_k, max_tokens=FLAGS.context_max_tokens)
+    context = common.context_config()
     common.log_config("context", context)
     catalog = common.load_catalog()
     engine = common.open_engine(catalog, FLAGS.index)
@@ -72,4 +71,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

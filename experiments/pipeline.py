@@ -20,7 +20,8 @@ its own flags, progress bars, log and resume logic), teed to RUN_DIR/logs/STAGE.
 
 DIR is --shared_dir (default RUN_DIR): the stages that no ablation flag changes. A stage is
 skipped when its record, STAGE_ROOT/stages/STAGE.json, says that it finished with the same
-command and the file its launcher writes last exists; otherwise it runs, and its launcher resumes
+command (paths compared as resolved paths, so runs/demo and its absolute form are one run) and
+the file its launcher writes last exists; otherwise it runs, and its launcher resumes
 from its own checkpoints, so a rerun after a crash or Ctrl-C goes on where it stopped. A record
 with another command stops the pipeline before anything runs: that stage's outputs and
 checkpoints came from other settings (use another --run_dir, or delete the stage's output and
@@ -65,9 +66,9 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from absl import app, flags
+from absl import flags
 
-from experiments import common
+from experiments import cli, common
 from leser_jax.data import canonical
 from leser_jax.reward import RewardConfig
 
@@ -109,17 +110,22 @@ flags.DEFINE_enum("preset", "demo", list(PRESETS),
 flags.DEFINE_string("run_dir", None, "Where every stage writes its output.", required=True)
 flags.DEFINE_string("shared_dir", None, "Where the dataset, index, relevance model and "
                     "pretraining go (default: --run_dir); point ablation runs at the main run.")
+flags.register_validator("shared_dir", lambda d: d is None or d != "",
+                         "--shared_dir must name a folder (leave it out for --run_dir)")
 flags.DEFINE_float("reward_lambda", RewardConfig().lam,
-                   "Coverage weight [lambda] of the reward (teacher, GRPO).")
-flags.DEFINE_integer("context_k", None, "Products shown as context (default: the preset's).")
+                   "Coverage weight [lambda] of the reward (teacher, GRPO).", lower_bound=0)
+flags.DEFINE_integer("context_k", None, "Products shown as context (default: the preset's).",
+                     lower_bound=0)
 flags.DEFINE_integer("context_max_tokens", None, "Context token budget (default: the preset's, "
-                     "scaled by context_k / the preset's k).")
+                     "scaled by context_k / the preset's k).", lower_bound=0)
 flags.DEFINE_bool("warmup", True, "Run the teacher, the warm-up and GRPO from the warm-up.")
 flags.DEFINE_bool("grpo_no_warmup", True, "Also run GRPO from the pretrained model (ablation).")
-flags.DEFINE_integer("num_rollouts", 4, "GRPO rollouts per query [N] (the paper's 4).")
-flags.DEFINE_integer("grpo_steps", None, "GRPO steps (default: the preset's).")
+flags.DEFINE_integer("num_rollouts", 4, "GRPO rollouts per query [N] (the paper's 4).",
+                     lower_bound=2)
+flags.DEFINE_integer("grpo_steps", None, "GRPO steps (default: the preset's).", lower_bound=1)
 flags.DEFINE_float("eval_temperature", 0.0, "Policies' decoding in the evaluation: 0 = greedy, "
-                   "else sampled at this temperature (GRPO trains the T = 0.9 distribution).")
+                   "else sampled at this temperature (GRPO trains the T = 0.9 distribution).",
+                   lower_bound=0)
 flags.DEFINE_bool("dry_run", False, "Print each stage's command and state; run nothing.")
 FLAGS = flags.FLAGS
 
@@ -150,6 +156,25 @@ class StageConflict(RuntimeError):
     """A stage's record holds another command: its outputs came from other settings."""
 
 
+# Flags whose value is a file or folder: a record and a command name the same one if the paths
+# resolve alike (a run dir given as runs/demo or in full is one run), each against its own cwd.
+PATH_FLAGS = ("--dataset", "--index", "--relevance", "--out", "--run_dir", "--init",
+              "--teacher_file", "--policy")
+
+
+def resolved_command(command: Sequence[str], cwd: str) -> list[str]:
+    """`command` with every path flag's value made absolute against `cwd` and resolved
+    (--policy=NAME=DIR: the DIR part). e.g. --out=runs/demo -> --out=/home/me/leser/runs/demo."""
+    out = []
+    for arg in command:
+        name, eq, value = arg.partition("=")
+        if eq and name in PATH_FLAGS:
+            label, sep, path = value.rpartition("=") if name == "--policy" else ("", "", value)
+            arg = f"{name}={label}{sep}{os.path.realpath(os.path.join(cwd, path))}"
+        out.append(arg)
+    return out
+
+
 def read_record(stage: Stage) -> dict | None:
     try:
         with open(stage.record) as f:
@@ -161,7 +186,7 @@ def read_record(stage: Stage) -> dict | None:
 def write_record(stage: Stage, **info) -> None:
     os.makedirs(os.path.dirname(stage.record), exist_ok=True)
     with open(stage.record + ".tmp", "w") as f:
-        json.dump({"command": list(stage.command), **info}, f, indent=1)
+        json.dump({"command": list(stage.command), "cwd": os.getcwd(), **info}, f, indent=1)
     os.replace(stage.record + ".tmp", stage.record)
 
 
@@ -170,16 +195,23 @@ def stage_state(stage: Stage) -> str:
     record = read_record(stage)
     if record is None:
         return "todo"
-    if record.get("command") != list(stage.command):
+    if _recorded_command(record) != resolved_command(stage.command, os.getcwd()):
         return "conflict"
     return "done" if record.get("done") and os.path.exists(stage.output) else "todo"
+
+
+def _recorded_command(record: dict) -> list[str]:
+    """A record's command, resolved against the cwd it ran in (records from before cwd was
+    recorded: this one)."""
+    return resolved_command(record.get("command") or [], record.get("cwd") or os.getcwd())
 
 
 def conflict_message(stages: Sequence[Stage]) -> str:
     """What differs in each conflicting stage's command, and what to do about it."""
     lines = []
     for stage in stages:
-        old, new = read_record(stage)["command"], list(stage.command)
+        old = _recorded_command(read_record(stage))
+        new = resolved_command(stage.command, os.getcwd())
         lines.append(f"stage {stage.name} ({stage.record}) ran with "
                      f"{' '.join(c for c in old if c not in new) or '(other order)'}; this run "
                      f"asks for {' '.join(c for c in new if c not in old) or '(other order)'}")
@@ -278,7 +310,7 @@ def plan(s: Settings) -> list[Stage]:
     teacher_context = context if k else (f"--context_k={p['context_k']}",
                                          f"--context_max_tokens={p['context_max_tokens']}")
     preset = (f"--preset={s.preset}",)
-    grpo_steps = s.grpo_steps or p["grpo_steps"]
+    grpo_steps = cli.preset_or(s.grpo_steps, p["grpo_steps"])
     grpo = ("experiments.grpo", *preset, *dataset, f"--index={index}",
             f"--relevance={relevance}", *context, f"--reward_lambda={s.reward_lambda}",
             f"--num_rollouts={s.num_rollouts}", f"--max_new_tokens={p['max_new_tokens']}",
@@ -354,7 +386,8 @@ def settings_from_flags() -> Settings:
         dataset_flags += [f"--esci_locale={FLAGS.esci_locale}"] + (["--strict"] if FLAGS.strict
                                                                    else [])
     return Settings(preset=FLAGS.preset, run_dir=FLAGS.run_dir,
-                    shared_dir=FLAGS.shared_dir or FLAGS.run_dir, dataset=FLAGS.dataset,
+                    shared_dir=FLAGS.run_dir if FLAGS.shared_dir is None else FLAGS.shared_dir,
+                    dataset=FLAGS.dataset,
                     dataset_flags=tuple(dataset_flags), reward_lambda=FLAGS.reward_lambda,
                     context_k=FLAGS.context_k, context_max_tokens=FLAGS.context_max_tokens,
                     warmup=FLAGS.warmup, grpo_no_warmup=FLAGS.grpo_no_warmup,
@@ -393,4 +426,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

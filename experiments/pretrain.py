@@ -22,10 +22,10 @@ import json
 import os
 import time
 
-from absl import app, flags, logging
+from absl import flags, logging
 from flax import nnx
 
-from experiments import common
+from experiments import cli, common
 from leser_jax import checkpoint, lm_data, run_log
 from leser_jax.config import ModelConfig, flops_per_token, param_count
 from leser_jax.model import Llama
@@ -51,18 +51,23 @@ flags.DEFINE_enum("preset", "demo", list(PRESETS), "Model size and run defaults.
 flags.DEFINE_enum("model", None, ["tiny", "demo", "cpu"], "Model size (default: the preset's); "
                   "e.g. the demo size on real data, as the pipeline's cpu preset does.")
 flags.DEFINE_string("run_dir", None, "Output folder of this stage.", required=True)
-flags.DEFINE_integer("steps", None, "Optimizer steps (default: the preset's).")
-flags.DEFINE_integer("batch_size", None, "Rows per step (default: the preset's).")
-flags.DEFINE_integer("seq_len", None, "Tokens per row (default: the preset's).")
+flags.DEFINE_integer("steps", None, "Optimizer steps (default: the preset's).", lower_bound=1)
+flags.DEFINE_integer("batch_size", None, "Rows per step (default: the preset's).", lower_bound=1)
+flags.DEFINE_integer("seq_len", None, "Tokens per row (default: the preset's).", lower_bound=1)
 flags.DEFINE_float("lr", None, "Peak learning rate (default: the preset's).")
-flags.DEFINE_float("warmup_fraction", 0.05, "Share of the steps spent in linear warmup.")
-flags.DEFINE_float("weight_decay", 0.1, "AdamW decoupled weight decay of the matrices.")
-flags.DEFINE_integer("vocab_size", None, "SentencePiece vocabulary (default: the model's).")
+cli.exclusive_bounds("lr", lower=0)
+flags.DEFINE_float("warmup_fraction", 0.05, "Share of the steps spent in linear warmup.",
+                   lower_bound=0, upper_bound=1)
+flags.DEFINE_float("weight_decay", 0.1, "AdamW decoupled weight decay of the matrices.",
+                   lower_bound=0)
+flags.DEFINE_integer("vocab_size", None, "SentencePiece vocabulary (default: the model's).",
+                     lower_bound=1)
 flags.DEFINE_bool("fit_vocab", True, "Shrink the model's vocab_size to the tokenizer's when "
                   "SentencePiece finds fewer pieces than asked.")
-flags.DEFINE_integer("seed", 0, "Seeds the init, the tokenizer, the document order and batches.")
-flags.DEFINE_integer("checkpoint_every", 100, "Steps between checkpoints.")
-flags.DEFINE_integer("keep_checkpoints", 2, "Newest checkpoints kept.")
+flags.DEFINE_integer("seed", 0, "Seeds the init, the tokenizer, the document order and batches.",
+                     lower_bound=0)
+flags.DEFINE_integer("checkpoint_every", 100, "Steps between checkpoints.", lower_bound=1)
+flags.DEFINE_integer("keep_checkpoints", 2, "Newest checkpoints kept.", lower_bound=1)
 flags.DEFINE_string("profile_dir", None, "Write a jax.profiler trace of 3 steps here.")
 FLAGS = flags.FLAGS
 
@@ -81,10 +86,10 @@ def main(argv):
     preset = PRESETS[FLAGS.preset]
     model_config: ModelConfig = (getattr(ModelConfig, FLAGS.model)() if FLAGS.model
                                  else preset["model"]())
-    steps = FLAGS.steps or preset["steps"]
-    batch_size = FLAGS.batch_size or preset["batch_size"]
-    seq_len = FLAGS.seq_len or preset["seq_len"]
-    optim, loop = common.optim_and_loop(steps, FLAGS.lr or preset["lr"])
+    steps = cli.preset_or(FLAGS.steps, preset["steps"])
+    batch_size = cli.preset_or(FLAGS.batch_size, preset["batch_size"])
+    seq_len = cli.preset_or(FLAGS.seq_len, preset["seq_len"])
+    optim, loop = common.optim_and_loop(steps, cli.preset_or(FLAGS.lr, preset["lr"]))
     common.log_config("model", model_config)
     common.log_config("optim", optim)
     common.log_config("loop", loop)
@@ -97,7 +102,7 @@ def main(argv):
     tok_dir = os.path.join(FLAGS.run_dir, "tokenizer")
     if not os.path.exists(os.path.join(tok_dir, SENTENCEPIECE_FILE)):
         t = time.perf_counter()
-        vocab = FLAGS.vocab_size or model_config.vocab_size
+        vocab = cli.preset_or(FLAGS.vocab_size, model_config.vocab_size)
         train_sentencepiece(tokenizer_texts(documents), vocab_size=vocab,
                             seed=FLAGS.seed).save(tok_dir)
         logging.info("trained the tokenizer (vocab <= %d) in %.1f s", vocab, time.perf_counter() - t)
@@ -145,4 +150,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -20,30 +20,33 @@ import json
 import time
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 from tqdm import tqdm
 
-from experiments import common
-from leser_jax.context import ContextConfig
+from experiments import cli, common
 from leser_jax.relevance import RelevanceModel
 from leser_jax.reward import RewardConfig
 from leser_jax.teacher import Teacher, TeacherConfig, mean_reward, write_examples
 
 common.define_dataset_flags()
+common.define_context_flags()
 flags.DEFINE_string("out", None, "Output JSONL file.", required=True)
 flags.DEFINE_string("index", None, "Index folder from experiments.build_index (DIR/index); "
                     "built in memory when absent or built from another catalog.")
 flags.DEFINE_string("relevance", None, "Folder of a model from experiments.train_relevance.",
                     required=True)
-flags.DEFINE_integer("num_examples", 10_000, "Most examples (the paper's ~10,000).")
-flags.DEFINE_integer("seed", 0, "Order in which train queries are taken.")
-flags.DEFINE_integer("context_k", ContextConfig().k, "Products of the query shown as context.")
-flags.DEFINE_integer("context_max_tokens", ContextConfig().max_tokens, "Context token budget.")
-flags.DEFINE_integer("max_candidates", TeacherConfig().max_candidates, "Candidates per query.")
-flags.DEFINE_integer("max_expansions", None, "Most expansions per answer (default: m_max).")
-flags.DEFINE_integer("reward_k", RewardConfig().k, "Hits per search in the reward [k].")
-flags.DEFINE_float("reward_lambda", RewardConfig().lam, "Weight of coverage in the reward.")
-flags.DEFINE_integer("show", 3, "Examples printed at the end.")
+flags.DEFINE_integer("num_examples", 10_000, "Most examples (the paper's ~10,000).",
+                     lower_bound=1)
+flags.DEFINE_integer("seed", 0, "Order in which train queries are taken.", lower_bound=0)
+flags.DEFINE_integer("max_candidates", TeacherConfig().max_candidates, "Candidates per query.",
+                     lower_bound=1)
+flags.DEFINE_integer("max_expansions", None, "Most expansions per answer (default: m_max).",
+                     lower_bound=1)
+flags.DEFINE_integer("reward_k", RewardConfig().k, "Hits per search in the reward [k].",
+                     lower_bound=1)
+flags.DEFINE_float("reward_lambda", RewardConfig().lam, "Weight of coverage in the reward.",
+                   lower_bound=0)
+flags.DEFINE_integer("show", 3, "Examples printed at the end.", lower_bound=0)
 FLAGS = flags.FLAGS
 
 
@@ -51,7 +54,7 @@ FLAGS = flags.FLAGS
 def main(argv):
     del argv
     start = time.perf_counter()
-    context = ContextConfig(k=FLAGS.context_k, max_tokens=FLAGS.context_max_tokens)
+    context = common.context_config()
     reward = RewardConfig(k=FLAGS.reward_k, lam=FLAGS.reward_lambda)
     config = TeacherConfig(max_candidates=FLAGS.max_candidates,
                            max_expansions=FLAGS.max_expansions)
@@ -93,4 +96,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

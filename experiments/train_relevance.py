@@ -17,9 +17,9 @@ import logging
 import os
 import time
 
-from absl import app, flags
+from absl import flags
 
-from experiments import common
+from experiments import cli, common
 from leser_jax.relevance import RelevanceConfig, RelevanceModel, evaluate
 
 common.define_dataset_flags()
@@ -27,15 +27,19 @@ flags.DEFINE_string("out", None, "Output folder: the model and metrics.json go h
                     required=True)
 flags.DEFINE_enum("objective", "reg:squarederror", ["reg:squarederror", "rank:ndcg"],
                   "XGBoost objective: regress the normalised grade, or LambdaMART per query.")
-flags.DEFINE_integer("rank_depth", 100, "K of the engine_rank feature (absent products get K+1).")
-flags.DEFINE_integer("max_rounds", 300, "Most boosting rounds (early stopping on dev decides).")
-flags.DEFINE_integer("early_stopping_rounds", 30, "Rounds without dev improvement before stopping.")
-flags.DEFINE_float("learning_rate", 0.1, "XGBoost eta.")
-flags.DEFINE_integer("max_depth", 6, "XGBoost tree depth.")
-flags.DEFINE_integer("seed", 0, "XGBoost seed.")
+flags.DEFINE_integer("rank_depth", 100, "K of the engine_rank feature (absent products get K+1).",
+                     lower_bound=1)
+flags.DEFINE_integer("max_rounds", 300, "Most boosting rounds (early stopping on dev decides).",
+                     lower_bound=1)
+flags.DEFINE_integer("early_stopping_rounds", 30, "Rounds without dev improvement before stopping.",
+                     lower_bound=1)
+flags.DEFINE_float("learning_rate", 0.1, "XGBoost eta.", upper_bound=1)
+cli.exclusive_bounds("learning_rate", lower=0)
+flags.DEFINE_integer("max_depth", 6, "XGBoost tree depth.", lower_bound=1)
+flags.DEFINE_integer("seed", 0, "XGBoost seed.", lower_bound=0)
 flags.DEFINE_integer("nthread", 1, "XGBoost threads (training and prediction); 1: see "
-                     "RelevanceConfig.")
-flags.DEFINE_integer("ndcg_k", 10, "Cut-off of nDCG.")
+                     "RelevanceConfig.", lower_bound=1)
+flags.DEFINE_integer("ndcg_k", 10, "Cut-off of nDCG.", lower_bound=1)
 FLAGS = flags.FLAGS
 
 
@@ -91,4 +95,4 @@ def print_metrics(m: dict) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -25,12 +25,11 @@ import json
 import os
 import time
 
-from absl import app, flags, logging
+from absl import flags, logging
 from flax import nnx
 
-from experiments import common
+from experiments import cli, common
 from leser_jax import checkpoint, lm_data, run_log, sampler, sft
-from leser_jax.context import ContextConfig
 from leser_jax.model import Llama
 from leser_jax.optim import make_optimizer
 from leser_jax.teacher import read_examples
@@ -49,6 +48,7 @@ common.define_dataset_flags()
 common.define_optim_flags()
 common.define_mesh_flags()
 common.define_lora_flags()
+common.define_context_flags()
 flags.DEFINE_enum("preset", "demo", list(PRESETS), "Run defaults (the model comes from --init).")
 flags.DEFINE_string("run_dir", None, "Output folder of this stage.", required=True)
 flags.DEFINE_string("init", None, "Pretrained params checkpoint (with tokenizer), or a run dir "
@@ -56,25 +56,31 @@ flags.DEFINE_string("init", None, "Pretrained params checkpoint (with tokenizer)
 flags.DEFINE_string("teacher_file", None, "Teacher examples, JSONL.", required=True)
 flags.DEFINE_string("index", None, "Index folder from experiments.build_index (else built in "
                     "memory).")
-flags.DEFINE_integer("steps", None, "Optimizer steps (default: the preset's).")
-flags.DEFINE_integer("batch_size", None, "Examples per step (default: the preset's).")
+flags.DEFINE_integer("steps", None, "Optimizer steps (default: the preset's).", lower_bound=1)
+flags.DEFINE_integer("batch_size", None, "Examples per step (default: the preset's).",
+                     lower_bound=1)
 flags.DEFINE_float("lr", None, "Peak learning rate (default: the preset's).")
-flags.DEFINE_float("warmup_fraction", 0.1, "Share of the steps spent in linear warmup.")
-flags.DEFINE_float("weight_decay", 0.1, "AdamW decoupled weight decay of the matrices.")
-flags.DEFINE_integer("bucket", 64, "Sequence lengths are padded to a multiple of this.")
+cli.exclusive_bounds("lr", lower=0)
+flags.DEFINE_float("warmup_fraction", 0.1, "Share of the steps spent in linear warmup.",
+                   lower_bound=0, upper_bound=1)
+flags.DEFINE_float("weight_decay", 0.1, "AdamW decoupled weight decay of the matrices.",
+                   lower_bound=0)
+flags.DEFINE_integer("bucket", 64, "Sequence lengths are padded to a multiple of this.",
+                     lower_bound=1)
 flags.DEFINE_integer("max_len", None, "Longest example in tokens (default: the model's "
-                     "max_seq_len); longer ones are dropped and counted.")
-flags.DEFINE_integer("max_examples", 0, "Use at most this many teacher examples (0 = all).")
-flags.DEFINE_integer("seed", 0, "Seeds the batch order.")
-flags.DEFINE_integer("context_k", ContextConfig().k, "Products of the query shown as context.")
-flags.DEFINE_integer("context_max_tokens", ContextConfig().max_tokens, "Context token budget.")
-flags.DEFINE_integer("checkpoint_every", 50, "Steps between checkpoints.")
-flags.DEFINE_integer("keep_checkpoints", 2, "Newest checkpoints kept.")
+                     "max_seq_len); longer ones are dropped and counted.", lower_bound=1)
+flags.DEFINE_integer("max_examples", 0, "Use at most this many teacher examples (0 = all).",
+                     lower_bound=0)
+flags.DEFINE_integer("seed", 0, "Seeds the batch order.", lower_bound=0)
+flags.DEFINE_integer("checkpoint_every", 50, "Steps between checkpoints.", lower_bound=1)
+flags.DEFINE_integer("keep_checkpoints", 2, "Newest checkpoints kept.", lower_bound=1)
 flags.DEFINE_string("profile_dir", None, "Write a jax.profiler trace of 3 steps here.")
-flags.DEFINE_integer("eval_queries", 0, "Dev queries sampled for the format check (0 = all).")
-flags.DEFINE_float("temperature", 0.9, "Sampling temperature of the format check.")
-flags.DEFINE_integer("max_new_tokens", 192, "Longest sampled answer.")
-flags.DEFINE_integer("sample_batch", 32, "Prompts per sampler call.")
+flags.DEFINE_integer("eval_queries", 0, "Dev queries sampled for the format check (0 = all).",
+                     lower_bound=0)
+flags.DEFINE_float("temperature", 0.9, "Sampling temperature of the format check (0 = greedy).",
+                   lower_bound=0)
+flags.DEFINE_integer("max_new_tokens", 192, "Longest sampled answer.", lower_bound=1)
+flags.DEFINE_integer("sample_batch", 32, "Prompts per sampler call.", lower_bound=1)
 FLAGS = flags.FLAGS
 
 
@@ -97,10 +103,10 @@ def main(argv):
     mesh = common.setup_mesh()  # None on one device
     start = time.perf_counter()
     preset = PRESETS[FLAGS.preset]
-    steps = FLAGS.steps or preset["steps"]
-    batch_size = FLAGS.batch_size or preset["batch_size"]
-    optim, loop = common.optim_and_loop(steps, FLAGS.lr or preset["lr"])
-    context = ContextConfig(k=FLAGS.context_k, max_tokens=FLAGS.context_max_tokens)
+    steps = cli.preset_or(FLAGS.steps, preset["steps"])
+    batch_size = cli.preset_or(FLAGS.batch_size, preset["batch_size"])
+    optim, loop = common.optim_and_loop(steps, cli.preset_or(FLAGS.lr, preset["lr"]))
+    context = common.context_config()
     for name, c in (("optim", optim), ("loop", loop), ("context", context)):
         common.log_config(name, c)
 
@@ -108,7 +114,7 @@ def main(argv):
     init_model = common.training_model(init_model)
     model_config = init_model.config
     common.log_config("model", model_config)
-    max_len = FLAGS.max_len or model_config.max_seq_len
+    max_len = cli.preset_or(FLAGS.max_len, model_config.max_seq_len)
     catalog = common.load_catalog()
     engine = common.open_engine(catalog, FLAGS.index)
     held_out = {q.text for q in catalog.split("dev") + catalog.split("test")}
@@ -170,4 +176,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

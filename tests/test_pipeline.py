@@ -3,7 +3,9 @@ stage recorded with other settings stops the run; and the plan's commands agree 
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import subprocess
 
 import pytest
@@ -61,6 +63,27 @@ def test_other_settings_stop_the_pipeline_before_anything_runs(tmp_path):
     with pytest.raises(pipeline.StageConflict, match="--seed=0"):
         run_all([fresh, first, changed], runs)
     assert all(w.calls == 0 for w in runs.values())  # not even the stage before the conflict
+
+
+def test_paths_in_commands_compare_as_paths(tmp_path, monkeypatch):
+    """Issue 18: the same run dir given in full was refused ("stage index ran with
+    --dataset=runs/demo/dataset ...; this run asks for --dataset=/abs/.../runs/demo/dataset")."""
+    monkeypatch.chdir(tmp_path)
+    relative = Settings(preset="demo", run_dir="runs/demo", shared_dir="runs/demo",
+                        dataset="synthetic")
+    stages = plan(relative)
+    for s in stages:
+        os.makedirs(os.path.dirname(s.output), exist_ok=True)
+    run_all(stages, {s.name: Writer() for s in stages})
+    absolute = dataclasses.replace(relative, run_dir=str(tmp_path / "runs" / "demo"),
+                                   shared_dir=str(tmp_path / "runs" / "demo"))
+    assert [stage_state(s) for s in plan(absolute)] == ["done"] * len(stages)
+    # Run from another folder, the record's relative paths still mean what they meant.
+    os.makedirs(tmp_path / "elsewhere")
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert [stage_state(s) for s in plan(absolute)] == ["done"] * len(stages)
+    other = dataclasses.replace(absolute, shared_dir=str(tmp_path / "runs" / "shared"))
+    assert "conflict" in [stage_state(s) for s in plan(other)]
 
 
 def test_launch_tees_the_subprocess_and_raises_on_failure(tmp_path):

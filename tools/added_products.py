@@ -16,9 +16,9 @@ labels can check it). The same columns for S_k(q) itself are the reference row.
 from __future__ import annotations
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
-from experiments import common
+from experiments import cli, common
 from leser_jax import evaluation, run_log
 from leser_jax.context import ContextConfig
 from leser_jax.relevance import RelevanceModel
@@ -32,13 +32,15 @@ flags.DEFINE_string("relevance", None, "Folder of a model from experiments.train
                     required=True)
 flags.DEFINE_multi_string("policy", [], "NAME=DIR: a policy checkpoint (repeatable).")
 flags.DEFINE_list("baselines", ["rm3", "teacher"], "Baseline systems to include.")
-flags.DEFINE_integer("num_queries", 0, "The first this many test queries (0 = all).")
-flags.DEFINE_float("temperature", 0.0, "Policies' decoding (0 = greedy).")
-flags.DEFINE_integer("max_new_tokens", 96, "Longest policy answer.")
-flags.DEFINE_integer("context_k", 5, "Products of the query shown as context.")
-flags.DEFINE_integer("context_max_tokens", 128, "Context token budget.")
-flags.DEFINE_integer("teacher_max_expansions", 2, "Teacher: most expansions per answer.")
-flags.DEFINE_float("reward_lambda", _R.lam, "Teacher: weight of coverage in its reward.")
+flags.DEFINE_integer("num_queries", 0, "The first this many test queries (0 = all).", lower_bound=0)
+flags.DEFINE_float("temperature", 0.0, "Policies' decoding (0 = greedy).", lower_bound=0)
+flags.DEFINE_integer("max_new_tokens", 96, "Longest policy answer.", lower_bound=1)
+flags.DEFINE_integer("context_k", 5, "Products of the query shown as context.", lower_bound=0)
+flags.DEFINE_integer("context_max_tokens", 128, "Context token budget.", lower_bound=0)
+flags.DEFINE_integer("teacher_max_expansions", 2, "Teacher: most expansions per answer.",
+                     lower_bound=1)
+flags.DEFINE_float("reward_lambda", _R.lam, "Teacher: weight of coverage in its reward.",
+                   lower_bound=0)
 FLAGS = flags.FLAGS
 
 
@@ -83,4 +85,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

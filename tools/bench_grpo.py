@@ -21,9 +21,9 @@ import tempfile
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import flags
 
-from experiments import common
+from experiments import cli, common
 from leser_jax import checkpoint
 from leser_jax.context import ContextConfig
 from leser_jax.grpo import GRPOConfig
@@ -38,13 +38,15 @@ common.define_dataset_flags()
 flags.DEFINE_string("init", None, "Policy params checkpoint (with tokenizer).", required=True)
 flags.DEFINE_string("relevance", None, "Relevance model folder.", required=True)
 flags.DEFINE_string("index", None, "Index folder (else built in memory).")
-flags.DEFINE_integer("queries_per_step", 8, "Queries per step [B] (the demo preset's).")
-flags.DEFINE_integer("num_rollouts", 4, "Rollouts per query [N].")
-flags.DEFINE_integer("max_new_tokens", 96, "Longest completion (the demo preset's).")
-flags.DEFINE_integer("context_k", 5, "Context products (as in the warm-up).")
-flags.DEFINE_integer("context_max_tokens", 128, "Context token budget (as in the warm-up).")
-flags.DEFINE_integer("warmup", 2, "Steps run first and not measured (compiles).")
-flags.DEFINE_integer("steps", 5, "Measured steps.")
+flags.DEFINE_integer("queries_per_step", 8, "Queries per step [B] (the demo preset's).",
+                     lower_bound=1)
+flags.DEFINE_integer("num_rollouts", 4, "Rollouts per query [N].", lower_bound=2)
+flags.DEFINE_integer("max_new_tokens", 96, "Longest completion (the demo preset's).", lower_bound=1)
+flags.DEFINE_integer("context_k", 5, "Context products (as in the warm-up).", lower_bound=0)
+flags.DEFINE_integer("context_max_tokens", 128, "Context token budget (as in the warm-up).",
+                     lower_bound=0)
+flags.DEFINE_integer("warmup", 2, "Steps run first and not measured (compiles).", lower_bound=0)
+flags.DEFINE_integer("steps", 5, "Measured steps.", lower_bound=1)
 FLAGS = flags.FLAGS
 
 
@@ -111,4 +113,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

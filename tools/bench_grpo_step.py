@@ -29,9 +29,10 @@ import statistics
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import flags
 from flax import nnx
 
+from experiments import cli
 from leser_jax import grpo, sampler
 from leser_jax.config import ModelConfig, flops_per_token, param_count
 from leser_jax.grpo import GRPOConfig
@@ -44,16 +45,17 @@ from tools.timing import matmul_peak_flops, timed
 from tools.weights import random_model
 
 flags.DEFINE_string("preset", "demo", "ModelConfig preset (llama3_2_1b on a GPU).")
-flags.DEFINE_integer("queries", 8, "Q: prompts per step.")
-flags.DEFINE_integer("num_rollouts", 4, "N: completions per prompt (R = Q * N rows).")
-flags.DEFINE_integer("prompt_len", 256, "P: prompt tokens.")
-flags.DEFINE_integer("new_tokens", 96, "T: tokens every completion writes.")
-flags.DEFINE_integer("lora_rank", 0, "LoRA rank (0 = full fine-tuning).")
+flags.DEFINE_integer("queries", 8, "Q: prompts per step.", lower_bound=1)
+flags.DEFINE_integer("num_rollouts", 4, "N: completions per prompt (R = Q * N rows).",
+                     lower_bound=2)
+flags.DEFINE_integer("prompt_len", 256, "P: prompt tokens.", lower_bound=1)
+flags.DEFINE_integer("new_tokens", 96, "T: tokens every completion writes.", lower_bound=1)
+flags.DEFINE_integer("lora_rank", 0, "LoRA rank (0 = full fine-tuning).", lower_bound=0)
 flags.DEFINE_bool("remat", False, "Rematerialise each block's activations in the update.")
-flags.DEFINE_integer("warmup", 1, "Steps run first and not measured (they compile).")
-flags.DEFINE_integer("steps", 3, "Measured steps.")
+flags.DEFINE_integer("warmup", 1, "Steps run first and not measured (they compile).", lower_bound=0)
+flags.DEFINE_integer("steps", 3, "Measured steps.", lower_bound=1)
 flags.DEFINE_integer("peak_size", None, "N of the N^3 peak matmul; default 2048 on a CPU, 8192 "
-                     "on an accelerator.")
+                     "on an accelerator.", lower_bound=1)
 FLAGS = flags.FLAGS
 
 
@@ -73,8 +75,10 @@ def main(argv):
     config = getattr(ModelConfig, FLAGS.preset)().replace(remat=FLAGS.remat)
     Q, N, P, T = FLAGS.queries, FLAGS.num_rollouts, FLAGS.prompt_len, FLAGS.new_tokens
     R = Q * N
-    peak = matmul_peak_flops(FLAGS.peak_size or (2048 if jax.default_backend() == "cpu" else 8192),
-                             10, config.dtype)
+    peak_size = FLAGS.peak_size
+    if peak_size is None:
+        peak_size = 2048 if jax.default_backend() == "cpu" else 8192
+    peak = matmul_peak_flops(peak_size, 10, config.dtype)
     grpo_config = GRPOConfig(queries_per_step=Q, num_rollouts=N, max_new_tokens=T)
     sampling = SamplingConfig(temperature=grpo_config.temperature, max_new_tokens=T)
     tx, schedule = make_optimizer(OptimConfig(lr=1e-6, warmup_steps=0, total_steps=1000))
@@ -148,4 +152,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

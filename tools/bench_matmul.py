@@ -33,16 +33,20 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import flags
 
+from experiments import cli
 from leser_jax.config import ModelConfig
 from tools.timing import matmul_peak_flops, timed
 
 flags.DEFINE_list("presets", ["demo", "cpu"], "ModelConfig presets whose kernel shapes to time.")
-flags.DEFINE_integer("rows", 32, "M: rows multiplied at once (the decode batch B).")
-flags.DEFINE_integer("repeats", 100, "Timed calls per library and shape; the fastest is kept.")
-flags.DEFINE_integer("peak_size", 2048, "N of the N x N x N float32 matmul that measures the peak.")
-flags.DEFINE_integer("peak_repeats", 10, "Timed peak matmuls; the fastest gives the peak.")
+flags.DEFINE_integer("rows", 32, "M: rows multiplied at once (the decode batch B).", lower_bound=1)
+flags.DEFINE_integer("repeats", 100, "Timed calls per library and shape; the fastest is kept.",
+                     lower_bound=1)
+flags.DEFINE_integer("peak_size", 2048, "N of the N x N x N float32 matmul that measures the peak.",
+                     lower_bound=1)
+flags.DEFINE_integer("peak_repeats", 10, "Timed peak matmuls; the fastest gives the peak.",
+                     lower_bound=1)
 FLAGS = flags.FLAGS
 
 CHAIN = 10  # products per XLA program, and distinct kernels in the "streamed" cases
@@ -142,4 +146,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

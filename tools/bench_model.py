@@ -19,9 +19,10 @@ import time
 
 import jax
 import jax.numpy as jnp
-from absl import app, flags
+from absl import flags
 
 from flax import nnx
+from experiments import cli
 from leser_jax.config import ModelConfig, flops_per_token, param_count
 from leser_jax.model import Llama
 from tools.timing import matmul_peak_flops, timed
@@ -29,12 +30,16 @@ from leser_jax.optim import OptimConfig, make_optimizer
 from leser_jax.train import init_train_state, make_train_step, masked_lm_loss
 
 flags.DEFINE_list("presets", ["demo", "cpu"], "ModelConfig presets to benchmark.")
-flags.DEFINE_integer("batch", 8, "B: sequences per call.")
-flags.DEFINE_integer("seq_len", 256, "T: tokens per sequence.")
-flags.DEFINE_integer("steps", 5, "Timed calls after the compile call and one warm-up call.")
-flags.DEFINE_integer("peak_size", 2048, "N of the N x N x N float32 matmul that measures the peak.")
-flags.DEFINE_integer("peak_repeats", 20, "Timed matmuls; the fastest gives the peak.")
+flags.DEFINE_integer("batch", 8, "B: sequences per call.", lower_bound=1)
+flags.DEFINE_integer("seq_len", 256, "T: tokens per sequence.", lower_bound=1)
+flags.DEFINE_integer("steps", 5, "Timed calls after the compile call and one warm-up call.",
+                     lower_bound=1)
+flags.DEFINE_integer("peak_size", 2048, "N of the N x N x N float32 matmul that measures the peak.",
+                     lower_bound=1)
+flags.DEFINE_integer("peak_repeats", 20, "Timed matmuls; the fastest gives the peak.",
+                     lower_bound=1)
 flags.DEFINE_float("learning_rate", 3e-4, "AdamW learning rate (the value does not affect speed).")
+cli.exclusive_bounds("learning_rate", lower=0)
 flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Compute dtype (default: the preset's).")
 FLAGS = flags.FLAGS
 
@@ -115,4 +120,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

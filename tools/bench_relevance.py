@@ -25,9 +25,9 @@ import statistics
 import time
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
-from experiments import common
+from experiments import cli, common
 from leser_jax.relevance import RelevanceConfig, RelevanceModel
 from leser_jax.search import SearchEngine
 
@@ -35,9 +35,11 @@ common.define_dataset_flags()
 flags.DEFINE_string("model", "", "Folder of a saved model (experiments.train_relevance --out); "
                     "empty: train one first.")
 flags.DEFINE_list("batch_sizes", ["40", "100", "250"], "Products per score() call.")
-flags.DEFINE_integer("num_queries", 300, "Queries per pass (each with at least max(batch) hits).")
-flags.DEFINE_integer("repeats", 3, "Passes per measurement; the median is reported.")
-flags.DEFINE_integer("nthread", 0, "XGBoost prediction threads; 0: the model's own setting.")
+flags.DEFINE_integer("num_queries", 300, "Queries per pass (each with at least max(batch) hits).",
+                     lower_bound=1)
+flags.DEFINE_integer("repeats", 3, "Passes per measurement; the median is reported.", lower_bound=1)
+flags.DEFINE_integer("nthread", 0, "XGBoost prediction threads; 0: the model's own setting.",
+                     lower_bound=0)
 FLAGS = flags.FLAGS
 
 
@@ -115,4 +117,4 @@ def _timed(fn) -> float:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -21,9 +21,9 @@ import statistics
 import time
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
-from experiments import common
+from experiments import cli, common
 from leser_jax.context import ContextConfig, build_context
 from leser_jax.prompts import render_answer
 from leser_jax.relevance import RelevanceConfig, RelevanceModel
@@ -32,11 +32,11 @@ from leser_jax.teacher import propose
 
 common.define_dataset_flags()
 flags.DEFINE_string("relevance", "", "Folder of a saved relevance model; empty: train one.")
-flags.DEFINE_integer("queries_per_step", 16, "Queries per step [B].")
-flags.DEFINE_integer("num_rollouts", 4, "Rollouts per query [N].")
-flags.DEFINE_integer("expansions", 4, "Expansions per rollout.")
-flags.DEFINE_integer("steps", 20, "Steps per pass (each with new queries).")
-flags.DEFINE_integer("context_k", 10, "Context products that candidates come from.")
+flags.DEFINE_integer("queries_per_step", 16, "Queries per step [B].", lower_bound=1)
+flags.DEFINE_integer("num_rollouts", 4, "Rollouts per query [N].", lower_bound=1)
+flags.DEFINE_integer("expansions", 4, "Expansions per rollout.", lower_bound=1)
+flags.DEFINE_integer("steps", 20, "Steps per pass (each with new queries).", lower_bound=1)
+flags.DEFINE_integer("context_k", 10, "Context products that candidates come from.", lower_bound=0)
 FLAGS = flags.FLAGS
 
 
@@ -100,4 +100,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

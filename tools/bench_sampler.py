@@ -52,6 +52,7 @@ import numpy as np
 from absl import app, flags
 from flax import nnx
 
+from experiments import cli
 from leser_jax import sampler
 from leser_jax.config import ModelConfig, flops_per_token, param_count
 from leser_jax.model import Llama
@@ -70,17 +71,21 @@ flags.DEFINE_list("num_rollouts", ["1"], "Rows per prompt N: B/N distinct prompt
 flags.DEFINE_list("prefill_chunk", [str(SamplingConfig.prefill_chunk)],
                   "Prefill chunk sizes C to compare (SamplingConfig.prefill_chunk; 0 = the whole "
                   "prompt in one pass).")
-flags.DEFINE_integer("repeats", 3, "Timed calls per configuration after compile/warm-up; best.")
+flags.DEFINE_integer("repeats", 3, "Timed calls per configuration after compile/warm-up; best.",
+                     lower_bound=1)
 flags.DEFINE_bool("hf", True, "Also time transformers' generate on the same weights.")
 flags.DEFINE_list("hf_threads", ["1", "2"], "torch thread counts to try; the fastest is reported.")
-flags.DEFINE_float("temperature", 0.9, "Sampling temperature (the paper's 0.9).")
+flags.DEFINE_float("temperature", 0.9, "Sampling temperature (the paper's 0.9).", lower_bound=0)
 flags.DEFINE_enum("hf_device", "cpu", ["cpu", "cuda"], "Where transformers runs (cuda: in the "
                   "models' dtype, e.g. bf16 for llama3_2_1b).")
 flags.DEFINE_integer("peak_size", None, "N of the N x N x N matmul (in the first preset's dtype) "
-                     "that measures the peak; default 2048 on a CPU, 8192 on an accelerator.")
-flags.DEFINE_integer("peak_repeats", 10, "Timed matmuls; the fastest gives the peak.")
+                     "that measures the peak; default 2048 on a CPU, 8192 on an accelerator.",
+                     lower_bound=1)
+flags.DEFINE_integer("peak_repeats", 10, "Timed matmuls; the fastest gives the peak.",
+                     lower_bound=1)
 flags.DEFINE_integer("bandwidth_mb", None, "Size of the array summed to measure read bandwidth; "
-                     "default 256 on a CPU, 4096 on an accelerator (long enough to hide dispatch).")
+                     "default 256 on a CPU, 4096 on an accelerator (long enough to hide dispatch).",
+                     lower_bound=1)
 flags.DEFINE_string("profile_dir", None, "Write a jax.profiler trace of our timed calls of the "
                     "first configuration here (scopes prefill, decode, decode_step, sample).")
 FLAGS = flags.FLAGS
@@ -261,8 +266,8 @@ def main(argv):
     cores = len(os.sched_getaffinity(0))
     load_before = os.getloadavg()
     on_cpu = jax.default_backend() == "cpu"
-    peak_size = FLAGS.peak_size or (2048 if on_cpu else 8192)
-    bandwidth_mb = FLAGS.bandwidth_mb or (256 if on_cpu else 4096)
+    peak_size = (2048 if on_cpu else 8192) if FLAGS.peak_size is None else FLAGS.peak_size
+    bandwidth_mb = (256 if on_cpu else 4096) if FLAGS.bandwidth_mb is None else FLAGS.bandwidth_mb
     peak_dtype = getattr(ModelConfig, FLAGS.presets[0])().dtype
     peak_before = matmul_peak_flops(peak_size, FLAGS.peak_repeats, peak_dtype)
     bw_before = read_bandwidth(bandwidth_mb)
@@ -316,4 +321,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

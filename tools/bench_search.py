@@ -13,15 +13,16 @@ import statistics
 import tempfile
 import time
 
-from absl import app, flags
+from absl import flags
 
-from experiments import common
+from experiments import cli, common
 from leser_jax.search import SearchConfig, SearchEngine
 
 common.define_dataset_flags()
-flags.DEFINE_integer("k", 40, "Hits per query (the reward's k).")
+flags.DEFINE_integer("k", 40, "Hits per query (the reward's k).", lower_bound=1)
 flags.DEFINE_list("threads", ["1", "2"], "Thread counts for search_many.")
-flags.DEFINE_integer("repeats", 5, "Passes over the queries; the median is reported.")
+flags.DEFINE_integer("repeats", 5, "Passes over the queries; the median is reported.",
+                     lower_bound=1)
 FLAGS = flags.FLAGS
 
 
@@ -67,4 +68,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -15,8 +15,9 @@ import shutil
 import time
 from pathlib import Path
 
-from absl import app, flags, logging
+from absl import flags, logging
 
+from experiments import cli
 from leser_jax import checkpoint
 from leser_jax.config import param_count
 
@@ -55,4 +56,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

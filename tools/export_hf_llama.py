@@ -15,9 +15,10 @@ import json
 from pathlib import Path
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 from flax import nnx
 
+from experiments import cli
 from leser_jax.config import ModelConfig
 from leser_jax.model import Llama, merge_lora
 
@@ -92,4 +93,4 @@ if __name__ == "__main__":
     flags.DEFINE_string("out", None, "Output Hugging Face directory.")
     flags.mark_flags_as_required(["init", "out"])
     FLAGS = flags.FLAGS
-    app.run(main)
+    cli.run(main)

@@ -83,8 +83,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from absl import app, flags
+from absl import flags
 
+from experiments import cli
 from leser_jax import config as config_lib
 from leser_jax.config import ModelConfig, param_count
 
@@ -283,14 +284,18 @@ def xla_update_bytes(config: ModelConfig, run: RunShape) -> dict[str, float]:
 
 flags.DEFINE_list("presets", ["llama3_2_1b", "llama3_2_3b"], "ModelConfig presets.")
 flags.DEFINE_list("devices", ["1", "8"], "Device counts (pure FSDP over all of them).")
-flags.DEFINE_integer("queries", 16, "B: queries per GRPO step.")
-flags.DEFINE_integer("rollouts", 4, "N: rollouts per query.")
-flags.DEFINE_integer("prompt_len", 512, "P: prompt tokens (context, instruction, query).")
-flags.DEFINE_integer("new_tokens", 256, "T: the longest completion (reasoning and answer).")
-flags.DEFINE_integer("micro_batches", 4, "M: gradient accumulation parts of the update.")
-flags.DEFINE_integer("lora_rank", 16, "Rank of the LoRA columns.")
+flags.DEFINE_integer("queries", 16, "B: queries per GRPO step.", lower_bound=1)
+flags.DEFINE_integer("rollouts", 4, "N: rollouts per query.", lower_bound=1)
+flags.DEFINE_integer("prompt_len", 512, "P: prompt tokens (context, instruction, query).",
+                     lower_bound=1)
+flags.DEFINE_integer("new_tokens", 256, "T: the longest completion (reasoning and answer).",
+                     lower_bound=1)
+flags.DEFINE_integer("micro_batches", 4, "M: gradient accumulation parts of the update.",
+                     lower_bound=1)
+flags.DEFINE_integer("lora_rank", 16, "Rank of the LoRA columns.", lower_bound=0)
 flags.DEFINE_bool("master_fp32", True, "Full fine-tuning keeps a float32 master copy.")
 flags.DEFINE_float("device_gb", 80.0, "Memory of one device, GB (1e9 bytes).")
+cli.exclusive_bounds("device_gb", lower=0)
 flags.DEFINE_bool("xla_check", False, "Also compile each preset's update (full fine-tuning, one "
                   "device, without and with remat) and print XLA's temp bytes next to the "
                   "plan's.")
@@ -320,4 +325,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)
