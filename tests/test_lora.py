@@ -30,6 +30,7 @@ from leser_jax.tokenizer import train_sentencepiece
 from leser_jax.train import LoopConfig, init_train_state, make_train_step, masked_lm_loss, train_loop
 from tests.test_checkpoint import SCHEDULE, TX, Crash, _leaves_equal, tiny_model
 from tests.test_grpo_run import _breakdown, _rollout_batch
+from tests._tolerance import FORWARD_RTOL, GRAD_RTOL, assert_close
 
 CONFIG = ModelConfig.tiny().replace(num_layers=1, vocab_size=128, ffn_dim=64)  # compiles fast
 RANK, ALPHA = 4, 8.0  # scale alpha / r = 2
@@ -110,20 +111,18 @@ def test_adapted_forward_equals_the_merged_kernels_and_cached_decode():
     adapted = np.asarray(forward(model, TOKENS))
     base = np.asarray(forward(tiny_model(), TOKENS))
     # The tiny init's logits are ~0.01 (embeddings of std 0.02, tied): tolerances are relative.
-    scale = np.abs(base).max()
-    assert np.abs(adapted - base).max() > 0.5 * scale  # the adapters change the model
+    assert np.abs(adapted - base).max() > 0.5 * np.abs(base).max()  # the adapters change the model
     reference = np.asarray(forward(_merged_reference(model), TOKENS))
-    np.testing.assert_allclose(adapted, reference, rtol=1e-5, atol=1e-5 * scale)
+    assert_close(adapted, reference, rtol=FORWARD_RTOL)
     merged = merge_lora(model)
     assert merged.config == CONFIG  # lora_rank 0: a plain model
-    np.testing.assert_allclose(np.asarray(forward(merged, TOKENS)), reference, rtol=1e-5,
-                               atol=1e-5 * scale)
+    assert_close(forward(merged, TOKENS), reference, rtol=FORWARD_RTOL)
     np.testing.assert_array_equal(np.asarray(forward(model, TOKENS)), adapted)  # model untouched
     # The sampler's path: prefill of all but the last token, then one decode step.
     logits, cache = model.prefill(TOKENS[:, :-1], np.ones((2, 8), bool), init_cache(CONFIG, 2, 9))
     last, _ = model.decode_step(TOKENS[:, -1], cache)
-    np.testing.assert_allclose(np.asarray(logits), adapted[:, :-1], rtol=1e-4, atol=1e-4 * scale)
-    np.testing.assert_allclose(np.asarray(last), adapted[:, -1], rtol=1e-4, atol=1e-4 * scale)
+    assert_close(logits, adapted[:, :-1], rtol=FORWARD_RTOL)
+    assert_close(last, adapted[:, -1], rtol=FORWARD_RTOL)
 
 
 def _lm_batch(seed=0, B=4, T=12):
@@ -170,6 +169,7 @@ def test_grpo_reference_with_adapters_off_is_the_base_model():
     expected = np.asarray(reference_logprobs(base_graphdef, base_params, batch, 0.9))
     model = _random_b(_lora_model(config=config))
     graphdef, params = nnx.split(model)
+    # Bitwise: zeroed adapters add exact zeros to the base's own products (reference_logprobs).
     np.testing.assert_array_equal(np.asarray(reference_logprobs(graphdef, params, batch, 0.9)),
                                   expected)
     # ... while the policy itself (adapters on) gives other log-probs.
@@ -187,8 +187,7 @@ def test_params_checkpoint_and_export_hold_the_merged_model(tmp_path):
     saved = checkpoint.save_params(tmp_path / "params", model)
     loaded, config = checkpoint.load_params(saved)
     assert config == CONFIG and json.loads((saved / "config.json").read_text())["lora_rank"] == 0
-    np.testing.assert_allclose(np.asarray(forward(loaded, TOKENS)), expected, rtol=1e-5,
-                               atol=1e-7)
+    assert_close(forward(loaded, TOKENS), expected, rtol=FORWARD_RTOL)  # merged vs adapted
     exported, plain = hf_state_dict(model), hf_state_dict(merge_lora(model))
     assert exported.keys() == plain.keys() and not any("lora" in k for k in exported)
     assert all(np.array_equal(exported[k], plain[k]) for k in exported)
@@ -301,14 +300,15 @@ def test_sharded_lora_grpo_update_equals_the_single_device_update(sharded_report
     assert r["devices"] == 8
     assert r["adapter_spec"] == "P('fsdp', None)"  # q's A [D, r]: split along D
     for step in r["steps"]:
+        # abs: a GRPO loss near 0 is a mean of terms A * ratio of order 1, rounded at that scale.
         assert step["loss_sharded"] == pytest.approx(step["loss_single"], rel=1e-5, abs=1e-6)
-        assert step["params_max_diff"] < 1e-5
+        assert step["params_rel_diff"] <= GRAD_RTOL
     assert r["base_unchanged"] and r["adapters_moved"]
 
 
 def _worker():
     from leser_jax import sharding
-    from tests.test_sharding import _max_diff
+    from tests.test_sharding import _max_diff, _rel_diff
 
     assert jax.device_count() == 8, jax.devices()
     config = CONFIG.replace(vocab_size=64)
@@ -334,7 +334,7 @@ def _worker():
         single_state, m1 = single(single_state, batch)
         state, m2 = sharded(state, batch)
         steps.append({"loss_single": float(m1["loss"]), "loss_sharded": float(m2["loss"]),
-                      "params_max_diff": _max_diff(single_state.params, state.params)})
+                      "params_rel_diff": _rel_diff(state.params, single_state.params)})
     adapters, base = nnx.split_state(state.params, nnx.LoRAParam, ...)
     init_adapters, init_base = nnx.split_state(nnx.state(_lora_model(config=config)),
                                                nnx.LoRAParam, ...)

@@ -62,6 +62,7 @@ def test_gains_and_judged_metrics_golden(setup):
     # Y = ["lumbar cushion"]: as in test_reward, rel 0.725 -> 0.7 and hits 3 -> 4.
     # relevance gain = (0.7 - 0.725) / 0.725 = -0.0344828; retrieval gain = (4 - 3) / 3 = 0.3333333
     result = evaluate(fixed("lumbar cushion"), catalog.queries, catalog, feedback)
+    # abs=1e-6: the golden is rounded to 7 decimals.
     assert result.metrics["relevance_gain"].mean == pytest.approx(-0.0344828, abs=1e-6)
     assert result.metrics["retrieval_gain"].mean == pytest.approx(1 / 3)
     # Judged relevant R = {p2, p3}; U = {p0, p1, p2, p3, p5} holds both -> judged recall 1.

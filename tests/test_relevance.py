@@ -324,6 +324,7 @@ def test_ndcg_golden_values():
     gains = np.array([1.0, 0.5, 0.0])
     assert ndcg_at_k(np.array([3, 2, 1]), gains) == pytest.approx(1.0)
     # Reversed: DCG = 0 + 0.5/log2(3) + 1/log2(4) = 0.8155; ideal = 1 + 0.5/log2(3) = 1.3155.
+    # (abs=1e-4: these goldens are rounded to 4 decimals; NDCG lies in [0, 1].)
     assert ndcg_at_k(np.array([1, 2, 3]), gains) == pytest.approx(0.8155 / 1.3155, abs=1e-4)
     # All tied: each position gets the mean gain 0.5: 0.5 * (1 + 1/log2(3) + 1/2) = 1.0655.
     assert ndcg_at_k(np.zeros(3), gains) == pytest.approx(1.0655 / 1.3155, abs=1e-4)
