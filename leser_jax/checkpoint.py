@@ -10,9 +10,12 @@ A params checkpoint is a directory:
     DIR/config.json   the `ModelConfig` as JSON
     DIR/params/       the parameters as Orbax saves them (`nnx.to_pure_dict` of the model state)
 
-`save_params` writes it under a temporary name and renames it into place, so an interrupted save
-never leaves a half checkpoint at DIR. `load_params` restores against abstract targets built with
-`nnx.eval_shape`, so no random initialisation is ever computed. A params checkpoint may also hold
+`save_params` writes it under a temporary name with DIR/COMPLETE.json (every file's size and
+SHA-256, as for train checkpoints below) and renames it into place, so an interrupted save never
+leaves a half checkpoint at DIR; it refuses parameters that hold NaN or inf. `load_params`
+verifies the checksums (a directory without COMPLETE.json, e.g. from before them, is loaded as
+it is), restores against abstract targets built with `nnx.eval_shape`, so no random
+initialisation is ever computed, and refuses non-finite parameters. A params checkpoint may also hold
 the tokenizer's files (tokenizer.model or tokenizer.json, `save_params(..., tokenizer=)`), which
 is what `--init=DIR` of the launchers reads: pretraining's export and tools/convert_hf_llama.py's
 output have the same layout.
@@ -31,18 +34,32 @@ A training run (pretraining, warm-up, GRPO) checkpoints its whole state to
         state/          the train state pytree (params, optimizer state, step, RNG) by Orbax
         configs.json    the run's resolved configs, {"model": {...}, "optim": {...}, ...}
         tokenizer/      the tokenizer's files
-        COMPLETE.json   written last: {"step": 400, "files": {relative path: size in bytes}}
+        COMPLETE.json   written last: {"step": 400, "files": {relative path:
+                        {"bytes": size, "sha256": digest}}}
 
-`save_checkpoint` writes all of it into a hidden temporary directory beside the others, fsyncs
-every file and directory, writes COMPLETE.json (fsynced), then renames the directory into place
-and fsyncs the parent: a save killed at any point leaves either no new checkpoint or a complete
-one, and never touches the last good one. It then keeps the `keep` newest checkpoints.
-`restore_latest` tries checkpoints newest first; one whose COMPLETE.json is missing or invalid,
-whose files do not match their recorded sizes, or that Orbax cannot restore is reported with a
-warning that names its path and the error, and the next older one is tried. It restores against
-an abstract target (`train.abstract_train_state`, built with `nnx.eval_shape`), so the optimizer
-state comes back as optax's own structures, not dicts and lists. One writer per run directory:
-a save also deletes the temporary directories that killed saves left behind.
+`save_checkpoint` refuses a state that holds NaN or inf (leser_jax.finite), writes all of it into
+a hidden temporary directory beside the others, fsyncs every file and directory, writes
+COMPLETE.json (fsynced) with the size and SHA-256 of every file as read back from disk, then
+renames the directory into place and fsyncs the parent: a save killed at any point leaves either
+no new checkpoint or a complete one, and never touches the last good one. It then keeps the
+`keep` newest checkpoints, and always the one it just wrote.
+
+`restore_latest` tries checkpoints newest first. One whose COMPLETE.json is missing or invalid,
+or whose files differ from their recorded sizes or checksums (bytes damaged in place, same size:
+Orbax itself would restore them, as garbage), is reported with a warning naming its path and
+what is wrong, moved aside to checkpoints/corrupt_step_N (kept for inspection, and so that it is
+neither restored nor counted as one of the `keep` newest by a later prune), and the next older
+one is tried. A checkpoint whose files verify but which Orbax cannot restore into this run's
+state was written by another configuration: that is an error (`CheckpointMismatch`), not a
+reason to start afresh over it. Checkpoints written before checksums (sizes only) are verified by
+size, and skipped when Orbax cannot restore them. It restores against an abstract target
+(`train.abstract_train_state`, built with `nnx.eval_shape`), so the optimizer state comes back as
+optax's own structures, not dicts and lists. One writer per run directory: a save also deletes
+the temporary directories that killed saves left behind.
+
+`check_run_configs` compares the configs a run is started with against those its run directory's
+checkpoints were saved with, before anything is restored, deleted or overwritten: a run
+directory that holds another configuration is an error naming each differing setting.
 
 Reading safetensors: `safetensors.numpy` (0.8) raises "data type 'bfloat16' not understood" on
 BF16 tensors, which is how LLaMA 3.2 ships, so `read_safetensors` parses the format itself (an
@@ -57,6 +74,7 @@ half-split RoPE layout that `model.apply_rope` uses, so no permutation is needed
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -64,7 +82,7 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import jax
@@ -74,6 +92,7 @@ import numpy as np
 from flax import nnx
 
 from leser_jax.config import ModelConfig
+from leser_jax.finite import check_tree
 from leser_jax.model import Llama, merge_lora
 
 _CONFIG_FILE = "config.json"
@@ -86,6 +105,7 @@ _TOKENIZER_DIR = "tokenizer"
 _COMPLETE_FILE = "COMPLETE.json"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 _TMP_PREFIX = ".tmp-step_"
+_CORRUPT_PREFIX = "corrupt_"
 
 log = logging.getLogger(__name__)
 
@@ -265,15 +285,18 @@ def save_params(path: str | os.PathLike, model: Llama, config: ModelConfig | Non
     path = Path(path).absolute()
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists (pass overwrite=True to replace it)")
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    check_tree(params, f"parameters to save at {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
-        v1.save(tmp / _PARAMS_DIR, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+        v1.save(tmp / _PARAMS_DIR, params)
         saved = model.config.replace(remat=False).to_dict()
         (tmp / _CONFIG_FILE).write_text(json.dumps(saved, indent=2) + "\n")
         if tokenizer is not None:
             tokenizer.save(tmp)
         _fsync_tree(tmp)
+        _write_marker(tmp, {"files": _manifest(tmp)})
         if path.exists():
             old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
             path.rename(old)
@@ -308,6 +331,11 @@ def load_params(path: str | os.PathLike) -> tuple[Llama, ModelConfig]:
     config = load_config(path)
     if not (path / _PARAMS_DIR).is_dir():
         raise FileNotFoundError(f"{path} is not a leser-jax params checkpoint: no {_PARAMS_DIR}/")
+    if (path / _COMPLETE_FILE).exists():  # params saved before checksums have none
+        try:
+            verify_files(path)
+        except CheckpointError as e:
+            raise CheckpointError(f"corrupt params checkpoint: {e}") from e
     graphdef, state = nnx.split(_abstract_model(config))
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
@@ -316,6 +344,7 @@ def load_params(path: str | os.PathLike) -> tuple[Llama, ModelConfig]:
         restored = v1.load(path / _PARAMS_DIR, target)
     except Exception as e:  # orbax raises many types; the caller needs to know which dir failed
         raise ValueError(f"could not restore parameters from {path / _PARAMS_DIR}: {e}") from e
+    check_tree(restored, f"parameters loaded from {path}")
     nnx.replace_by_pure_dict(state, restored)
     return nnx.merge(graphdef, state), config
 
@@ -345,7 +374,12 @@ def load_init(path: str | os.PathLike):
 # ----------------------------------------------------------------------------- train checkpoints
 
 class CheckpointError(ValueError):
-    """A train-state checkpoint is partial or corrupt."""
+    """A checkpoint is partial or corrupt."""
+
+
+class CheckpointMismatch(ValueError):
+    """A checkpoint's files are intact but it does not restore into this run's state, or the run
+    directory's checkpoints were saved with other settings than this run's."""
 
 
 def _fsync_tree(root: Path) -> None:
@@ -368,9 +402,54 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _file_sizes(root: Path) -> dict[str, int]:
-    return {str(Path(d, f).relative_to(root)): os.path.getsize(os.path.join(d, f))
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _manifest(root: Path) -> dict[str, dict]:
+    """{relative path: {"bytes": size, "sha256": digest}} of every file under root, read back
+    from disk (what a later restore will read)."""
+    return {str(Path(d, f).relative_to(root)): {"bytes": os.path.getsize(os.path.join(d, f)),
+                                                "sha256": _sha256(Path(d, f))}
             for d, _, fs in os.walk(root) for f in fs}
+
+
+def _write_marker(root: Path, meta: dict) -> None:
+    """COMPLETE.json, fsynced with its directory: written last, it makes the directory valid."""
+    with open(root / _COMPLETE_FILE, "w") as f:
+        f.write(json.dumps(meta, indent=1) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    _fsync_dir(root)
+
+
+def verify_files(path: str | os.PathLike, *, checksums: bool = True) -> dict:
+    """COMPLETE.json of a directory whose files are all there with their recorded sizes and,
+    if `checksums`, SHA-256 digests (reads every byte). Raises CheckpointError saying what is
+    wrong. Entries that are a bare size (checkpoints from before checksums) check the size."""
+    path = Path(path)
+    marker = path / _COMPLETE_FILE
+    if not marker.exists():
+        raise CheckpointError(f"{path}: no {_COMPLETE_FILE} (a partial checkpoint)")
+    try:
+        meta = json.loads(marker.read_text())
+        files = {rel: entry if isinstance(entry, dict) else {"bytes": int(entry)}
+                 for rel, entry in dict(meta["files"]).items()}
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{marker}: invalid completion marker: {e!r}") from e
+    for rel, entry in files.items():
+        f = path / rel
+        if not f.is_file():
+            raise CheckpointError(f"{path}: file {rel} is missing")
+        if f.stat().st_size != entry.get("bytes"):
+            raise CheckpointError(f"{path}: file {rel} has {f.stat().st_size} bytes, "
+                                  f"{entry.get('bytes')} were written")
+        if checksums and "sha256" in entry and _sha256(f) != entry["sha256"]:
+            raise CheckpointError(f"{path}: file {rel} fails its checksum: its bytes changed "
+                                  "after it was written")
+    meta["checksummed"] = all("sha256" in e for e in files.values())
+    return meta
 
 
 def checkpoint_dir(run_dir: str | os.PathLike, step: int) -> Path:
@@ -387,30 +466,20 @@ def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def validate_checkpoint(path: str | os.PathLike) -> dict:
-    """COMPLETE.json of a checkpoint whose files are all there at their recorded sizes.
-
-    Raises CheckpointError saying what is wrong (cheap: no array is read).
-    """
+def validate_checkpoint(path: str | os.PathLike, *, checksums: bool = True) -> dict:
+    """COMPLETE.json of a train checkpoint whose files verify (`verify_files`) and whose marker
+    records the step its directory is named for. Raises CheckpointError saying what is wrong;
+    `checksums=False` checks sizes only (cheap: no byte is read)."""
     path = Path(path)
-    marker = path / _COMPLETE_FILE
-    if not marker.exists():
-        raise CheckpointError(f"{path}: no {_COMPLETE_FILE} (a partial checkpoint)")
+    meta = verify_files(path, checksums=checksums)
     try:
-        meta = json.loads(marker.read_text())
-        files, step = dict(meta["files"]), int(meta["step"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{marker}: invalid completion marker: {e!r}") from e
+        step = int(meta["step"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path / _COMPLETE_FILE}: invalid completion marker: {e!r}") from e
     m = _STEP_DIR.match(path.name)
     if m and int(m.group(1)) != step:
-        raise CheckpointError(f"{marker}: records step {step}, directory says {int(m.group(1))}")
-    for rel, size in files.items():
-        f = path / rel
-        if not f.is_file():
-            raise CheckpointError(f"{path}: file {rel} is missing")
-        if f.stat().st_size != size:
-            raise CheckpointError(f"{path}: file {rel} has {f.stat().st_size} bytes, "
-                                  f"{size} were written")
+        raise CheckpointError(f"{path / _COMPLETE_FILE}: records step {step}, directory says "
+                              f"{int(m.group(1))}")
     return meta
 
 
@@ -420,13 +489,15 @@ def save_checkpoint(run_dir: str | os.PathLike, state, *, step: int,
     """Saves a train state (any pytree of arrays) as RUN_DIR/checkpoints/step_STEP, atomically.
 
     `configs`: JSON-able dicts (e.g. {"model": config.to_dict(), ...}); `tokenizer`: a
-    tokenizer.Tokenizer whose files go along. Keeps the `keep` newest valid checkpoints. See the
-    module docstring for the write protocol.
+    tokenizer.Tokenizer whose files go along. Keeps the `keep` newest valid checkpoints and the
+    one written now. Raises finite.NonFiniteError, writing nothing, if the state holds NaN or
+    inf. See the module docstring for the write protocol.
     """
     from orbax.checkpoint import v1
 
     if keep < 1:
         raise ValueError(f"keep must be >= 1, got {keep}")
+    check_tree(state, f"train state of step {step}")
     root = (Path(run_dir) / CHECKPOINTS_DIR).absolute()
     root.mkdir(parents=True, exist_ok=True)
     for name in os.listdir(root):  # left by saves that were killed (one writer per run dir)
@@ -440,14 +511,8 @@ def save_checkpoint(run_dir: str | os.PathLike, state, *, step: int,
                                          + "\n")
         if tokenizer is not None:
             tokenizer.save(tmp / _TOKENIZER_DIR)
-        meta = {"step": int(step), "time": time.time(), "files": _file_sizes(tmp)}
         _fsync_tree(tmp)
-        marker = tmp / _COMPLETE_FILE
-        with open(marker, "w") as f:
-            f.write(json.dumps(meta, indent=1) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        _fsync_dir(tmp)
+        _write_marker(tmp, {"step": int(step), "time": time.time(), "files": _manifest(tmp)})
         if final.exists():  # the same step saved again (a resumed run): swap it out
             old = root / f"{_TMP_PREFIX}old-{step:08d}-{uuid.uuid4().hex[:8]}"
             final.rename(old)
@@ -458,16 +523,18 @@ def save_checkpoint(run_dir: str | os.PathLike, state, *, step: int,
         _fsync_dir(root)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    _prune(root.parent, keep)
+    _prune(root.parent, keep, protect=step)
     return final
 
 
-def _prune(run_dir: Path, keep: int) -> None:
-    """Deletes every checkpoint older than the `keep` newest valid ones."""
+def _prune(run_dir: Path, keep: int, protect: int) -> None:
+    """Deletes every checkpoint older than the `keep` newest valid ones, except step `protect`
+    (the one just written and verified). Validity here is the cheap size check: a damaged
+    checkpoint is found, and moved aside, by the restore that meets it."""
     valid = []
     for step, path in reversed(list_checkpoints(run_dir)):
         try:
-            validate_checkpoint(path)
+            validate_checkpoint(path, checksums=False)
             valid.append(step)
         except CheckpointError:
             continue
@@ -476,8 +543,17 @@ def _prune(run_dir: Path, keep: int) -> None:
     if len(valid) < keep:
         return
     for step, path in list_checkpoints(run_dir):
-        if step < valid[-1]:
+        if step < valid[-1] and step != protect:
             shutil.rmtree(path, ignore_errors=True)
+
+
+def _set_aside(path: Path) -> Path:
+    """Renames a damaged checkpoint to corrupt_step_N (never restored, counted or pruned)."""
+    target = path.with_name(_CORRUPT_PREFIX + path.name)
+    if target.exists():
+        target = path.with_name(f"{_CORRUPT_PREFIX}{path.name}-{uuid.uuid4().hex[:8]}")
+    path.rename(target)
+    return target
 
 
 def _with_device(abstract):
@@ -489,14 +565,18 @@ def _with_device(abstract):
 def restore_checkpoint(path: str | os.PathLike, abstract_state):
     """The train state of one checkpoint, restored against `abstract_state` (same pytree
     structure, leaves with .shape and .dtype). Raises CheckpointError if it is partial or
-    corrupt."""
+    corrupt, CheckpointMismatch if its files verify but do not fit `abstract_state`."""
     from orbax.checkpoint import v1
 
     path = Path(path).absolute()  # Orbax refuses relative paths
-    validate_checkpoint(path)
+    meta = validate_checkpoint(path)
     try:
         return v1.load(path / _STATE_DIR, _with_device(abstract_state))
     except Exception as e:  # orbax raises many types; the caller needs the path and the error
+        if meta["checksummed"]:  # the bytes are those written: the target is what differs
+            raise CheckpointMismatch(
+                f"{path}: its files verify, but Orbax cannot restore it into this run's state "
+                f"(was it saved by another configuration?): {type(e).__name__}: {e}") from e
         raise CheckpointError(f"{path}: Orbax could not restore the state: "
                               f"{type(e).__name__}: {e}") from e
 
@@ -504,14 +584,16 @@ def restore_checkpoint(path: str | os.PathLike, abstract_state):
 def restore_latest(run_dir: str | os.PathLike, abstract_state):
     """(state, path) of the newest checkpoint that restores, or (None, None) if none does.
 
-    Each one that fails is logged as a warning naming its path and why, and the next older one
-    is tried.
+    Each damaged one is logged as a warning naming its path and why, moved aside to
+    corrupt_step_N (module docstring), and the next older one is tried.
     """
     for step, path in reversed(list_checkpoints(run_dir)):
         try:
             state = restore_checkpoint(path, abstract_state)
         except CheckpointError as e:
-            log.warning("skipping checkpoint %s: %s; trying an older one", path, e)
+            aside = _set_aside(path)
+            log.warning("skipping checkpoint %s: %s; moved it to %s; trying an older one",
+                        path, e, aside.name)
             continue
         log.info("restored step %d from %s", step, path)
         return state, path
@@ -527,3 +609,74 @@ def checkpoint_tokenizer(path: str | os.PathLike):
     from leser_jax.tokenizer import load_tokenizer
 
     return load_tokenizer(Path(path) / _TOKENIZER_DIR)
+
+
+# ----------------------------------------------------------------------------- resuming a run
+
+_UNSET = "(not set)"
+# What a params/ directory's config.json cannot tell apart: it holds merged adapters, no remat.
+_PARAMS_IGNORED = ("model.lora_rank", "model.lora_alpha", "model.remat")
+
+
+def _flatten(tree: Mapping, prefix: str = "") -> dict[str, object]:
+    """{"a": {"b": 1}} -> {"a.b": 1}; lists and scalars are values."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _saved_configs(run_dir: Path) -> tuple[dict | None, str]:
+    """(configs, where from): the newest checkpoint's configs.json that reads, else the model
+    config of RUN_DIR/params, else (None, "")."""
+    for _, path in reversed(list_checkpoints(run_dir)):
+        try:
+            return checkpoint_configs(path), str(path / _CONFIGS_FILE)
+        except (OSError, ValueError):
+            continue
+    params_config = run_dir / _PARAMS_DIR / _CONFIG_FILE
+    try:
+        return {"model": json.loads(params_config.read_text())}, str(params_config)
+    except (OSError, ValueError):
+        return None, ""
+
+
+def check_run_configs(run_dir: str | os.PathLike, configs: Mapping[str, object], *,
+                      may_differ: Iterable[str] = (), paths: Iterable[str] = ()) -> None:
+    """Raises CheckpointMismatch if RUN_DIR holds a run saved with other settings than
+    `configs` (the dicts this run will save with its checkpoints), naming every difference.
+
+    Called before a run restores, deletes or overwrites anything in RUN_DIR. A fresh RUN_DIR
+    passes. may_differ: dotted names a resumed run may change without changing what it computes
+    ("loop.checkpoint_every"). paths: dotted names of file paths, compared as resolved paths
+    ("runs/x" and its absolute form are the same). Without a checkpoint, RUN_DIR/params (a
+    finished run whose checkpoints were deleted) is compared on the model alone.
+    """
+    run_dir = Path(run_dir)
+    saved, source = _saved_configs(run_dir)
+    if saved is None:
+        return
+    old = _flatten(saved)
+    new = _flatten(json.loads(json.dumps(dict(configs))))  # tuples -> lists, as saved
+    skip = set(may_differ)
+    if not source.endswith(_CONFIGS_FILE):  # params/config.json: the model, merged
+        new = {k: v for k, v in new.items() if k.startswith("model.")}
+        skip.update(_PARAMS_IGNORED)
+    path_keys = set(paths)
+
+    def same(key, a, b):
+        if key in path_keys and isinstance(a, str) and isinstance(b, str):
+            return os.path.realpath(a) == os.path.realpath(b)
+        return a == b
+
+    differ = [f"{key}: {old.get(key, _UNSET)!r} there, {new.get(key, _UNSET)!r} now"
+              for key in sorted(old.keys() | new.keys())
+              if key not in skip and not same(key, old.get(key, _UNSET), new.get(key, _UNSET))]
+    if differ:
+        raise CheckpointMismatch(
+            f"{run_dir} holds a run with other settings (from {source}):\n  "
+            + "\n  ".join(differ) + "\nNothing was changed there. Rerun with those settings to "
+            "resume it, or use another run directory.")

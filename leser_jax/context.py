@@ -28,6 +28,8 @@ class ContextConfig:
       max_tokens: token budget of the whole context.
       max_attributes: attributes shown per product, in the catalog's order.
       max_title_chars, max_value_chars: longer titles and attribute values are cut.
+      max_query_chars: the query as the prompt shows it is cut here, so that no query can push
+        a prompt past the model's window (searches, the reward and metrics use it whole).
       min_relevance: if set, only products whose relevance score is at least this are shown.
     """
 
@@ -36,11 +38,14 @@ class ContextConfig:
     max_attributes: int = 3
     max_title_chars: int = 100
     max_value_chars: int = 30
+    max_query_chars: int = 120
     min_relevance: float | None = None
 
     def __post_init__(self):
         if self.k < 0 or self.max_tokens < 0 or self.max_attributes < 0:
             raise ValueError("k, max_tokens and max_attributes must be >= 0")
+        if self.max_query_chars < 1:
+            raise ValueError(f"max_query_chars must be >= 1, got {self.max_query_chars}")
         if self.min_relevance is not None and not 0 <= self.min_relevance <= 1:
             raise ValueError(f"min_relevance must be in [0, 1], got {self.min_relevance}")
 

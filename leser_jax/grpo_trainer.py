@@ -23,6 +23,13 @@ and each rejection reason, KL, clip fraction, entropy, completion length, tokens
 phase. Checkpoints (checkpoint.save_checkpoint) hold the policy's train state; the reference is
 the `--init` model, reloaded on resume.
 
+Before the first step every train and dev prompt is rendered and measured against the model's
+window (`check_prompts`): a prompt that cannot fit beside max_new_tokens would otherwise stop the
+run at the step that first draws its query, and at that step again on every resume. A step whose
+rewards, rollout log-probs, loss or gradient norm are NaN or inf stops the run before its
+checkpoint (finite.NonFiniteError), and a run directory saved with other settings is an error
+before anything is restored (checkpoint.check_run_configs).
+
 With LoRA (an `init_model` made by model.add_lora, adapters B = 0) only the adapters are trained
 (train.trainable_split) and the base stays as `init_model` had it, so the reference is the policy
 with its adapters set to 0: the same base arrays, no second copy of the weights (the point of
@@ -49,6 +56,7 @@ from jax.sharding import Mesh
 from leser_jax import checkpoint, grpo
 from leser_jax.catalog import Query
 from leser_jax.context import ContextConfig
+from leser_jax.finite import check_array, check_metrics
 from leser_jax.grpo import GRPOConfig
 from leser_jax.metrics import evaluate
 from leser_jax.policy import PolicySystem
@@ -61,11 +69,15 @@ from leser_jax.sharding import param_shardings, shard_train_state
 from leser_jax.sampler import SamplingConfig
 from leser_jax.sft import prompt_for
 from leser_jax.tokenizer import Tokenizer
-from leser_jax.train import TrainState, abstract_train_state, init_train_state, make_train_step
+from leser_jax.train import (PATH_SETTINGS, RESUMABLE, TrainState, abstract_train_state,
+                             init_train_state, make_train_step, stop_at_nonfinite)
 
 log = logging.getLogger(__name__)
 
 COMPLETION_BUCKET = 32  # the update's completion width is a multiple of this (or max_new_tokens)
+# What a resumed GRPO run may change besides train.RESUMABLE: what it evaluates and prints.
+GRPO_RESUMABLE = RESUMABLE + ("loop.eval_every", "loop.eval_queries", "loop.samples_every",
+                              "loop.profile_start")
 LINE = ("reward", "valid", "kl", "clip_fraction", "entropy", "length", "rollout_s", "reward_s",
         "update_s", "tok_s")
 
@@ -179,6 +191,9 @@ class GRPOTrainer:
         self.lora = model_config.lora_rank > 0
         # The reference: init_model's arrays; with LoRA, the train state's (train_step).
         self.ref_params = None if self.lora else nnx.split(init_model)[1]
+        self.model_config = model_config
+        checkpoint.check_run_configs(run_dir, configs, may_differ=GRPO_RESUMABLE,
+                                     paths=PATH_SETTINGS)
         graphdef, abstract = abstract_train_state(
             lambda: type(init_model)(model_config, rngs=nnx.Rngs(0)), tx)
         state, path = checkpoint.restore_latest(run_dir, abstract)
@@ -207,6 +222,25 @@ class GRPOTrainer:
             self._prompts[query] = prompt_for(query, self.engine, self.context, self.answer)
         return self._prompts[query]
 
+    def check_prompts(self) -> None:
+        """Raises ValueError, before any step, if a train or dev query's prompt (rendered and
+        cached here) leaves less than max_new_tokens of the model's max_seq_len."""
+        limit = self.model_config.max_seq_len - self.config.max_new_tokens
+        t = time.perf_counter()
+        lengths = {q.text: len(self.tokenizer.encode(self.prompt(q.text), bos=True))
+                   for q in [*self.train_queries, *self.dev_queries]}
+        too_long = {q: n for q, n in lengths.items() if n > limit}
+        log.info("GRPO: %d train and dev prompts measured in %.1f s: longest %d tokens, the "
+                 "model's window leaves %d", len(lengths), time.perf_counter() - t,
+                 max(lengths.values()), limit)
+        if too_long:
+            query, n = max(too_long.items(), key=lambda item: item[1])
+            raise ValueError(
+                f"{len(too_long)} of {len(lengths)} train and dev prompts are longer than the "
+                f"{limit} tokens that max_seq_len {self.model_config.max_seq_len} leaves beside "
+                f"max_new_tokens {self.config.max_new_tokens}; the longest, {n} tokens, is "
+                f"query {query[:80]!r}. Lower the context's token budget or max_new_tokens.")
+
     def train_step(self, step: int) -> tuple[dict, list[str], list]:
         """One GRPO step (module docstring); returns its metrics, prompts' queries and breakdowns."""
         c = self.config
@@ -225,6 +259,11 @@ class GRPOTrainer:
             originals = [queries[g].text for g in rollouts.group_ids]
             breakdowns = self.reward_fn(originals, rollouts.texts)
             rewards = np.array([b.reward for b in breakdowns], np.float32)  # [R]
+        # A NaN policy samples garbage that earns reward 0 in every group, so no update would
+        # ever fail: its log-probs are where it shows.
+        check_array(step + 1, "the rollouts' log-probs",
+                    rollouts.logprobs[rollouts.completion_mask])
+        check_array(step + 1, "the rewards", rewards)
         timing["reward_s"] = time.perf_counter() - t
         t = time.perf_counter()
         with phase("update"):
@@ -246,6 +285,7 @@ class GRPOTrainer:
                 for _ in range(c.mu):
                     self.state, update_metrics = self.update(self.state, batch)
                 update_metrics = dict(jax.device_get(update_metrics), skipped_update=0.0)
+                check_metrics(step + 1, update_metrics, ("loss", "grad_norm"))
             else:
                 # Every group's rewards are equal (e.g. no answer parses): the policy-gradient
                 # term is exactly 0 and the KL term's gradient is float rounding while the policy
@@ -279,9 +319,11 @@ class GRPOTrainer:
         start = int(self.state.step) // self.config.mu  # a GRPO step makes mu optimizer updates
         profiler = StepProfiler(loop.profile_dir, start_step=start + loop.profile_start,
                                 num_steps=loop.profile_steps)
+        if start < loop.total_steps:
+            self.check_prompts()
         with RunLog(self.run_dir, total_steps=loop.total_steps, resume_step=start) as run_log:
             for step in range(start, loop.total_steps):
-                with profiler.step(step):
+                with profiler.step(step), stop_at_nonfinite(self.run_dir):
                     metrics, _, samples = self.train_step(step)
                 if loop.eval_every and (step + 1) % loop.eval_every == 0:
                     metrics.update(self.evaluate_dev())

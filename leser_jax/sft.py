@@ -35,8 +35,10 @@ from leser_jax.tokenizer import Tokenizer
 
 def prompt_for(query: str, engine: SearchEngine, context: ContextConfig,
                fmt: AnswerFormat = AnswerFormat()) -> str:
-    """The policy's prompt for a query: what GRPO's rollouts will be given too."""
-    return render_prompt(query, build_context(query, engine, context), fmt)
+    """The policy's prompt for a query: what GRPO's rollouts will be given too. The context is
+    the whole query's; the query shown is cut to `context.max_query_chars`."""
+    return render_prompt(query[:context.max_query_chars], build_context(query, engine, context),
+                         fmt)
 
 
 def encode_examples(examples: Sequence[TeacherExample], tokenizer: Tokenizer,

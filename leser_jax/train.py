@@ -22,6 +22,12 @@ as an ordinary array); step s uses `fold_in(rng, s)`. The key of a step therefor
 (seed, step) only, as does the batch (lm_data): a run resumed from a checkpoint replays exactly
 the updates that the crashed run would have made.
 
+Failure. A run directory that holds a run with other settings is an error before anything is
+restored or overwritten (checkpoint.check_run_configs: RESUMABLE lists what a resumed run may
+change). A step whose loss or gradient norm is NaN or inf stops the run (finite.NonFiniteError,
+naming the step and the quantity) before that step's state is saved, so the newest checkpoint is
+the last finite state and rerunning with a lower learning rate resumes from it.
+
 Timing. Each batch shape is compiled ahead of time (`jit(...).lower(...).compile()`), so the
 compile time is logged apart and every logged step time is steady state; the clock is read after
 the metrics are fetched (which waits for the step).
@@ -29,6 +35,7 @@ the metrics are fetched (which waits for the step).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -43,6 +50,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from leser_jax import checkpoint
+from leser_jax.finite import NonFiniteError, check_metrics
 from leser_jax.run_log import RunLog
 from leser_jax.sharding import shard_train_state, train_step_shardings
 
@@ -263,6 +271,26 @@ class LoopConfig:
             raise ValueError("profile_steps must be >= 1")
 
 
+# Settings a resumed run may change without changing what it computes (check_run_configs), and
+# the ones that are paths (compared resolved).
+RESUMABLE = ("loop.checkpoint_every", "loop.keep_checkpoints", "loop.profile_dir",
+             "loop.profile_steps", "model.remat")
+PATH_SETTINGS = ("data.dataset", "data.init", "data.teacher_file", "data.relevance")
+
+
+@contextlib.contextmanager
+def stop_at_nonfinite(run_dir: str):
+    """Adds to a finite.NonFiniteError raised inside which checkpoint a rerun resumes from."""
+    try:
+        yield
+    except NonFiniteError as e:
+        newest = checkpoint.list_checkpoints(run_dir)
+        where = f"step {newest[-1][0]} ({newest[-1][1]})" if newest else "none yet"
+        raise NonFiniteError(f"{e}: the run stops without saving this step; newest checkpoint: "
+                             f"{where}. Lower the learning rate or check the data, then rerun."
+                             ) from None
+
+
 def _shape_key(batch: Batch) -> tuple:
     return tuple(sorted((k, np.shape(v), np.asarray(v).dtype.str) for k, v in batch.items()))
 
@@ -283,14 +311,17 @@ def train_loop(run_dir: str, *, model_fn: Callable[[], nnx.Module],
       (e.g. `lambda: Llama(config, rngs=nnx.Rngs(0))`): the restore target's structure.
     batch_fn: step -> (batch, info); the batch must depend on the step only (module docstring);
       info["tokens"] counts the real tokens in it (for tokens/s), other info entries are logged.
-    configs: saved with every checkpoint (JSON-able dicts).
+    configs: saved with every checkpoint (JSON-able dicts), and compared first with those
+      RUN_DIR's checkpoints hold (checkpoint.check_run_configs; RESUMABLE may differ).
     line: the metrics printed on each step's stdout line (all go to JSONL and TensorBoard).
     compiled: compiled steps by batch shape, filled in here; pass the same dict to calls with the
       same model structure, optimizer and loss to compile once (a test's crash and resume).
     mesh: a device mesh (sharding.make_mesh) to train on: the state is placed on it (FSDP) and
       each batch split over it; None = one device.
-    Returns the trained model and the final state.
+    Returns the trained model and the final state. Raises finite.NonFiniteError at a step
+    whose loss or gradient norm is not finite, before that step is saved.
     """
+    checkpoint.check_run_configs(run_dir, configs, may_differ=RESUMABLE, paths=PATH_SETTINGS)
     graphdef, abstract = abstract_train_state(abstract_fn, tx)
     state, path = checkpoint.restore_latest(run_dir, abstract)
     if state is None:
@@ -330,6 +361,8 @@ def train_loop(run_dir: str, *, model_fn: Callable[[], nnx.Module],
             record.update({k: v for k, v in info.items()},
                           tok_s=tokens / seconds, step_s=seconds)
             run_log.log(step + 1, record, line=line)
+            with stop_at_nonfinite(run_dir):
+                check_metrics(step + 1, record, ("loss", "grad_norm"))
             if (step + 1) % loop.checkpoint_every == 0 or step + 1 == loop.total_steps:
                 t = time.perf_counter()
                 saved = checkpoint.save_checkpoint(run_dir, state, step=step + 1, configs=configs,

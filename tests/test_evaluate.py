@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -88,9 +89,8 @@ def tiny(tmp_path_factory):
     checkpoint.save_params(run / "params", Llama(config, rngs=nnx.Rngs(0)), tokenizer=tokenizer)
     record = run / "checkpoints" / "step_00000002"
     record.mkdir(parents=True)
-    (record / "configs.json").write_text(json.dumps({"context": {
-        "k": 3, "max_tokens": 64, "max_attributes": 3, "max_title_chars": 100,
-        "max_value_chars": 30, "min_relevance": None}}))
+    (record / "configs.json").write_text(json.dumps({"context": dataclasses.asdict(
+        ContextConfig(k=3, max_tokens=64, max_attributes=3))}))
     return catalog, engine, run
 
 

@@ -11,6 +11,7 @@ GRPO should move the policy towards copying the context's category and writing v
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -25,8 +26,10 @@ import pytest
 from flax import nnx
 
 from leser_jax import checkpoint, grpo, lm_data, sft
+from leser_jax.catalog import Query
 from leser_jax.config import ModelConfig
 from leser_jax.context import ContextConfig
+from leser_jax.finite import NonFiniteError
 from leser_jax.data.synthetic import SyntheticConfig, generate
 from leser_jax.grpo import GRPOConfig
 from leser_jax.grpo_trainer import GRPOTrainer, LoopConfig, reward_metrics
@@ -40,6 +43,7 @@ from leser_jax.sampler import SamplingConfig
 from leser_jax.search import SearchEngine
 from leser_jax.tokenizer import train_sentencepiece
 from leser_jax.train import init_train_state, make_train_step, masked_lm_loss
+from tests._tolerance import GRAD_RTOL, assert_close
 
 SYNTHETIC = SyntheticConfig(num_products=600, num_queries=150, seed=0)
 CONTEXT = ContextConfig(k=1, max_tokens=24, max_attributes=1)
@@ -94,15 +98,17 @@ class Setup:
                                           weight_decay=0.0))
 
     def trainer(self, run_dir, *, seed: int, steps: int, lr: float = 1e-3,
-                checkpoint_every: int = 1000, grpo_config: GRPOConfig = GRPO) -> GRPOTrainer:
+                checkpoint_every: int = 1000, grpo_config: GRPOConfig = GRPO,
+                model: Llama | None = None, train_queries=None, context=CONTEXT,
+                configs=None) -> GRPOTrainer:
         tx, schedule = self.optimizer(lr, steps * grpo_config.mu)
         return GRPOTrainer(
-            str(run_dir), init_model=self.model, tokenizer=self.tokenizer,
-            reward_fn=self.reward_fn(), train_queries=self.train,
+            str(run_dir), init_model=model or self.model, tokenizer=self.tokenizer,
+            reward_fn=self.reward_fn(), train_queries=train_queries or self.train,
             dev_queries=self.catalog.split("dev"), catalog=self.catalog, grpo_config=grpo_config,
-            tx=tx, schedule=schedule, context=CONTEXT, answer=AnswerFormat(),
+            tx=tx, schedule=schedule, context=context, answer=AnswerFormat(),
             loop=LoopConfig(total_steps=steps, checkpoint_every=checkpoint_every,
-                            samples_every=0, seed=seed), configs={})
+                            samples_every=0, seed=seed), configs=configs or {})
 
     def mean_reward(self, graphdef, params) -> float:
         """Mean reward of 2 completions per train query, sampled with one fixed key."""
@@ -184,6 +190,67 @@ def test_a_step_without_signal_makes_no_update(setup, tmp_path):
     assert all(jax.tree.leaves(same))
 
 
+# ----------------------------------------------------------------------------- faults (issue 18)
+
+LONG_QUERY = Query(query_id="long", text="ergonomic office chair with lumbar support " * 120)
+
+
+def test_a_long_query_is_cut_in_its_prompt_instead_of_stopping_the_run(setup, tmp_path):
+    """A 5,160-character train query used to stop GRPO at the step that drew it (its prompt
+    does not fit the window), at that step again on every resume."""
+    queries = [LONG_QUERY, *setup.train[:GRPO.queries_per_step - 1]]  # every step draws it
+    trainer = setup.trainer(tmp_path, seed=0, steps=1, train_queries=queries)
+    trainer.run()
+    assert int(trainer.state.step) == GRPO.mu
+    shown = LONG_QUERY.text[:CONTEXT.max_query_chars]
+    assert f"<query>{shown}</query>" in trainer.prompt(LONG_QUERY.text)
+
+
+def test_a_prompt_that_cannot_fit_stops_the_run_before_its_first_step(setup, tmp_path):
+    uncut = dataclasses.replace(CONTEXT, max_query_chars=len(LONG_QUERY.text))
+    trainer = setup.trainer(tmp_path, seed=0, steps=2, context=uncut,
+                            train_queries=[LONG_QUERY, *setup.train])
+    limit = setup.model.config.max_seq_len - GRPO.max_new_tokens
+    with pytest.raises(ValueError, match=rf"1 of \d+ train and dev prompts are longer than the "
+                                         rf"{limit} tokens .* query 'ergonomic office chair"):
+        trainer.run()
+    assert not os.path.exists(tmp_path / "metrics.jsonl")
+    assert checkpoint.list_checkpoints(tmp_path) == []
+
+
+class NaNReward:
+    """The reward function with one rollout's reward NaN (a bug in a reward, say)."""
+
+    def __init__(self, reward_fn):
+        self.inner, self.feedback = reward_fn, reward_fn.feedback
+
+    def __call__(self, queries, completions):
+        out = self.inner(queries, completions)
+        return [dataclasses.replace(out[0], reward=float("nan")), *out[1:]]
+
+
+def test_nonfinite_rewards_or_policy_stop_grpo_before_its_checkpoint(setup, tmp_path):
+    trainer = setup.trainer(tmp_path / "reward", seed=0, steps=2, checkpoint_every=1)
+    trainer.reward_fn = NaNReward(trainer.reward_fn)
+    with pytest.raises(NonFiniteError, match=r"step 1: 1 of 32 values of the rewards are NaN "
+                                             r".*newest checkpoint: none yet"):
+        trainer.run()
+    assert checkpoint.list_checkpoints(tmp_path / "reward") == []
+    # A NaN policy samples tokens that earn reward 0 in every group: no update would ever fail.
+    graphdef, params = nnx.split(setup.model)
+    nan_model = nnx.merge(graphdef, jax.tree.map(lambda x: x * jnp.nan, params))
+    trainer = setup.trainer(tmp_path / "policy", seed=0, steps=2, model=nan_model)
+    with pytest.raises(NonFiniteError, match="step 1: .* of the rollouts' log-probs are NaN"):
+        trainer.run()
+
+
+def test_a_run_dir_saved_with_other_settings_is_refused(setup, tmp_path):
+    trainer = setup.trainer(tmp_path, seed=0, steps=1, configs={"reward": {"lam": 0.1}})
+    checkpoint.save_checkpoint(tmp_path, trainer.state, step=1, configs=trainer.configs)
+    with pytest.raises(checkpoint.CheckpointMismatch, match="reward.lam: 0.1 there, 0.5 now"):
+        setup.trainer(tmp_path, seed=0, steps=1, configs={"reward": {"lam": 0.5}})
+
+
 def _rollout_batch(Q=4, N=2, P=6, T=5, V=64, seed=0):
     rng = np.random.default_rng(seed)
     R = Q * N
@@ -215,13 +282,13 @@ def test_micro_batched_update_equals_the_full_batch_update():
         state, metrics = step(state, batch)
         results[m] = (state.params, metrics)
     for m in (2, 4):
+        # abs: a GRPO loss near 0 is a mean of terms A * ratio of order 1, rounded at that scale.
         assert float(results[m][1]["loss"]) == pytest.approx(float(results[1][1]["loss"]),
                                                              rel=1e-5, abs=1e-6)
         assert float(results[m][1]["grad_norm"]) == pytest.approx(
             float(results[1][1]["grad_norm"]), rel=1e-4)
-        close = jax.tree.map(lambda a, b: bool(jnp.allclose(a, b, rtol=1e-4, atol=1e-6)),
-                             results[m][0], results[1][0])
-        assert all(jax.tree.leaves(close))
+        for a, b in zip(jax.tree.leaves(results[m][0]), jax.tree.leaves(results[1][0])):
+            assert_close(a, b, rtol=GRAD_RTOL)
     with pytest.raises(ValueError, match="does not split"):
         make_train_step(graphdef, tx, schedule, masked_lm_loss, micro_batches=3)(
             state, {k: v for k, v in batch.items()})
@@ -285,7 +352,7 @@ def test_launcher_on_an_8_device_mesh_matches_one_device(setup, tmp_path):
     for a, b in zip(one, mesh):
         # Step 1 samples from the same params with the same key; step 2 from params that equal
         # up to float rounding (tests/test_sharding.py), so the same tokens and rewards.
-        assert b["reward"] == pytest.approx(a["reward"], abs=1e-6)
+        assert b["reward"] == pytest.approx(a["reward"], abs=1e-6)  # a mean of rewards of order 1
         assert b["length"] == a["length"]
         assert b["skipped_update"] == a["skipped_update"]
         if not a["skipped_update"]:
