@@ -1,5 +1,5 @@
 """Flags that several launchers share: which dataset, and how to load and split it; the
-prompt's context; the optimizer, mesh and LoRA.
+prompt's context; the reward; the optimizer, mesh and LoRA.
 
 Launchers call `define_dataset_flags()` at import time and `load_catalog()` in main(); the library
 itself never reads flags.
@@ -20,6 +20,7 @@ from leser_jax.config import ModelConfig
 from leser_jax.context import ContextConfig
 from leser_jax.data import load_dataset, synthetic_vocab
 from leser_jax.data.synthetic import MAX_PRODUCTS, MAX_QUERIES, SyntheticConfig
+from leser_jax.reward import SIZE_MODES, RewardConfig
 from leser_jax.search import SearchEngine
 
 FLAGS = flags.FLAGS
@@ -94,6 +95,36 @@ def define_context_flags() -> None:
 
 def context_config() -> ContextConfig:
     return ContextConfig(k=FLAGS.context_k, max_tokens=FLAGS.context_max_tokens)
+
+
+def define_reward_flags() -> None:
+    """The reward's constants (read by `reward_config`; leser_jax/reward.py for the formulas):
+    GRPO, the teacher that optimises the same reward, and evaluation's gains."""
+    r = RewardConfig()
+    flags.DEFINE_enum("reward_version", str(r.version), ["1", "2"], "Reward formulas: 2 (first "
+                      "page relevance, expected relevant products) or 1 (to reproduce it).")
+    flags.DEFINE_enum("reward_size", r.size, list(SIZE_MODES), "What r_size counts (version 2): "
+                      "expected relevant products, all products, or hits (rel >= tau).")
+    flags.DEFINE_integer("reward_k", r.k, "Results per search [K].", lower_bound=1)
+    flags.DEFINE_integer("reward_page", r.page, "First-page length of r_rel [k] (version 2).",
+                         lower_bound=1)
+    flags.DEFINE_float("reward_tau", r.tau, "Relevance from which a product is a hit [tau].",
+                       upper_bound=1)
+    cli.exclusive_bounds("reward_tau", lower=0)
+    flags.DEFINE_float("reward_lambda", r.lam, "Weight of the coverage term r_size [lambda].",
+                       lower_bound=0)
+    flags.DEFINE_float("reward_eps", r.eps, "Floor of r_rel's denominator.")
+    cli.exclusive_bounds("reward_eps", lower=0)
+    flags.DEFINE_float("reward_size_floor", r.size_floor, "Floor of r_size's denominator "
+                       "(version 2).")
+    cli.exclusive_bounds("reward_size_floor", lower=0)
+
+
+def reward_config() -> RewardConfig:
+    return RewardConfig(version=int(FLAGS.reward_version), size=FLAGS.reward_size,
+                        k=FLAGS.reward_k, page=FLAGS.reward_page, tau=FLAGS.reward_tau,
+                        lam=FLAGS.reward_lambda, eps=FLAGS.reward_eps,
+                        size_floor=FLAGS.reward_size_floor)
 
 
 def define_optim_flags() -> None:

@@ -28,13 +28,12 @@ from absl import app, flags
 from experiments import cli, common
 from leser_jax import evaluation, plots, run_log
 from leser_jax.relevance import RelevanceModel
-from leser_jax.reward import RewardConfig, SearchFeedback
+from leser_jax.reward import SearchFeedback
 from leser_jax.teacher import TeacherConfig
-
-_R = RewardConfig()
 
 common.define_dataset_flags()
 common.define_context_flags()
+common.define_reward_flags()
 flags.DEFINE_string("out", None, "Output folder: results.json, results.md, *.png.", required=True)
 flags.DEFINE_string("index", None, "Index folder from experiments.build_index (else built in "
                     "memory).")
@@ -56,12 +55,6 @@ flags.DEFINE_integer("teacher_max_expansions", None, "Teacher: most expansions p
                      lower_bound=1)
 flags.DEFINE_integer("teacher_max_candidates", TeacherConfig().max_candidates,
                      "Teacher: candidates per query.", lower_bound=1)
-flags.DEFINE_integer("reward_k", _R.k, "Hits per search [k].", lower_bound=1)
-flags.DEFINE_float("reward_tau", _R.tau, "Relevance from which a product is a hit [tau].",
-                   upper_bound=1)
-cli.exclusive_bounds("reward_tau", lower=0)
-flags.DEFINE_float("reward_lambda", _R.lam, "Teacher: weight of coverage in its reward.",
-                   lower_bound=0)
 flags.DEFINE_integer("bootstrap_samples", 1000, "Bootstrap resamples of the queries.",
                      lower_bound=1)
 flags.DEFINE_integer("seed", 0, "Bootstrap seed.", lower_bound=0)
@@ -86,7 +79,7 @@ def main(argv):
     start = time.perf_counter()
     policies = parse_policies(FLAGS.policy)
     context = common.context_config()
-    reward = RewardConfig(k=FLAGS.reward_k, tau=FLAGS.reward_tau, lam=FLAGS.reward_lambda)
+    reward = common.reward_config()
     teacher_config = TeacherConfig(max_candidates=FLAGS.teacher_max_candidates,
                                    max_expansions=FLAGS.teacher_max_expansions)
     for name, c in (("context", context), ("reward", reward), ("teacher", teacher_config)):
@@ -110,8 +103,8 @@ def main(argv):
     judged = next(iter(results.values())).metrics["judged_recall"].n
     description = (
         f"{len(queries)} {FLAGS.split} queries of {catalog.name} ({judged} with a judged-relevant "
-        f"product); context k={context.k}, {context.max_tokens} tokens; searches top-{reward.k}, "
-        f"hit at rel >= {reward.tau}; policies decode "
+        f"product); context k={context.k}, {context.max_tokens} tokens; {reward.describe()}; "
+        f"policies decode "
         f"{'greedily' if FLAGS.temperature == 0 else f'at temperature {FLAGS.temperature}'} "
         f"(up to {FLAGS.max_new_tokens} tokens), "
         f"latency in batches of {FLAGS.batch_size} (first call of each size, which compiles, "

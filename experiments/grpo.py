@@ -50,13 +50,14 @@ PRESETS = {
     "demo": dict(steps=60, queries_per_step=8, lr=2e-4, max_new_tokens=96),
     "cpu": dict(steps=200, queries_per_step=16, lr=5e-5, max_new_tokens=128),
 }
-_G, _R = GRPOConfig(), RewardConfig()
+_G = GRPOConfig()
 
 common.define_dataset_flags()
 common.define_optim_flags()
 common.define_mesh_flags()
 common.define_lora_flags()
 common.define_context_flags()
+common.define_reward_flags()
 flags.DEFINE_enum("preset", "demo", list(PRESETS), "Run defaults (the model comes from --init).")
 flags.DEFINE_string("run_dir", None, "Output folder of this stage.", required=True)
 flags.DEFINE_string("init", None, "Start policy and reference: a params checkpoint with its "
@@ -91,11 +92,6 @@ flags.DEFINE_integer("warmup_steps", 5, "Linear learning-rate warmup, in optimiz
                      lower_bound=0)
 flags.DEFINE_float("weight_decay", 0.0, "AdamW decoupled weight decay (0: the KL term already "
                    "holds the policy near the reference).", lower_bound=0)
-flags.DEFINE_integer("reward_k", _R.k, "Hits per search in the reward [k].", lower_bound=1)
-flags.DEFINE_float("reward_tau", _R.tau, "Relevance threshold of a hit [tau].", upper_bound=1)
-cli.exclusive_bounds("reward_tau", lower=0)
-flags.DEFINE_float("reward_lambda", _R.lam, "Weight of the coverage reward [lambda].",
-                   lower_bound=0)
 flags.DEFINE_integer("eval_every", 20, "Greedy evaluation on dev queries every E steps (0: off).",
                      lower_bound=0)
 flags.DEFINE_integer("eval_queries", 64, "Dev queries of that evaluation.", lower_bound=0)
@@ -127,7 +123,7 @@ def configs_from_flags() -> tuple[GRPOConfig, OptimConfig, RewardConfig, Context
     optim = OptimConfig(lr=cli.preset_or(FLAGS.lr, preset["lr"]), total_steps=updates,
                         warmup_steps=min(FLAGS.warmup_steps, updates - 1),
                         weight_decay=FLAGS.weight_decay, master_fp32=FLAGS.master_fp32)
-    reward = RewardConfig(k=FLAGS.reward_k, tau=FLAGS.reward_tau, lam=FLAGS.reward_lambda)
+    reward = common.reward_config()
     context = common.context_config()
     loop = LoopConfig(total_steps=steps, checkpoint_every=FLAGS.checkpoint_every,
                       keep_checkpoints=FLAGS.keep_checkpoints, eval_every=FLAGS.eval_every,

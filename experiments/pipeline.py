@@ -34,6 +34,8 @@ warm-up, GRPO and evaluation see the same prompt. Ablations of issue 9, one comm
 (--shared_dir reuses the main run's dataset, index, relevance model and pretraining):
 
     --reward_lambda=0|0.1|0.5|1   the coverage weight [lambda] of the teacher's and GRPO's reward
+    --reward_version=1|2          the reward's formulas (version 1 reproduces the earlier runs)
+    --reward_size=expected|count|hits   what the coverage term counts (version 2)
     --context_k=0|1|5|10|20       products in the context; the token budget scales with k up to
                                   the preset's cap (what the model's window holds: the demo
                                   model's 512 tokens fit a 256-token prompt bucket + 96 new
@@ -70,7 +72,7 @@ from absl import flags
 
 from experiments import cli, common
 from leser_jax.data import canonical
-from leser_jax.reward import RewardConfig
+from leser_jax.reward import SIZE_MODES, RewardConfig
 
 # GRPO steps of the demo: THE constant to adjust to the 15-minute budget. Each step is 8 queries
 # x 4 rollouts, ~7 s on 2 busy cores since a group shares its prompt (~3 s sampling, ~4 s update),
@@ -114,6 +116,10 @@ flags.register_validator("shared_dir", lambda d: d is None or d != "",
                          "--shared_dir must name a folder (leave it out for --run_dir)")
 flags.DEFINE_float("reward_lambda", RewardConfig().lam,
                    "Coverage weight [lambda] of the reward (teacher, GRPO).", lower_bound=0)
+flags.DEFINE_enum("reward_version", str(RewardConfig().version), ["1", "2"],
+                  "Reward formulas of the teacher, GRPO and evaluation (leser_jax/reward.py).")
+flags.DEFINE_enum("reward_size", RewardConfig().size, list(SIZE_MODES),
+                  "What r_size counts (version 2): expected relevant products, products, hits.")
 flags.DEFINE_integer("context_k", None, "Products shown as context (default: the preset's).",
                      lower_bound=0)
 flags.DEFINE_integer("context_max_tokens", None, "Context token budget (default: the preset's, "
@@ -278,6 +284,8 @@ class Settings:
     dataset: str  # 'synthetic' or a folder
     dataset_flags: tuple[str, ...] = ()  # split fractions, --strict, --esci_locale
     reward_lambda: float = RewardConfig().lam
+    reward_version: int = RewardConfig().version
+    reward_size: str = RewardConfig().size
     context_k: int | None = None
     context_max_tokens: int | None = None
     warmup: bool = True
@@ -310,10 +318,12 @@ def plan(s: Settings) -> list[Stage]:
     teacher_context = context if k else (f"--context_k={p['context_k']}",
                                          f"--context_max_tokens={p['context_max_tokens']}")
     preset = (f"--preset={s.preset}",)
+    # Always spelled out: a record made under another default reward must not read as done.
+    reward = (f"--reward_version={s.reward_version}", f"--reward_size={s.reward_size}",
+              f"--reward_lambda={s.reward_lambda}")
     grpo_steps = cli.preset_or(s.grpo_steps, p["grpo_steps"])
     grpo = ("experiments.grpo", *preset, *dataset, f"--index={index}",
-            f"--relevance={relevance}", *context, f"--reward_lambda={s.reward_lambda}",
-            f"--num_rollouts={s.num_rollouts}", f"--max_new_tokens={p['max_new_tokens']}",
+            f"--relevance={relevance}", *context, *reward, f"--num_rollouts={s.num_rollouts}", f"--max_new_tokens={p['max_new_tokens']}",
             *((f"--steps={grpo_steps}",) if grpo_steps else ()), *p["grpo"])
 
     def stage(name, command, output, root=run):
@@ -338,7 +348,7 @@ def plan(s: Settings) -> list[Stage]:
             stage("teacher", ("experiments.teacher", *dataset, f"--index={index}",
                               f"--relevance={relevance}", f"--out={teacher_file}",
                               *teacher_context, f"--max_expansions={p['teacher_max_expansions']}",
-                              f"--reward_lambda={s.reward_lambda}"),
+                              *reward),
                   teacher_file + ".summary.json"),
             stage("warmup", ("experiments.warmup", *preset, *dataset, f"--init={pretrain}",
                              f"--teacher_file={teacher_file}", f"--index={index}",
@@ -358,7 +368,7 @@ def plan(s: Settings) -> list[Stage]:
     stages.append(stage("evaluate", (
         "experiments.evaluate", *dataset, f"--index={index}", f"--relevance={relevance}",
         f"--out={run}", *context, f"--teacher_max_expansions={p['teacher_max_expansions']}",
-        f"--reward_lambda={s.reward_lambda}", f"--max_new_tokens={p['max_new_tokens']}",
+        *reward, f"--max_new_tokens={p['max_new_tokens']}",
         *((f"--temperature={s.eval_temperature}",) if s.eval_temperature else ()),
         f"--reference={'grpo' if s.warmup else 'grpo_no_warmup'}", *policies, *p["evaluate"]),
         os.path.join(run, "results.json")))
@@ -389,6 +399,7 @@ def settings_from_flags() -> Settings:
                     shared_dir=FLAGS.run_dir if FLAGS.shared_dir is None else FLAGS.shared_dir,
                     dataset=FLAGS.dataset,
                     dataset_flags=tuple(dataset_flags), reward_lambda=FLAGS.reward_lambda,
+                    reward_version=int(FLAGS.reward_version), reward_size=FLAGS.reward_size,
                     context_k=FLAGS.context_k, context_max_tokens=FLAGS.context_max_tokens,
                     warmup=FLAGS.warmup, grpo_no_warmup=FLAGS.grpo_no_warmup,
                     num_rollouts=FLAGS.num_rollouts, grpo_steps=FLAGS.grpo_steps,

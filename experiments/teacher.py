@@ -25,11 +25,11 @@ from tqdm import tqdm
 
 from experiments import cli, common
 from leser_jax.relevance import RelevanceModel
-from leser_jax.reward import RewardConfig
 from leser_jax.teacher import Teacher, TeacherConfig, mean_reward, write_examples
 
 common.define_dataset_flags()
 common.define_context_flags()
+common.define_reward_flags()
 flags.DEFINE_string("out", None, "Output JSONL file.", required=True)
 flags.DEFINE_string("index", None, "Index folder from experiments.build_index (DIR/index); "
                     "built in memory when absent or built from another catalog.")
@@ -42,10 +42,6 @@ flags.DEFINE_integer("max_candidates", TeacherConfig().max_candidates, "Candidat
                      lower_bound=1)
 flags.DEFINE_integer("max_expansions", None, "Most expansions per answer (default: m_max).",
                      lower_bound=1)
-flags.DEFINE_integer("reward_k", RewardConfig().k, "Hits per search in the reward [k].",
-                     lower_bound=1)
-flags.DEFINE_float("reward_lambda", RewardConfig().lam, "Weight of coverage in the reward.",
-                   lower_bound=0)
 flags.DEFINE_integer("show", 3, "Examples printed at the end.", lower_bound=0)
 FLAGS = flags.FLAGS
 
@@ -55,7 +51,7 @@ def main(argv):
     del argv
     start = time.perf_counter()
     context = common.context_config()
-    reward = RewardConfig(k=FLAGS.reward_k, lam=FLAGS.reward_lambda)
+    reward = common.reward_config()
     config = TeacherConfig(max_candidates=FLAGS.max_candidates,
                            max_expansions=FLAGS.max_expansions)
     for name, c in (("context", context), ("reward", reward), ("teacher", config)):

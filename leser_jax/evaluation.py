@@ -14,7 +14,11 @@ Additions of ours:
 - Paired differences (`paired_differences`): the reference system (warm-up + GRPO) minus each
   other one, bootstrapped over the per-query differences. Both systems answer the same queries,
   so this interval, not the overlap of the two per-system intervals, says whether one beats the
-  other.
+  other. Also every system minus the warm-up and minus the original query (`differences`,
+  results.json's "against"): what GRPO adds to the warm-up, and what each adds to no expansion.
+- Per query kind (synthetic: exact, broad, brand, problem), the same tables again
+  (results.json's "by_kind"): expansions exist for the vocabulary gap of problem queries, which
+  a mean over all queries hides.
 
 `make_systems` builds the side-by-side list (the baselines by name, then policy checkpoints, each
 checked to have been trained with the context it will be shown). `results_dict` is what
@@ -50,8 +54,10 @@ from leser_jax.teacher import Teacher, TeacherConfig
 # (metric, column title, signed): the table's columns in order; gains are signed.
 COLUMNS = (("relevance_gain", "relevance gain", True), ("retrieval_gain", "retrieval gain", True),
            ("judged_recall", "judged recall", False), ("ndcg10", "nDCG@10", False),
-           ("validity", "validity", False), ("n_expansions", "expansions", False))
+           ("validity", "validity", False), ("n_expansions", "expansions", False),
+           ("retrieved", "products", False), ("searches", "searches", False))
 PAIRED = ("relevance_gain", "retrieval_gain", "judged_recall", "ndcg10")
+AGAINST = ("warmup", "original")  # every system minus these, paired, where they were evaluated
 BASELINES = ("original", "rm3", "teacher")
 
 
@@ -116,6 +122,11 @@ class Timed:
         self.calls: list[tuple[int, float]] = []
         self.reasons: collections.Counter[str] = collections.Counter()
 
+    @property
+    def num_searches(self) -> int:
+        """The wrapped system's own search count (metrics.evaluate's "searches")."""
+        return getattr(self.system, "num_searches", 0)
+
     def __call__(self, queries: Sequence[str]):
         start = time.perf_counter()
         answers = self.system(queries)
@@ -169,49 +180,109 @@ def paired_differences(evaluations: Mapping[str, Evaluation], reference: str, *,
             for name, e in evaluations.items() if name != reference}
 
 
+def differences(evaluations: Mapping[str, Evaluation], base: str, *,
+                mask: np.ndarray | None = None, metrics: Sequence[str] = PAIRED,
+                samples: int = 1000, seed: int = 0) -> dict[str, dict[str, Estimate]]:
+    """{other system: {metric: other - base, paired over the queries (those of `mask`)}}."""
+    ref = evaluations[base].per_query
+    keep = slice(None) if mask is None else mask
+    return {name: {m: bootstrap((e.per_query[m] - ref[m])[keep], samples=samples, seed=seed)
+                   for m in metrics}
+            for name, e in evaluations.items() if name != base}
+
+
+def _asdict(estimates: Mapping[str, Mapping[str, Estimate]]) -> dict:
+    return {name: {m: dataclasses.asdict(e) for m, e in d.items()}
+            for name, d in estimates.items()}
+
+
 def results_dict(evaluations: Mapping[str, Evaluation], *, reference: str | None = None,
+                 against: Sequence[str] = AGAINST,
                  reasons: Mapping[str, Mapping[str, int]] = {}, info: Mapping[str, object] = {},
                  bootstrap_samples: int = 1000, seed: int = 0) -> dict:
     """What results.json holds: `info` (split, queries, configs), every system's metrics,
-    latency and rejection reasons in the order given, and the paired differences against
-    `reference` if it is one of them."""
+    latency and rejection reasons in the order given; the paired differences against
+    `reference` if it is one of them ("paired": reference minus each); each system minus each
+    system of `against` that is there ("against": the warm-up and the original query); and the
+    same per query kind where the queries have kinds ("by_kind")."""
+    opts = dict(samples=bootstrap_samples, seed=seed)
     out = {**info, "systems": {name: {**e.as_dict(), "rejected": dict(reasons.get(name, {}))}
                                for name, e in evaluations.items()}}
     if reference in evaluations and len(evaluations) > 1:
-        diffs = paired_differences(evaluations, reference, samples=bootstrap_samples, seed=seed)
-        out["paired"] = {"reference": reference, "minus": {
-            name: {m: dataclasses.asdict(e) for m, e in d.items()} for name, d in diffs.items()}}
+        diffs = paired_differences(evaluations, reference, **opts)
+        out["paired"] = {"reference": reference, "minus": _asdict(diffs)}
+    bases = [b for b in against if b in evaluations and len(evaluations) > 1]
+    if bases:
+        out["against"] = {b: _asdict(differences(evaluations, b, **opts)) for b in bases}
+    kinds = next(iter(evaluations.values())).kinds if evaluations else None
+    if kinds is not None and any(kinds):
+        out["by_kind"] = {}
+        for kind in sorted(set(kinds)):
+            mask = kinds == kind
+            out["by_kind"][kind] = {
+                "queries": int(mask.sum()),
+                "systems": {name: {m: dataclasses.asdict(bootstrap(v[mask], **opts))
+                                   for m, v in e.per_query.items()}
+                            for name, e in evaluations.items()},
+                "against": {b: _asdict(differences(evaluations, b, mask=mask, **opts))
+                            for b in bases}}
     return out
 
 
-def _cell(e: Mapping[str, float], signed: bool) -> str:
-    if e["mean"] is None or not math.isfinite(e["mean"]):
+def _cell(e: Mapping[str, float] | None, signed: bool) -> str:
+    """One estimate as "mean [low, high]"; n/a if undefined or absent (older results.json)."""
+    if e is None or e["mean"] is None or not math.isfinite(e["mean"]):
         return "n/a"
     f = "{:+.3f}" if signed else "{:.3f}"
     return f"{f.format(e['mean'])} [{f.format(e['low'])}, {f.format(e['high'])}]"
 
 
+def _systems_table(systems: Mapping[str, Mapping], latency: bool = True) -> list[str]:
+    head = "| system | " + " | ".join(title for _, title, _ in COLUMNS)
+    lines = [head + (" | ms/query |" if latency else " |"),
+             "|---" * (len(COLUMNS) + 1 + latency) + "|"]
+    for name, s in systems.items():
+        cells = [_cell(s.get(m), signed) for m, _, signed in COLUMNS]
+        tail = f" | {s['latency_ms']:.1f} |" if latency else " |"
+        lines.append(f"| {name} | " + " | ".join(cells) + tail)
+    return lines
+
+
+def _minus_table(minus: Mapping[str, Mapping]) -> list[str]:
+    titles = dict((m, t) for m, t, _ in COLUMNS)
+    lines = ["| | " + " | ".join(titles[m] for m in PAIRED) + " |",
+             "|---" * (len(PAIRED) + 1) + "|"]
+    for name, d in minus.items():
+        excludes_0 = {m: d[m]["n"] and (d[m]["low"] > 0 or d[m]["high"] < 0) for m in PAIRED}
+        cells = [_cell(d[m], True) + (" *" if excludes_0[m] else "") for m in PAIRED]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _against_tables(against: Mapping[str, Mapping]) -> list[str]:
+    lines = []
+    for base, minus in against.items():
+        lines += ["", f"Each system minus {base}, paired:", "", *_minus_table(minus)]
+    return lines
+
+
 def markdown(results: Mapping) -> str:
-    """The results table (and the paired table) in markdown, from a `results_dict`."""
+    """The results tables in markdown, from a `results_dict`: the systems; the reference minus
+    each (paired; * = the 95% interval excludes 0); each minus the warm-up and the original
+    query; and the same per query kind."""
     lines = []
     if "description" in results:
         lines += [str(results["description"]), ""]
-    lines += ["| system | " + " | ".join(title for _, title, _ in COLUMNS) + " | ms/query |",
-              "|---" * (len(COLUMNS) + 2) + "|"]
-    for name, s in results["systems"].items():
-        cells = [_cell(s[m], signed) for m, _, signed in COLUMNS]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {s['latency_ms']:.1f} |")
+    lines += _systems_table(results["systems"])
     paired = results.get("paired")
     if paired:
-        titles = dict((m, t) for m, t, _ in COLUMNS)
         lines += ["", f"{paired['reference']} minus each system, paired over the same queries "
                   "(95% bootstrap interval; * = the interval excludes 0):", "",
-                  "| minus | " + " | ".join(titles[m] for m in PAIRED) + " |",
-                  "|---" * (len(PAIRED) + 1) + "|"]
-        for name, d in paired["minus"].items():
-            excludes_0 = {m: d[m]["n"] and (d[m]["low"] > 0 or d[m]["high"] < 0) for m in PAIRED}
-            cells = [_cell(d[m], True) + (" *" if excludes_0[m] else "") for m in PAIRED]
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+                  *_minus_table(paired["minus"])]
+    lines += _against_tables(results.get("against", {}))
+    for kind, k in results.get("by_kind", {}).items():
+        lines += ["", f"### queries of kind {kind!r} ({k['queries']})", "",
+                  *_systems_table(k["systems"], latency=False), *_against_tables(k["against"])]
     return "\n".join(lines) + "\n"
 
 

@@ -125,7 +125,8 @@ def reward_metrics(breakdowns, num_rollouts: int) -> dict[str, float]:
     out = {"reward": rewards.mean(), "reward_std": rewards.std(),
            "equal_groups": float(np.mean(np.ptp(groups, axis=1) == 0)),
            "valid": len(valid) / len(breakdowns)}
-    for name in ("r_rel", "r_size", "rel", "hits", "retrieved", "n_expansions"):
+    for name in ("r_rel", "r_size", "rel", "page_rel", "expected", "hits", "retrieved",
+                 "n_expansions"):
         out[name] = float(np.mean([getattr(b, name) for b in valid])) if valid else 0.0
     reasons = collections.Counter(b.reject_reason for b in breakdowns if not b.valid)
     out.update({f"reject/{r}": reasons.get(r, 0) / len(breakdowns) for r in REJECTION_REASONS})

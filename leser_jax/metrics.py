@@ -5,22 +5,28 @@ A *system* maps a batch of query texts to one `ParsedAnswer` each (prompts.py): 
 counts against the system's validity and is evaluated as Y = {} (a production system would fall
 back to the original query), so its gains are 0, not undefined.
 
-Per query, with the measurement of reward.SearchFeedback (the reward's own code, so metric and
-reward cannot disagree on what was retrieved or how relevant it is):
+Per query, with the measurement of reward.SearchFeedback and the reward's own `gains` (so
+metric and reward cannot disagree on what was retrieved, how relevant it is, or how it counts):
 
-    relevance gain   (rel(Y) - rel({})) / max(rel({}), eps)        = rel(Y)/rel({}) - 1
-    retrieval gain   (hits(Y) - hits({})) / max(hits({}), 1)       = hits(Y)/hits({}) - 1
+    relevance gain   (x(Y) - x({})) / max(x({}), floor), x = mean rel of the first page of
+                     M(Y) (version 2; version 1: mean rel over U(Y))
+    retrieval gain   the same for s = the expected relevant products of U(Y) (version 2's
+                     default; or its count, or hits; version 1: hits)
     judged recall    |U(Y) & R| / |R|, R = products judged relevant (grade >= relevant_at);
                      queries without a judged-relevant product are left out
-    judged nDCG@10   nDCG@10 of the merged ranking, condensed to judged products (unjudged ones
-                     are dropped, not counted as irrelevant: judgments are sparse); gain =
+    judged nDCG@10   nDCG@10 of the merged ranking M(Y), condensed to judged products (unjudged
+                     ones are dropped, not counted as irrelevant: judgments are sparse); gain =
                      normalised grade; the ideal ranking is over all of the query's judged products
+    retrieved        |U(Y)|, the products the engine returns for q and its expansions
+    searches         engine searches a query costs: 1 + the distinct expansions (serving M(Y)),
+                     plus those the system made to write Y (a system that counts them in
+                     `num_searches`, as the search-guided teacher does for its candidates)
 
-DESIGN.md writes the gains as ratios minus 1; the difference forms above are equal to them
-whenever the denominator is the true baseline, and stay defined (and exactly 0 for Y = {}) when
-q alone finds nothing relevant. The *merged ranking* of U(Y) interleaves the ranked lists S_k(q),
-S_k(y1), ..., S_k(ym) round-robin (rank 1 of each list, then rank 2, ...), skipping repeats: our
-reading of how a production engine would merge the results of several queries.
+DESIGN.md writes the gains as ratios minus 1; the difference forms are equal to them whenever
+the denominator is the true baseline, and stay defined (and exactly 0 for Y = {}) when q alone
+finds nothing relevant. The merged ranking M(Y) (reward.merged_ranking) interleaves the ranked
+lists S_K(q), S_K(y1), ..., S_K(ym) round-robin, skipping repeats: our reading of how a
+production engine would merge the results of several queries.
 
 The judged metrics do not depend on the relevance model, which is what keeps it honest: a policy
 can learn to fool XGBoost, not the human labels. Means come with bootstrap 95% confidence
@@ -37,11 +43,12 @@ import numpy as np
 
 from leser_jax.catalog import Catalog, Query
 from leser_jax.prompts import ParsedAnswer
-from leser_jax.reward import Measurement, SearchFeedback
+from leser_jax.reward import Measurement, SearchFeedback, gains, merged_ranking
 
 System = Callable[[Sequence[str]], Sequence[ParsedAnswer]]
 
-METRICS = ("relevance_gain", "retrieval_gain", "judged_recall", "ndcg10", "validity", "n_expansions")
+METRICS = ("relevance_gain", "retrieval_gain", "judged_recall", "ndcg10", "validity", "n_expansions",
+           "retrieved", "searches")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,24 +71,11 @@ class Evaluation:
     metrics: dict[str, Estimate]
     latency_ms: float  # the system's wall time per query
     per_query: dict[str, np.ndarray]
+    kinds: np.ndarray | None = None  # [Q] each query's kind ("" where the dataset has none)
 
     def as_dict(self) -> dict:
         return {"latency_ms": self.latency_ms,
                 **{name: dataclasses.asdict(e) for name, e in self.metrics.items()}}
-
-
-def merged_ranking(lists: Sequence[np.ndarray]) -> list[int]:
-    """Round-robin merge of ranked lists without repeats.
-
-    Example: [[1, 2, 3], [4, 2], [5]] -> [1, 4, 5, 2, 3].
-    """
-    merged, seen = [], set()
-    for rank in range(max((len(x) for x in lists), default=0)):
-        for ranked in lists:
-            if rank < len(ranked) and ranked[rank] not in seen:
-                seen.add(int(ranked[rank]))
-                merged.append(int(ranked[rank]))
-    return merged
 
 
 def ndcg_at(ranked_gains: Sequence[float], all_gains: Sequence[float], n: int = 10) -> float:
@@ -123,21 +117,27 @@ def evaluate(system: System, queries: Sequence[Query], catalog: Catalog, feedbac
              *, batch_size: int = 64, bootstrap_samples: int = 1000, seed: int = 0) -> Evaluation:
     """Runs `system` on `queries` in batches and measures what its expansions retrieve."""
     answers: list[ParsedAnswer] = []
+    own_searches = np.zeros(len(queries))  # [Q] searches the system made to write its answers
     start = time.perf_counter()
     for i in range(0, len(queries), batch_size):
+        before = getattr(system, "num_searches", 0)
         answers.extend(system([q.text for q in queries[i:i + batch_size]]))
+        batch = own_searches[i:i + batch_size]
+        batch[:] = (getattr(system, "num_searches", 0) - before) / len(batch)
     latency_ms = 1000 * (time.perf_counter() - start) / max(len(queries), 1)
     if len(answers) != len(queries):
         raise ValueError(f"system returned {len(answers)} answers for {len(queries)} queries")
 
     measured = feedback.measure([q.text for q in queries], [a.expansions for a in answers])
-    eps = feedback.config.eps
     per_query = {name: np.full(len(queries), np.nan) for name in METRICS}
     for i, (q, a, m) in enumerate(zip(queries, answers, measured)):
-        per_query["relevance_gain"][i] = (m.rel - m.rel0) / max(m.rel0, eps)
-        per_query["retrieval_gain"][i] = (m.hits - m.hits0) / max(m.hits0, 1)
+        per_query["relevance_gain"][i], per_query["retrieval_gain"][i] = gains(m, feedback.config)
         per_query["judged_recall"][i], per_query["ndcg10"][i] = judged_metrics(catalog, q, m)
         per_query["validity"][i] = float(a.valid)
         per_query["n_expansions"][i] = len(a.expansions)
+        per_query["retrieved"][i] = m.size
+        served = {feedback.search_key(y) for y in a.expansions} - {""}
+        per_query["searches"][i] = 1 + len(served) + own_searches[i]
     metrics = {name: bootstrap(v, samples=bootstrap_samples, seed=seed) for name, v in per_query.items()}
-    return Evaluation(metrics=metrics, latency_ms=latency_ms, per_query=per_query)
+    return Evaluation(metrics=metrics, latency_ms=latency_ms, per_query=per_query,
+                      kinds=np.array([q.kind for q in queries], dtype=object))

@@ -1,27 +1,34 @@
 """LESER's reward: the search engine grades every expansion set.
 
-For a query q and a parsed answer Y = [y1 .. ym] (DESIGN.md, "Reward and metrics"; the paper
-gives the idea, the exact formulas are our reading):
+The seed: "items are retrieved from the production search engine and rewards computed based on
+average relevance score of top-k results and total unique items retrieved", with
+r(Y) = r_rel(Y) + lambda * r_size(Y) normalised against the original query. The exact formulas
+are our reading (DESIGN.md, "Reward and metrics, version 2"). For a query q and a parsed answer
+Y = [y1 .. ym]:
 
-    S_k(x)     top-k catalog rows the engine returns for text x                      (k = 40)
-    U(Y)       S_k(q) united with S_k(y) for every y in Y: expansions add to the original query,
-               as they would in production; U({}) = S_k(q)
-    rel(q, p)  the relevance model's score of product p for the ORIGINAL query q, in [0, 1]
-    rel(Y)     mean of rel(q, p) over p in U(Y)                       (0 when U(Y) is empty)
-    hits(Y)    number of p in U(Y) with rel(q, p) >= tau                             (tau = 0.5)
-    r_rel      rel(Y) / max(rel({}), eps)
-    r_size     hits(Y) / max(hits({}), 1)
+    S_K(x)     the engine's ranked top-K catalog rows for text x                      (K = 40)
+    M(Y)       the merged ranking of S_K(q), S_K(y1), ..., S_K(ym): round-robin in that order
+               (rank 1 of each list, then rank 2, ...), repeats skipped; M({}) = S_K(q)
+    U(Y)       the products of M(Y)
+    rel(q, p)  the relevance model's calibrated probability that a person judges p relevant
+               to the ORIGINAL query q
+    r_rel      mean rel over the first k products of M(Y), over the same for M({})
+               (k = 10, the first page a shopper sees): good expansions bring better products
+               onto the page, bad ones push good ones off it
+    r_size     expected relevant products found: sum of rel over U(Y), over the same sum over
+               S_K(q); ablations: `count` |U(Y)| / |S_K(q)|, the literal "total unique items",
+               and `hits`, products with rel >= tau
     r          r_rel + lambda * r_size, and 0 when the answer does not parse     (lambda = 0.1)
 
-r_rel rewards keeping the union as relevant as what q alone found (adding weak products lowers
-the mean), r_size rewards finding more relevant products; lambda trades one for the other. Both
-are normalised by what q alone achieves, so rewards are comparable across easy and hard queries.
-`eps` is a floor on rel({}): a query whose own results are all near 0 would otherwise turn any
-relevant find into a reward in the thousands and swamp its GRPO group (DESIGN.md leaves eps open;
-0.05, one twentieth of "perfectly relevant", is our choice).
+Each denominator has a floor (`eps` for r_rel, `size_floor` for r_size), so a query whose own
+results hold nothing relevant cannot turn one find into a reward in the thousands and swamp its
+GRPO group. Version 1 (`version=1`, kept to reproduce its numbers) took r_rel as the mean rel over
+all of U(Y) (which can only fall as products are added, since U(Y) always holds S_K(q)) and
+r_size as the hits (rel >= tau) of U(Y) over those of S_K(q), floored at 1.
 
 `SearchFeedback` does the measuring for a whole GRPO step at once, and evaluation
-(leser_jax.metrics) reuses it, so reward and metrics can never disagree:
+(leser_jax.metrics) reuses it, `reward_terms` and `gains`, so reward and metrics can never
+disagree:
 - every distinct text is searched once per call (expansions repeat across the N rollouts of a
   group, and across groups), through the engine's thread pool; texts are compared by the words the
   engine searches, so "Red chair!" and "red chair" are one search;
@@ -52,46 +59,112 @@ class Relevance(Protocol):
         """`score` of several (query, rows) requests in one model call."""
 
 
+SIZE_MODES = ("expected", "count", "hits")
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RewardConfig:
     """The reward's constants (DESIGN.md symbols in brackets).
 
     Attributes:
-      k: hits per search [k].
-      tau: relevance from which a retrieved product counts as a hit [tau].
+      version: 2 (module docstring) or 1 (its first reading, to reproduce old numbers).
+      k: results per search [K].
+      page: the first page of the merged ranking that r_rel averages over [k].
+      size: what r_size counts (version 2): "expected" relevant products, "count" of products,
+        or "hits" (rel >= tau).
+      tau: relevance from which a product is a hit (version 1, and size="hits") [tau].
       lam: weight of the coverage term r_size [lambda].
-      eps: floor of rel({}) in r_rel's denominator [eps].
+      eps: floor of r_rel's denominator.
+      size_floor: floor of r_size's denominator (version 2; version 1 floors hits at 1).
       answer: what a valid answer may hold (m_max expansions [m_max], their length).
       cache_queries: how many original queries' results and scores are kept between calls.
     """
 
+    version: int = 2
     k: int = 40
+    page: int = 10
+    size: str = "expected"
     tau: float = 0.5
     lam: float = 0.1
     eps: float = 0.05
+    size_floor: float = 1.0
     answer: AnswerFormat = AnswerFormat()
     cache_queries: int = 50_000
 
     def __post_init__(self):
-        if self.k < 1:
-            raise ValueError(f"k must be >= 1, got {self.k}")
+        if self.version not in (1, 2):
+            raise ValueError(f"version must be 1 or 2, got {self.version}")
+        if self.k < 1 or self.page < 1:
+            raise ValueError(f"k and page must be >= 1, got {self.k}, {self.page}")
+        if self.size not in SIZE_MODES:
+            raise ValueError(f"size must be one of {SIZE_MODES}, got {self.size!r}")
         if not 0.0 < self.tau <= 1.0:
             raise ValueError(f"tau must be in (0, 1], got {self.tau}")
-        if self.lam < 0 or self.eps <= 0:
-            raise ValueError(f"lam must be >= 0 and eps > 0, got {self.lam}, {self.eps}")
+        if self.lam < 0 or self.eps <= 0 or self.size_floor <= 0:
+            raise ValueError(f"lam must be >= 0, eps and size_floor > 0, got {self.lam}, "
+                             f"{self.eps}, {self.size_floor}")
+
+    def describe(self) -> str:
+        """What the relevance and retrieval gains measure under this config, in a line."""
+        if self.version == 1:
+            return (f"reward version 1: relevance = mean rel over U(Y), retrieval = products with "
+                    f"rel >= {self.tau}; top-{self.k} a search")
+        size = {"expected": "expected relevant products (sum of rel)", "count": "products",
+                "hits": f"products with rel >= {self.tau}"}[self.size]
+        return (f"reward version 2: relevance = mean rel of the merged ranking's first "
+                f"{self.page}, retrieval = {size} of U(Y); top-{self.k} a search")
 
 
 @dataclasses.dataclass(frozen=True)
 class Measurement:
-    """What one expansion set retrieves for one query, against the query alone."""
+    """What one expansion set Y retrieves for one query q, against q alone (Y = {})."""
 
-    rel: float  # rel(Y): mean relevance over U(Y)
-    hits: int  # hits(Y)
+    rel: float  # mean rel over U(Y)                                  (version 1's r_rel)
+    hits: int  # products of U(Y) with rel >= tau
     size: int  # |U(Y)|
-    rel0: float  # rel({}): mean relevance over S_k(q)
-    hits0: int  # hits({})
-    lists: tuple[np.ndarray, ...]  # ranked rows of S_k(q), S_k(y1), ..., S_k(ym)
+    rel0: float  # mean rel over S_K(q)
+    hits0: int  # hits of S_K(q)
+    lists: tuple[np.ndarray, ...]  # ranked rows of S_K(q), S_K(y1), ..., S_K(ym)
     union: np.ndarray = dataclasses.field(repr=False)  # [|U(Y)|] rows of U(Y)
+    page_rel: float = 0.0  # mean rel over the first `page` products of M(Y)
+    page_rel0: float = 0.0  # ... of M({}) = S_K(q)
+    expected: float = 0.0  # sum of rel over U(Y): the expected relevant products found
+    expected0: float = 0.0  # ... over S_K(q)
+    size0: int = 0  # |S_K(q)|
+
+
+def merged_ranking(lists: Sequence[np.ndarray]) -> list[int]:
+    """M(Y): round-robin merge of ranked lists without repeats.
+
+    Example: [[1, 2, 3], [4, 2], [5]] -> [1, 4, 5, 2, 3].
+    """
+    merged, seen = [], set()
+    for rank in range(max((len(x) for x in lists), default=0)):
+        for ranked in lists:
+            if rank < len(ranked) and ranked[rank] not in seen:
+                seen.add(int(ranked[rank]))
+                merged.append(int(ranked[rank]))
+    return merged
+
+
+def _terms(m: Measurement, c: RewardConfig) -> tuple[tuple[float, float, float], ...]:
+    """((x(Y), x({}), floor) of r_rel, (s(Y), s({}), floor) of r_size) by version and size."""
+    if c.version == 1:
+        return (m.rel, m.rel0, c.eps), (m.hits, m.hits0, 1.0)
+    size = {"expected": (m.expected, m.expected0), "count": (m.size, m.size0),
+            "hits": (m.hits, m.hits0)}[c.size]
+    return (m.page_rel, m.page_rel0, c.eps), (*size, c.size_floor)
+
+
+def reward_terms(m: Measurement, c: RewardConfig) -> tuple[float, float]:
+    """(r_rel, r_size): each x(Y) / max(x({}), floor)."""
+    return tuple(x / max(x0, floor) for x, x0, floor in _terms(m, c))
+
+
+def gains(m: Measurement, c: RewardConfig) -> tuple[float, float]:
+    """(relevance gain, retrieval gain): each (x(Y) - x({})) / max(x({}), floor), the reward's
+    terms minus 1 in difference form, so that Y = {} gains exactly 0 even below the floor."""
+    return tuple((x - x0) / max(x0, floor) for x, x0, floor in _terms(m, c))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,6 +182,8 @@ class RewardBreakdown:
     n_expansions: int
     valid: bool
     reject_reason: str | None  # parse_answer's reason; None when valid
+    page_rel: float = 0.0  # mean rel of M(Y)'s first page
+    expected: float = 0.0  # sum of rel over U(Y)
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -126,13 +201,13 @@ class SearchFeedback:
         self._cache: collections.OrderedDict[str, tuple[np.ndarray, dict[int, float]]] = (
             collections.OrderedDict())
 
-    def _key(self, text: str) -> str:
+    def search_key(self, text: str) -> str:
         """Texts with the same key get the same hits: the engine searches only these words."""
         return " ".join(query_terms(text, self.engine.config.max_query_terms))
 
     def _search(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         """Ranked rows for each distinct key among `texts`, each searched once."""
-        keys = list(dict.fromkeys(k for k in map(self._key, texts) if k))
+        keys = list(dict.fromkeys(k for k in map(self.search_key, texts) if k))
         self.num_searches += len(keys)
         found = {key: hits.rows for key, hits in zip(keys, self.engine.search_many(keys, self.config.k))}
         found[""] = np.zeros(0, np.int64)  # a wordless text retrieves nothing, unsearched
@@ -145,7 +220,7 @@ class SearchFeedback:
         new_queries = [q for q in dict.fromkeys(queries) if q not in self._cache]
         found = self._search([y for ys in expansions for y in ys] + new_queries)
         for q in new_queries:
-            self._cache[q] = (found[self._key(q)], {})
+            self._cache[q] = (found[self.search_key(q)], {})
 
         # Rows each query needs scored: its own results and the union over all of its rollouts,
         # less what is cached; then one relevance call for all queries.
@@ -154,7 +229,7 @@ class SearchFeedback:
             self._cache.move_to_end(q)
             needed[q].update(self._cache[q][0].tolist())
             for y in ys:
-                needed[q].update(found[self._key(y)].tolist())
+                needed[q].update(found[self.search_key(y)].tolist())
         requests = []
         for q, rows in needed.items():
             scores = self._cache[q][1]
@@ -166,20 +241,27 @@ class SearchFeedback:
                 self._cache[q][1].update(zip(todo.tolist(), s.tolist()))
 
         results = []
+        c = self.config
         for q, ys in zip(queries, expansions):
             base, scores = self._cache[q]
-            lists = (base, *(found[self._key(y)] for y in ys))
+            lists = (base, *(found[self.search_key(y)] for y in ys))
             union = np.unique(np.concatenate(lists))
-            rel_u = np.array([scores[r] for r in union.tolist()], np.float64)
-            rel_b = np.array([scores[r] for r in base.tolist()], np.float64)
+            rel_u = np.array([scores[r] for r in union.tolist()], np.float64)  # [|U(Y)|]
+            rel_b = np.array([scores[r] for r in base.tolist()], np.float64)  # [|S_K(q)|]
+            page = [scores[r] for r in merged_ranking(lists)[:c.page]]
+            page0 = [scores[r] for r in merged_ranking([base])[:c.page]]
             results.append(Measurement(
-                rel=float(rel_u.mean()) if len(union) else 0.0,
-                hits=int((rel_u >= self.config.tau).sum()), size=len(union),
-                rel0=float(rel_b.mean()) if len(base) else 0.0,
-                hits0=int((rel_b >= self.config.tau).sum()), lists=lists, union=union))
+                rel=_mean(rel_u), hits=int((rel_u >= c.tau).sum()), size=len(union),
+                rel0=_mean(rel_b), hits0=int((rel_b >= c.tau).sum()), lists=lists, union=union,
+                page_rel=_mean(page), page_rel0=_mean(page0), expected=float(rel_u.sum()),
+                expected0=float(rel_b.sum()), size0=len(base)))
         while len(self._cache) > self.config.cache_queries:  # evict least recently used
             self._cache.popitem(last=False)
         return results
+
+
+def _mean(values) -> float:
+    return float(np.mean(values)) if len(values) else 0.0
 
 
 class RewardFunction:
@@ -203,10 +285,10 @@ class RewardFunction:
                                            valid=False, reject_reason=p.reason))
                 continue
             m = measured[i]
-            r_rel = m.rel / max(m.rel0, self.config.eps)
-            r_size = m.hits / max(m.hits0, 1)
+            r_rel, r_size = reward_terms(m, self.config)
             out.append(RewardBreakdown(
                 reward=r_rel + self.config.lam * r_size, r_rel=r_rel, r_size=r_size, rel=m.rel,
                 hits=m.hits, rel0=m.rel0, hits0=m.hits0, retrieved=m.size,
-                n_expansions=len(p.expansions), valid=True, reject_reason=None))
+                n_expansions=len(p.expansions), valid=True, reject_reason=None,
+                page_rel=m.page_rel, expected=m.expected))
         return out

@@ -26,13 +26,14 @@ NAN = float("nan")
 
 
 def hand_made(per_query: dict[str, list[float]], estimates: dict[str, Estimate] = {},
-              latency_ms: float = 1.0) -> Evaluation:
+              latency_ms: float = 1.0, kinds: list[str] | None = None) -> Evaluation:
     """An Evaluation with the given per-query values (0 for the metrics not given)."""
     n = len(next(iter(per_query.values())))
     values = {m: np.asarray(per_query.get(m, [0.0] * n), np.float64) for m in METRICS}
     metrics = {m: estimates.get(m, Estimate(float(np.nanmean(v)), 0.0, 0.0, n))
                for m, v in values.items()}
-    return Evaluation(metrics=metrics, latency_ms=latency_ms, per_query=values)
+    return Evaluation(metrics=metrics, latency_ms=latency_ms, per_query=values,
+                      kinds=None if kinds is None else np.array(kinds, dtype=object))
 
 
 def test_results_json_and_table_from_a_hand_made_evaluation(tmp_path):
@@ -62,6 +63,38 @@ def test_results_json_and_table_from_a_hand_made_evaluation(tmp_path):
     paired_row = next(line for line in table.splitlines() if line.startswith("| original |")
                       and "*" in line)
     assert "+0.300 [" in paired_row  # the interval excludes 0: starred
+
+
+def test_against_the_warmup_and_the_original_query_overall_and_by_kind(tmp_path):
+    kinds = ["exact", "problem", "problem", "exact"]
+    evaluations = {
+        "original": hand_made({"judged_recall": [0.5, 0.2, 0.4, 0.5]}, kinds=kinds),
+        "warmup": hand_made({"judged_recall": [0.5, 0.4, 0.4, 0.6]}, kinds=kinds),
+        "grpo": hand_made({"judged_recall": [0.5, 0.6, 0.8, 0.6]}, kinds=kinds)}
+    results = evaluation.results_dict(evaluations, reference="grpo", bootstrap_samples=200)
+    against = results["against"]
+    assert list(against) == ["warmup", "original"]
+    assert list(against["warmup"]) == ["original", "grpo"]
+    # grpo - warmup per query = [0, .2, .4, 0]: mean .15; grpo - original = [0, .4, .4, .1].
+    assert against["warmup"]["grpo"]["judged_recall"]["mean"] == pytest.approx(0.15)
+    assert against["original"]["grpo"]["judged_recall"]["mean"] == pytest.approx(0.225)
+    by_kind = results["by_kind"]
+    assert list(by_kind) == ["exact", "problem"] and by_kind["problem"]["queries"] == 2
+    # problem queries (2nd and 3rd): grpo recall (.6 + .8) / 2 = .7; minus warmup (.2 + .4) / 2.
+    problem = by_kind["problem"]
+    assert problem["systems"]["grpo"]["judged_recall"]["mean"] == pytest.approx(0.7)
+    assert problem["against"]["warmup"]["grpo"]["judged_recall"]["mean"] == pytest.approx(0.3)
+    assert by_kind["exact"]["against"]["warmup"]["grpo"]["judged_recall"]["mean"] == \
+        pytest.approx(0.0)
+    table = evaluation.write_results(tmp_path, results)
+    assert "Each system minus warmup, paired:" in table
+    assert "### queries of kind 'problem' (2)" in table
+    assert evaluation.markdown(evaluation.read_results(tmp_path)) == table
+    # No kinds (Home Depot) and no warm-up: neither section.
+    plain = {name: dataclasses.replace(e, kinds=np.array([""] * 4, dtype=object))
+             for name, e in evaluations.items() if name != "warmup"}
+    results = evaluation.results_dict(plain, reference="grpo")
+    assert "by_kind" not in results and list(results["against"]) == ["original"]
 
 
 def test_latency_leaves_out_the_first_call_of_each_batch_size():
@@ -117,6 +150,11 @@ def test_every_system_side_by_side_on_a_tiny_catalog(tiny, tmp_path):
     assert m["policy"]["validity"].mean == 0 and m["policy"]["relevance_gain"].mean == 0
     assert sum(reasons["policy"].values()) == len(catalog.queries) and reasons["teacher"] == {}
     assert all(e.latency_ms > 0 and math.isfinite(e.latency_ms) for e in results.values())
+    # Searches a query costs: 1 + its distinct expansions to serve; the teacher also measured
+    # every candidate (at least one more search a query than it serves).
+    assert m["original"]["searches"].mean == 1 and m["rm3"]["searches"].mean == 3
+    assert m["teacher"]["searches"].mean > 2 + m["teacher"]["n_expansions"].mean
+    assert m["policy"]["searches"].mean == 1
     evaluation.write_results(tmp_path, evaluation.results_dict(results, reference="teacher",
                                                                reasons=reasons))
     saved = evaluation.read_results(tmp_path)

@@ -9,9 +9,9 @@ import pytest
 
 from leser_jax.baselines import RM3Config, RM3Expansion, no_expansion
 from leser_jax.catalog import CatalogBuilder, GradeScale
-from leser_jax.metrics import bootstrap, evaluate, merged_ranking, ndcg_at
+from leser_jax.metrics import bootstrap, evaluate, ndcg_at
 from leser_jax.prompts import ParsedAnswer
-from leser_jax.reward import RewardConfig, SearchFeedback
+from leser_jax.reward import RewardConfig, SearchFeedback, merged_ranking
 from leser_jax.search import SearchEngine
 from tests.test_reward import TITLES, TableRelevance
 
@@ -26,7 +26,9 @@ def setup():
     for pid, grade in [("p2", 2), ("p3", 2), ("p0", 1), ("p4", 0)]:
         b.add_judgment("j", query_id="q1", product_id=pid, grade=grade)
     catalog = b.build()
-    feedback = SearchFeedback(SearchEngine.build(catalog), TableRelevance(catalog), RewardConfig(k=40))
+    # Version 1: the gain goldens below are its numbers (test_reward has version 2's).
+    feedback = SearchFeedback(SearchEngine.build(catalog), TableRelevance(catalog),
+                              RewardConfig(version=1, k=40))
     return catalog, feedback
 
 

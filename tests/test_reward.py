@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import types
+
 import numpy as np
 import pytest
 
 from leser_jax.catalog import CatalogBuilder, GradeScale
 from leser_jax.prompts import render_answer
-from leser_jax.reward import RewardConfig, RewardFunction, SearchFeedback
-from leser_jax.search import SearchEngine
+from leser_jax.reward import (RewardConfig, RewardFunction, SearchFeedback, gains,
+                              merged_ranking, reward_terms)
+from leser_jax.search import SearchConfig, SearchEngine, query_terms
 
 TITLES = {"p0": "red office chair", "p1": "blue office chair", "p2": "lumbar support office chair",
           "p3": "ergonomic lumbar cushion", "p4": "oak desk", "p5": "office lamp"}
@@ -39,7 +42,9 @@ def setup():
         b.add_product(pid, product_id=pid, title=title)
     catalog = b.build()
     relevance = TableRelevance(catalog)
-    feedback = SearchFeedback(SearchEngine.build(catalog), relevance, RewardConfig(k=40))
+    # Version 1 (the goldens below are its numbers); version 2 has its own tests at the end.
+    feedback = SearchFeedback(SearchEngine.build(catalog), relevance,
+                              RewardConfig(version=1, k=40))
     return RewardFunction(feedback), feedback, relevance
 
 
@@ -73,7 +78,7 @@ def test_golden_rewards(setup):
 def test_lambda_weighs_coverage(setup):
     _, feedback, _ = setup
     no_coverage = RewardFunction(SearchFeedback(feedback.engine, feedback.relevance,
-                                                RewardConfig(k=40, lam=0.0)))
+                                                RewardConfig(version=1, k=40, lam=0.0)))
     # lambda = 0: only r_rel = 0.7 / 0.725 = 0.9655172 remains.
     assert no_coverage(["office chair"], [answer("lumbar cushion")])[0].reward == pytest.approx(0.9655172)
 
@@ -128,7 +133,8 @@ def test_measure_of_no_expansion_is_the_baseline(setup):
 
 
 def test_config_rejects_impossible_values():
-    for bad in [dict(k=0), dict(tau=0), dict(tau=1.5), dict(lam=-1), dict(eps=0)]:
+    for bad in [dict(k=0), dict(tau=0), dict(tau=1.5), dict(lam=-1), dict(eps=0), dict(version=3),
+                dict(page=0), dict(size="unique"), dict(size_floor=0)]:
         with pytest.raises(ValueError):
             RewardConfig(**bad)
 
@@ -139,3 +145,76 @@ def test_one_relevance_call_per_step(setup):
                         [answer("lumbar cushion"), answer("oak desk")] * 2)
     assert relevance.calls == 1  # two queries, four rollouts: one model call
     assert rewards[0].reward == pytest.approx(1.0988506) and rewards[3].reward == pytest.approx(2.0)
+
+
+# ----------------------------------------------------------------------------- version 2
+
+class ListEngine:
+    """A search engine that returns fixed ranked lists (so the merged ranking is known)."""
+
+    def __init__(self, lists: dict[str, list[int]]):
+        self.config = SearchConfig()
+        self.lists = {self.key(text): np.array(rows, np.int64) for text, rows in lists.items()}
+
+    def key(self, text):
+        return " ".join(query_terms(text, self.config.max_query_terms))
+
+    def search_many(self, keys, k):
+        # SearchFeedback reads the hits' rows only.
+        return [types.SimpleNamespace(rows=self.lists.get(key, np.zeros(0, np.int64))[:k])
+                for key in keys]
+
+
+class RowRelevance:
+    """rel(q, row) from a table by row, for every query."""
+
+    def __init__(self, rel):
+        self.rel = rel
+
+    def score_many(self, requests):
+        return [np.array([self.rel[int(r)] for r in rows], np.float64) for _, rows in requests]
+
+
+# Three ranked lists: S(q) = [0, 1, 2, 3], S(y1) = [4, 0, 5], S(y2) = [6, 7].
+LISTS = {"red chair": [0, 1, 2, 3], "lumbar cushion": [4, 0, 5], "desk lamp": [6, 7]}
+REL = {0: .9, 1: .2, 2: .8, 3: .1, 4: .95, 5: .7, 6: .35, 7: .6}
+
+
+@pytest.mark.parametrize("size, r_size", [
+    # U(Y) = rows 0-7. expected: (.9+.2+.8+.1+.95+.7+.35+.6) / (.9+.2+.8+.1) = 4.6 / 2.0
+    ("expected", 4.6 / 2.0),
+    ("count", 8 / 4),  # |U(Y)| / |S(q)|
+    ("hits", 5 / 2),  # rel >= .5: rows 0, 2, 4, 5, 7 of U(Y) against rows 0, 2 of S(q)
+])
+def test_version_2_golden(size, r_size):
+    config = RewardConfig(page=3, size=size, lam=0.1)
+    feedback = SearchFeedback(ListEngine(LISTS), RowRelevance(REL), config)
+    completions = [answer("lumbar cushion", "desk lamp"), answer("lumbar cushion")]
+    r, r1 = RewardFunction(feedback)(["red chair"] * 2, completions)
+    # M(Y) round-robin: rank 1 of each list 0, 4, 6; rank 2: 1, (0 seen), 7; rank 3: 2, 5; 3.
+    m = feedback.measure(["red chair"], [("lumbar cushion", "desk lamp")])[0]
+    assert merged_ranking(m.lists) == [0, 4, 6, 1, 7, 2, 5, 3]
+    # First page (k = 3) of M(Y): rows 0, 4, 6 -> 2.2 / 3; of M({}) = S(q): 0, 1, 2 -> 1.9 / 3.
+    r_rel = (2.2 / 3) / (1.9 / 3)
+    assert abs(r.r_rel - r_rel) <= 1e-9 and abs(r.r_size - r_size) <= 1e-9
+    assert abs(r.reward - (r_rel + 0.1 * r_size)) <= 1e-9
+    assert abs(gains(m, config)[0] - (r_rel - 1)) <= 1e-9
+    assert abs(gains(m, config)[1] - (r_size - 1)) <= 1e-9
+    # Y1 = ["lumbar cushion"]: M = [0, 4, 1, 5, 2, 3]; page 0, 4, 1 -> (.9 + .95 + .2) / 3.
+    assert abs(r1.r_rel - 2.05 / 1.9) <= 1e-9
+    # A bad expansion pushes good products off the page: relevance gain < 0.
+    bad = feedback.measure(["red chair"], [("desk lamp",)])[0]  # M = [0, 6, 1, 7, 2, 3]
+    assert abs(gains(bad, config)[0] - ((.9 + .35 + .2) / 1.9 - 1)) <= 1e-9
+
+
+def test_version_2_floors_and_no_expansion():
+    config = RewardConfig(page=3, eps=0.05, size_floor=1.0)
+    feedback = SearchFeedback(ListEngine({**LISTS, "zebra": []}), RowRelevance(REL), config)
+    # "zebra" finds nothing: page and sum of S(q) are 0, floored at eps and size_floor.
+    # Y = ["desk lamp"]: page (.35 + .6) / 2 = 0.475 -> r_rel = 0.475 / 0.05 = 9.5;
+    # r_size = (.35 + .6) / 1.0 = 0.95.
+    m = feedback.measure(["zebra"], [("desk lamp",)])[0]
+    assert reward_terms(m, config) == pytest.approx((9.5, 0.95), abs=1e-9)
+    # Y = {}: both gains exactly 0, also below the floors.
+    for q in ("zebra", "red chair"):
+        assert gains(feedback.measure([q], [()])[0], config) == (0.0, 0.0)
