@@ -73,7 +73,9 @@ import numpy as np
 from leser_jax.catalog import Catalog
 from leser_jax.search import TEXT_FIELDS, SearchEngine, field_texts, query_terms, text_analyzer
 
-FEATURES_VERSION = 1  # bump when a feature is added, removed, reordered or computed differently
+# Bump when a feature is added, removed, reordered or computed differently, here or in
+# relevance_associations.py (the model's features are both modules' columns).
+FEATURES_VERSION = 2
 FEATURE_NAMES = (
     "bm25_title", "bm25_description", "bm25_attributes", "bm25_total", "bm25_vs_top",
     "engine_rank", "query_terms", "title_terms", "description_terms", "attribute_count",
@@ -216,8 +218,9 @@ class _Vocab:
         return np.unique(np.asarray(found, np.int64))
 
 
-class _Bags:
-    """A set of ids per product, as CSR: the ids of row r are ids[ptr[r]:ptr[r + 1]]."""
+class Bags:
+    """A set of ids per product, as CSR: the ids of row r are ids[ptr[r]:ptr[r + 1]] (also the
+    product terms of relevance_associations.py)."""
 
     def __init__(self, lists: list[list[int]] | None = None, *, ptr=None, ids=None):
         if lists is not None:
@@ -324,7 +327,7 @@ class _ProductTables:
                                for i in range(len(_KINDS))])
         ptr = np.zeros(num_products + 1, np.int64)
         np.cumsum(sizes.sum(axis=1), out=ptr[1:])
-        self.bags = _Bags(ptr=ptr, ids=ids[np.argsort(rows, kind="stable")])
+        self.bags = Bags(ptr=ptr, ids=ids[np.argsort(rows, kind="stable")])
         self.kind = np.repeat(np.arange(len(_KINDS)), np.diff(base))  # [V]: each id's kind
         # idf of each title word (0 for the other kinds), from the title's document frequencies
         df = np.bincount(self.bags.ids, minlength=len(vocab))
@@ -332,8 +335,8 @@ class _ProductTables:
         self.unknown_idf = float(_idf(0, num_products))  # of a word that no title has
         self.lengths, self.sizes = lengths, sizes.astype(np.float32)
         self.first_word = np.where(first >= 0, first + base[_K["t"]], -1)
-        self.values = _Bags(value_ids)
-        self.value_stems = _Bags([[i + base[_K["x"]] for i in items] for items in value_stems])
+        self.values = Bags(value_ids)
+        self.value_stems = Bags([[i + base[_K["x"]] for i in items] for items in value_stems])
         self.value_sizes = np.diff(self.value_stems.ptr)  # [items]
         self.title_phrases = np.asarray(title_phrases, dtype=object)  # [P]
         self.text_phrases = np.asarray(text_phrases, dtype=object)  # [P]
@@ -366,6 +369,24 @@ class RelevanceFeatures:
         if mask is None:
             mask = self._local.mask = np.zeros(len(self._tables.vocab), bool)
         return mask
+
+    def query_words(self, query_text: str) -> tuple[str, ...]:
+        """The query's distinct stemmed words, in order: the words of every word feature."""
+        terms = query_terms(query_text, self.engine.config.max_query_terms)
+        return tuple(dict.fromkeys(self._stem.analyze(" ".join(terms)))) if terms else ()
+
+    def text_terms(self) -> tuple[dict[str, int], Bags]:
+        """Every product's distinct stemmed words of title, description and attributes.
+
+        Returns (vocabulary: word -> id in 0..T-1, bags: each product's word ids, [P] rows), the
+        "x" strings that text_coverage counts, for the association features.
+        """
+        tables, x = self._tables, _K["x"]
+        keep = tables.kind[tables.bags.ids] == x  # the CSR holds every kind, row by row
+        ptr = np.zeros(len(tables.sizes) + 1, np.int64)
+        np.cumsum(tables.sizes[:, x].astype(np.int64), out=ptr[1:])
+        ids = tables.bags.ids[keep].astype(np.int64) - tables.vocab.base[x]
+        return tables.vocab.local["x"], Bags(ptr=ptr, ids=ids)
 
     def has_words(self, query_text: str) -> bool:
         """Whether the query has a word that features can match (else every product scores 0)."""

@@ -1,6 +1,7 @@
 """The relevance model: BM25 per field equals Tantivy's, features are right on hand-made pairs, the
-model separates exact from irrelevant products on held-out synthetic queries, and every edge case
-has a defined answer."""
+model separates exact from irrelevant products on held-out synthetic queries, its scores are the
+calibrated probability of relevance (or, for target="grade", the expected normalised grade), and
+every edge case has a defined answer. The association features: test_relevance_associations.py."""
 
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ import os
 import numpy as np
 import pytest
 
-from leser_jax import relevance, relevance_features
+from leser_jax import relevance, relevance_associations, relevance_eval, relevance_features
 from leser_jax.catalog import CatalogBuilder, GradeScale
 from leser_jax.data.synthetic import SyntheticConfig, generate
-from leser_jax.relevance import Calibration, RelevanceConfig, RelevanceModel, ndcg_at_k, roc_auc
+from leser_jax.relevance import Calibration, RelevanceConfig, RelevanceModel
+from leser_jax.relevance_associations import ASSOCIATION_NAMES
+from leser_jax.relevance_eval import ndcg_at_k, roc_auc
 from leser_jax.relevance_features import FEATURE_NAMES, RelevanceFeatures, quantities
 from leser_jax.search import TEXT_FIELDS, SearchEngine, query_terms
 
@@ -116,6 +119,8 @@ def test_every_feature_is_a_documented_column(hand):
     assert len(set(FEATURE_NAMES)) == len(FEATURE_NAMES)
     for name in FEATURE_NAMES:  # one row of the docstring's table per feature
         assert f"| {name} " in relevance_features.__doc__, name
+    for name in ASSOCIATION_NAMES:
+        assert f"| {name} " in relevance_associations.__doc__, name
 
 
 def test_features_of_hand_made_pairs(hand):
@@ -194,16 +199,33 @@ def test_unknown_products_are_named(hand):
 
 def test_model_separates_exact_from_irrelevant_on_held_out_queries(model):
     catalog = model.features.catalog
-    test = relevance.judged_pairs(model.features, "test")
+    test = model.judged("test")
     assert len(test.queries) >= 10 and not {q.query_id for q in test.queries} & {
         q.query_id for q in catalog.split("train")}
     scores = model.score_features(test.features)
     exact, irrelevant = scores[test.grades == 3], scores[test.grades == 0]
-    # Measured: ~0.92 against ~0.09, AUC ~0.98.
     assert exact.mean() > irrelevant.mean() + 0.5
     assert roc_auc(scores, test.grades >= 3) > 0.9
-    means = [scores[test.grades == g].mean() for g in (0, 1, 2, 3)]
-    assert means == sorted(means)  # the grades' order is the scores' order
+    # P(relevant): exact products (grade 3, relevant_at 3) above every lower grade, substitutes
+    # (right category, one thing wrong) included.
+    for grade in (0, 1, 2):
+        assert exact.mean() > scores[test.grades == grade].mean() + 0.3, grade
+
+
+def test_scores_are_calibrated_to_the_target(model, synthetic_engine):
+    """On dev, where it was calibrated, the mean score is the share of relevant pairs (isotonic
+    regression keeps the mean, up to interpolating between its knots); with target="grade", the
+    mean normalised grade. The old target also leaves substitutes well above irrelevant."""
+    dev = model.judged("dev")
+    relevant = dev.grades >= 3
+    assert model.score_features(dev.features).mean() == pytest.approx(relevant.mean(), abs=0.02)
+    old = RelevanceModel.train(synthetic_engine, RelevanceConfig(target="grade",
+                                                                 associations=False))
+    assert old.associations is None and old.booster.num_features() == len(FEATURE_NAMES)
+    dev = old.judged("dev")
+    scores = old.score_features(dev.features)
+    assert scores.mean() == pytest.approx((dev.grades / 3).mean(), abs=0.02)
+    assert scores[dev.grades == 2].mean() > scores[dev.grades == 0].mean() + 0.3
 
 
 def test_scores_are_in_unit_interval(model):
@@ -212,7 +234,10 @@ def test_scores_are_in_unit_interval(model):
         scores = model.score(query.text, np.arange(len(catalog.products)))
         assert scores.dtype == np.float32 and scores.shape == (len(catalog.products),)
         assert scores.min() >= 0 and scores.max() <= 1
-        assert scores.std() > 0.1  # it does tell products apart
+        # It tells products apart: most of the catalog is irrelevant to any one query (P near 0),
+        # the products judged relevant to it are not.
+        relevant = [catalog.row_of[p] for p in catalog.relevant(query.query_id)]
+        assert scores[relevant].mean() > np.median(scores) + 0.4, query.text
 
 
 def test_score_accepts_ids_or_rows_and_defines_edge_cases(model):
@@ -278,7 +303,14 @@ def test_load_rejects_other_features(model, tmp_path):
     meta["feature_names"] = meta["feature_names"][:-1]
     with open(meta_path, "w") as f:
         json.dump(meta, f)
-    with pytest.raises(ValueError, match="attribute_value_share"):  # the list that differs
+    with pytest.raises(ValueError, match="assoc_known_words"):  # the list that differs
+        RelevanceModel.load(str(tmp_path), model.features.engine)
+    # A version 1 model: lexical features only, no `target` in its config.
+    meta["feature_names"], meta["features_version"] = list(FEATURE_NAMES), 1
+    del meta["config"]["target"]
+    with open(meta_path, "w") as f:
+        json.dump(meta, f)
+    with pytest.raises(ValueError, match="version 1"):
         RelevanceModel.load(str(tmp_path), model.features.engine)
 
 
@@ -286,17 +318,47 @@ def test_load_missing_files_names_the_path(model, tmp_path):
     with pytest.raises(FileNotFoundError, match=str(tmp_path)):
         RelevanceModel.load(str(tmp_path), model.features.engine)
     model.save(str(tmp_path))
+    os.remove(os.path.join(tmp_path, relevance_associations.TABLES_FILE))
+    with pytest.raises(FileNotFoundError, match=relevance_associations.TABLES_FILE):
+        RelevanceModel.load(str(tmp_path), model.features.engine)
     os.remove(os.path.join(tmp_path, relevance.MODEL_FILE))
     with pytest.raises(FileNotFoundError, match=relevance.MODEL_FILE):
         RelevanceModel.load(str(tmp_path), model.features.engine)
 
 
 def test_evaluate_reports_the_model_above_chance(model):
-    metrics = relevance.evaluate(model, "test", k=10)
+    metrics = relevance_eval.evaluate(model, "test", k=10)
     assert metrics["queries_evaluated"] + metrics["queries_excluded_equal_grades"] == \
         metrics["queries"]
     assert metrics["ndcg@10"]["model"] > 0.9 and metrics["auc"]["model"] > 0.9
     assert sum(row["count"] for row in metrics["calibration"]) == metrics["pairs"]
+    # Exact (3) against substitute (2), the next grade below relevant_at, overall and per kind.
+    assert metrics["next_grade"] == 2.0
+    assert metrics["auc_relevant_vs_next_grade"]["model"] > \
+        metrics["auc_relevant_vs_next_grade"]["bm25"]
+    catalog = model.features.catalog
+    assert set(metrics["by_kind"]) == {q.kind for q in catalog.split("test")} >= {"problem"}
+    for kind, by in metrics["by_kind"].items():
+        model_kind = by["model"]
+        assert model_kind["auc_relevant_vs_rest"] > 0.8, kind
+        means = model_kind["mean_score_by_grade"]
+        assert means["3"] > means["0"]
+        # Broad queries request nothing that a substitute could miss: no grade 2, no such AUC.
+        assert math.isnan(model_kind["auc_relevant_vs_next_grade"]) == ("2" not in means)
+    problem = metrics["by_kind"]["problem"]
+    assert problem["model"]["pairs"] == sum(
+        len(catalog.judgments[q.query_id]) for q in catalog.split("test") if q.kind == "problem")
+
+
+def test_separation_golden_values():
+    # Grades 3, 3, 2, 0 scored 0.9, 0.4, 0.5, 0.1: relevant vs rest = (2 + 1) / 4 pairs
+    # (0.9 beats both, 0.4 beats 0.1 only); vs the next grade (2) only = 1 / 2.
+    got = relevance_eval.separation(np.array([0.9, 0.4, 0.5, 0.1]), np.array([3.0, 3, 2, 0]),
+                                    relevant_at=3, next_grade=2.0)
+    assert got["auc_relevant_vs_rest"] == 0.75 and got["auc_relevant_vs_next_grade"] == 0.5
+    assert got["mean_score_by_grade"] == pytest.approx({"0": 0.1, "2": 0.5, "3": 0.65})
+    assert relevance_eval.next_grade_below(np.array([1.0, 2.33, 2.67, 3]), 2.5) == 2.33
+    assert relevance_eval.next_grade_below(np.array([3.0]), 2.5) is None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -343,7 +405,8 @@ def test_roc_auc_golden_values():
 
 
 def test_config_rejects_impossible_values():
-    for bad in [dict(objective="binary:logistic"), dict(rank_depth=0), dict(nthread=0),
-                dict(learning_rate=0), dict(subsample=1.5), dict(max_rounds=0)]:
+    for bad in [dict(objective="multi:softmax"), dict(rank_depth=0), dict(nthread=0),
+                dict(learning_rate=0), dict(subsample=1.5), dict(max_rounds=0),
+                dict(target="expected"), dict(association_prior=0), dict(association_folds=1)]:
         with pytest.raises(ValueError):
             RelevanceConfig(**bad)

@@ -11,6 +11,7 @@ k=40 for one text up to the union of several expansions' hits), as the reward do
   group  `score_many` of a GRPO group: the query's N=4 rollouts' candidate sets (B products
          each) in one call, one XGBoost prediction for all four; cold cache
   features / predict   microseconds per call of the two halves of a cold call
+  assoc  the association features' part of `features` (relevance_associations.py), cold
   cold pairs/CPU-s     the cold pass per second of this process's CPU time: what one idle core
          would give. The machine is shared, so wall-clock numbers fall when others are busy
          (the load average is printed); the work is single-threaded with nthread=1.
@@ -74,7 +75,7 @@ def main(argv):
         """Median seconds of one pass over all queries, the query cache cleared before each."""
         times, cpu_times = [], []
         for _ in range(FLAGS.repeats):
-            model.features.clear_cache()
+            model.clear_cache()
             begin, begin_cpu = time.perf_counter(), time.process_time()
             fn()
             times.append(time.perf_counter() - begin)
@@ -84,29 +85,32 @@ def main(argv):
 
     print(f"\nload average before: {os.getloadavg()[0]:.2f} (2 cores)")
     print("| batch | calls | cold pairs/s | cold pairs/CPU-s | warm pairs/s | group pairs/s | "
-          "features us/call | predict us/call |")
+          "features us/call | assoc us/call | predict us/call |")
     print("|------:|------:|-------------:|-----------------:|-------------:|--------------:|"
-          "-----------------:|----------------:|")
+          "-----------------:|--------------:|----------------:|")
     for b in sizes:
         batches = [rows[:b] for rows in candidates]
         calls = list(zip(texts, batches))
         cold = passes(lambda: [model.score(t, r) for t, r in calls], "cold")
-        model.features.clear_cache()
+        model.clear_cache()
         [model.score(t, r) for t, r in calls]  # fill the cache
         warm = statistics.median(_timed(lambda: [model.score(t, r) for t, r in calls])
                                  for _ in range(FLAGS.repeats))
         # Four rollouts' sets: the same products in another order (what matters is the size).
         groups = [[(t, np.roll(r, i)) for i in range(4)] for t, r in calls]
         group = passes(lambda: [model.score_many(g) for g in groups])
-        features = passes(lambda: [model.features.features(t, r) for t, r in calls])
-        matrices = [model.features.features(t, r) for t, r in calls]
+        features = passes(lambda: [model.pair_features(t, r) for t, r in calls])
+        assoc = passes(lambda: [model.associations.features_of(t, r) for t, r in calls]) \
+            if model.associations else 0.0
+        matrices = [model.pair_features(t, r) for t, r in calls]
         predict = statistics.median(
             _timed(lambda: [model.booster.inplace_predict(x) for x in matrices])
             for _ in range(FLAGS.repeats))
         n = len(calls)
         print(f"| {b:5d} | {n:5d} | {n * b / cold:12,.0f} | {n * b / cpu['cold']:16,.0f} | "
               f"{n * b / warm:12,.0f} | {4 * n * b / group:13,.0f} | "
-              f"{features / n * 1e6:16,.0f} | {predict / n * 1e6:15,.0f} |")
+              f"{features / n * 1e6:16,.0f} | {assoc / n * 1e6:13,.0f} | "
+              f"{predict / n * 1e6:15,.0f} |")
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 
