@@ -4,8 +4,9 @@ The start policy. A tiny model is fine-tuned (one shared fixture, ~30 s) on two 
 query, equally often: the category of the query's top product (the context shows it), and a
 random other category. Sampled at T = 0.9 it therefore writes either, plus some malformed
 answers, so the rollouts of a group differ in reward. The search engine prefers the right
-category (it adds relevant products; a wrong one dilutes the results with irrelevant ones:
-reward 1.05 against 0.69 on average over the train queries, and higher for every query), so
+category (it adds relevant products; a wrong one fills the first page with irrelevant ones:
+reward 1.04 against 0.79 on average over the train queries under reward version 2, and higher
+for 86% of them), so
 GRPO should move the policy towards copying the context's category and writing valid answers.
 """
 
@@ -143,7 +144,8 @@ def test_grpo_raises_mean_reward_by_more_than_the_spread_across_seeds(setup, tmp
                 "entropy", "length", "rollout_s", "reward_s", "update_s"} <= set(records[-1])
     gains = np.array(after) - before
     spread = max(after) - min(after)
-    # Seen: before 0.58, after 0.80 / 0.89 / 0.81 (gains 0.22-0.31, spread 0.09).
+    # Seen (reward version 2): before 0.61, after 0.85 / 0.87 / 0.87 (gains 0.24-0.26, spread
+    # 0.015).
     assert gains.min() > 0, (before, after)
     assert gains.mean() > spread, (before, after)
 
