@@ -1,5 +1,6 @@
 # Two commands for a new user: `make demo` and `make test` (README.md). Both create .venv and
-# install requirements.txt on first use; later runs skip the install until requirements change.
+# install requirements.txt, then requirements-nodeps.txt without dependencies, on first use;
+# later runs skip the install until either file changes.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
@@ -10,9 +11,10 @@ PYTEST_ARGS ?=
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt requirements-nodeps.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-nodeps.txt
 	touch $@
 
 demo: setup

@@ -194,7 +194,7 @@ def _hf_tensors(hf_dir: Path) -> dict[str, np.ndarray]:
     return {k.removeprefix("model."): v for k, v in tensors.items()}
 
 
-def _hf_to_pure_dict(t: dict[str, np.ndarray], c: ModelConfig) -> dict:
+def hf_to_pure_dict(t: dict[str, np.ndarray], c: ModelConfig) -> dict:
     """HF tensor names and [out, in] layouts -> the nested dict of `nnx.to_pure_dict(state)`."""
     D, N, K, H = c.d_model, c.num_heads, c.num_kv_heads, c.head_dim
     used = set()
@@ -232,9 +232,10 @@ def _hf_to_pure_dict(t: dict[str, np.ndarray], c: ModelConfig) -> dict:
     return pure
 
 
-def _fill(abstract_model: Llama, pure: dict) -> Llama:
-    """Merge host arrays into an `nnx.eval_shape` model, checking every shape."""
-    graphdef, state = nnx.split(abstract_model)
+def fill_model(abstract: Llama, pure: dict) -> Llama:
+    """Merge host arrays into an `nnx.eval_shape` model (`abstract_model`), checking every shape.
+    `pure` is the nested dict of `nnx.to_pure_dict(state)`, e.g. from `hf_to_pure_dict`."""
+    graphdef, state = nnx.split(abstract)
     target = nnx.to_pure_dict(state)
     flat_target = dict(jax.tree_util.tree_flatten_with_path(target)[0])
     flat_pure = dict(jax.tree_util.tree_flatten_with_path(pure)[0])
@@ -258,13 +259,13 @@ def load_hf_llama(hf_dir: str | os.PathLike, *, dtype: str | None = None,
         raise FileNotFoundError(f"{hf_dir}: no config.json (not a Hugging Face checkpoint dir)")
     config = config_from_hf(json.loads((hf_dir / "config.json").read_text()),
                             dtype=dtype, param_dtype=param_dtype)
-    pure = _hf_to_pure_dict(_hf_tensors(hf_dir), config)
-    return _fill(_abstract_model(config), pure), config
+    pure = hf_to_pure_dict(_hf_tensors(hf_dir), config)
+    return fill_model(abstract_model(config), pure), config
 
 
 # ----------------------------------------------------------------------------- params checkpoints
 
-def _abstract_model(config: ModelConfig) -> Llama:
+def abstract_model(config: ModelConfig) -> Llama:
     return nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(0)))
 
 
@@ -336,7 +337,7 @@ def load_params(path: str | os.PathLike) -> tuple[Llama, ModelConfig]:
             verify_files(path)
         except CheckpointError as e:
             raise CheckpointError(f"corrupt params checkpoint: {e}") from e
-    graphdef, state = nnx.split(_abstract_model(config))
+    graphdef, state = nnx.split(abstract_model(config))
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
                           nnx.to_pure_dict(state))

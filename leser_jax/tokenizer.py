@@ -19,6 +19,17 @@ interface, `Tokenizer`:
   a valid id matters. The tags are not in LLaMA 3's vocabulary: they are plain text of several
   tokens there, and `token_id(tag)` raises KeyError (we do not add tokens, which would need new
   embedding rows).
+- The same adapter for a GGUF file's vocabulary (`tokenizer_from_gguf`, issue 20's SmolLM2):
+  byte-level BPE built with the `tokenizers` library from the file's tokens and merges, the
+  control tokens (token_type 3: <|im_start|>, <|im_end|>, <|endoftext|>, ...) matched whole as
+  special tokens, bos/eos/pad from the file's ids, and the chat template kept with its turn
+  markers (`turn_markers`, e.g. ("<|im_start|>", "<|im_end|>")). Text is split before BPE as
+  llama.cpp's `tokenizer.ggml.pre` says: for "smollm", every numeric character alone, then GPT-2's
+  regex (what SmolLM2's own tokenizer.json does). transformers' GGUF loading ignores "smollm" and
+  uses GPT-2's regex alone. On ASCII digits the two agree (no merge of SmolLM2's joins a digit
+  to anything); on other numerals after a space (" ①", " ⅓") they differ, and ours is
+  llama.cpp's. `save` writes tokenizer.json and tokenizer_specials.json (bos, eos, pad, the
+  chat template), which `load` reads back; a directory without the latter is LLaMA 3's.
 
 The paper does not say how its prompt is tokenised; the tag-as-one-token choice is ours: it makes
 parsing robust for small models and costs nothing.
@@ -28,8 +39,10 @@ from __future__ import annotations
 
 import abc
 import io
+import json
 import os
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 SPECIAL_TAGS = ("<think>", "</think>", "<answer>", "</answer>", "<query>", "</query>",
@@ -37,6 +50,7 @@ SPECIAL_TAGS = ("<think>", "</think>", "<answer>", "</answer>", "<query>", "</qu
 
 SENTENCEPIECE_FILE = "tokenizer.model"
 HF_FILE = "tokenizer.json"
+HF_SPECIALS_FILE = "tokenizer_specials.json"  # ours: which tokens are bos/eos/pad, chat template
 
 
 class Tokenizer(abc.ABC):
@@ -137,11 +151,17 @@ def train_sentencepiece(texts: Iterable[str], *, vocab_size: int, seed: int = 0,
 
 
 class HFTokenizer(Tokenizer):
-    """A Hugging Face `tokenizers.Tokenizer` (tokenizer.json) behind the `Tokenizer` interface."""
+    """A Hugging Face `tokenizers.Tokenizer` (tokenizer.json) behind the `Tokenizer` interface.
+
+    bos, pad: token strings; eos: the stop tokens in order of preference, those present become
+    `stop_ids` and the first `eos_id`. The defaults are LLaMA 3's (module docstring).
+    chat_template: the model's Jinja chat template, if known (kept and saved, not rendered here);
+    `turn_markers` are the tokens it opens and closes a turn with, or None.
+    """
 
     def __init__(self, tokenizer, *, bos: str = "<|begin_of_text|>",
                  eos: tuple[str, ...] = ("<|eot_id|>", "<|end_of_text|>"),
-                 pad: str = "<|finetune_right_pad_id|>"):
+                 pad: str = "<|finetune_right_pad_id|>", chat_template: str | None = None):
         self._tok = tokenizer
         self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
         self.bos_id = self._special(bos)
@@ -152,6 +172,8 @@ class HFTokenizer(Tokenizer):
         self.eos_id = stops[0]
         pad_id = tokenizer.token_to_id(pad)
         self.pad_id = self.eos_id if pad_id is None else pad_id
+        self.chat_template = chat_template
+        self.turn_markers = _turn_markers(chat_template, tokenizer)
 
     def _special(self, token: str) -> int:
         i = self._tok.token_to_id(token)
@@ -175,14 +197,98 @@ class HFTokenizer(Tokenizer):
         return i
 
     def save(self, directory: str | os.PathLike) -> None:
-        Path(directory).mkdir(parents=True, exist_ok=True)
-        self._tok.save(str(Path(directory) / HF_FILE))
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self._tok.save(str(directory / HF_FILE))
+        name = self._tok.id_to_token
+        specials = {"bos": name(self.bos_id), "eos": [name(i) for i in self.stop_ids],
+                    "pad": name(self.pad_id), "chat_template": self.chat_template}
+        (directory / HF_SPECIALS_FILE).write_text(json.dumps(specials, indent=1) + "\n")
 
     @classmethod
     def load(cls, directory: str | os.PathLike, **kwargs) -> HFTokenizer:
+        """tokenizer.json, with the special tokens of tokenizer_specials.json when there is one
+        (`save` writes it), else `kwargs` or LLaMA 3's."""
         from tokenizers import Tokenizer as _HFTokenizer
 
-        return cls(_HFTokenizer.from_file(str(Path(directory) / HF_FILE)), **kwargs)
+        directory = Path(directory)
+        if (directory / HF_SPECIALS_FILE).exists():
+            specials = json.loads((directory / HF_SPECIALS_FILE).read_text())
+            kwargs = {"bos": specials["bos"], "eos": tuple(specials["eos"]),
+                      "pad": specials["pad"], "chat_template": specials.get("chat_template"),
+                      **kwargs}
+        return cls(_HFTokenizer.from_file(str(directory / HF_FILE)), **kwargs)
+
+
+def _turn_markers(chat_template: str | None, tokenizer) -> tuple[str, str] | None:
+    """(start, end): the single tokens a ChatML-like template writes right before a message's
+    role and right after its content. SmolLM2's template writes
+    `'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'`,
+    which gives ("<|im_start|>", "<|im_end|>"). None if the template is written otherwise."""
+    if not chat_template:
+        return None
+    start = re.search(r"'([^']+)'\s*\+\s*message\['role'\]", chat_template)
+    end = re.search(r"message\['content'\]\s*\+\s*'([^']+)'", chat_template)
+    if not (start and end):
+        return None
+    markers = (start.group(1), end.group(1))
+    if any(tokenizer.token_to_id(m) is None for m in markers):
+        return None
+    return markers
+
+
+# llama.cpp's `tokenizer.ggml.pre` names whose splitting we reproduce. "smollm" (llama.cpp's
+# llama-vocab.cpp, shared with starcoder and refact) applies two regexes in turn: \p{N} (each
+# numeric character alone), then GPT-2's; "gpt2" the latter only. `tokenizers`' Digits splits on
+# the same characters (Unicode numeric), and ByteLevel(use_regex=True) is GPT-2's regex.
+_GGUF_DIGITS_FIRST = {"smollm": True, "starcoder": True, "refact": True, "gpt2": False}
+_GGUF_CONTROL, _GGUF_USER_DEFINED = 3, 4  # tokenizer.ggml.token_type values
+
+
+def tokenizer_from_gguf(metadata: Mapping[str, object]) -> HFTokenizer:
+    """The byte-level BPE vocabulary of a GGUF file's metadata (`tokenizer.ggml.*` and
+    `tokenizer.chat_template` keys, as gguf_llama.read_gguf gives them) as an HFTokenizer.
+
+    Tokens are already spelled in GPT-2's byte alphabet ("Ġthe"); merges are "a b" strings.
+    bos, eos and pad come from the file's ids; the stop tokens are eos, the file's end-of-turn
+    token if it names one, and <|endoftext|> (the end of a document) when it is a control token.
+    """
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+    model = metadata.get("tokenizer.ggml.model")
+    if model != "gpt2":
+        raise ValueError(f"unsupported GGUF tokenizer {model!r} (supported: gpt2, byte-level BPE)")
+    pre = metadata.get("tokenizer.ggml.pre", "gpt2")
+    if pre not in _GGUF_DIGITS_FIRST:
+        raise ValueError(f"unsupported GGUF pre-tokenizer {pre!r} (supported: "
+                         f"{', '.join(sorted(_GGUF_DIGITS_FIRST))})")
+    tokens = list(metadata["tokenizer.ggml.tokens"])
+    types = list(metadata.get("tokenizer.ggml.token_type") or [1] * len(tokens))
+    merges = [tuple(m.split(" ", 1)) for m in metadata["tokenizer.ggml.merges"]]
+    tok = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges))
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                  byte_level])
+                         if _GGUF_DIGITS_FIRST[pre] else byte_level)
+    tok.decoder = decoders.ByteLevel()
+    # Matched whole in any text, before splitting; they keep their ids (all are in the vocab).
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False)
+                            for t, kind in zip(tokens, types) if kind == _GGUF_CONTROL])
+    tok.add_tokens([AddedToken(t, special=False, normalized=False)
+                    for t, kind in zip(tokens, types) if kind == _GGUF_USER_DEFINED])
+
+    def token(key):
+        i = metadata.get(f"tokenizer.ggml.{key}_token_id")
+        return None if i is None else tokens[int(i)]
+
+    eos = [t for t in (token("eos"), token("eot")) if t is not None]
+    if "<|endoftext|>" in tokens and types[tokens.index("<|endoftext|>")] == _GGUF_CONTROL:
+        eos.append("<|endoftext|>")
+    if not eos:
+        raise ValueError("GGUF metadata names no eos token (tokenizer.ggml.eos_token_id)")
+    bos = token("bos") or eos[0]
+    return HFTokenizer(tok, bos=bos, eos=tuple(dict.fromkeys(eos)), pad=token("padding") or eos[0],
+                       chat_template=metadata.get("tokenizer.chat_template"))
 
 
 def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:

@@ -95,8 +95,9 @@ def test_parity_with_transformers(tmp_path, tie):
     assert_close(got, want, rtol=FORWARD_RTOL)  # torch's kernels against XLA's
 
     # The RoPE scaling was read and matters: without it the logits are far off.
-    unscaled = checkpoint._fill(checkpoint._abstract_model(config.replace(rope_scaling_factor=None)),
-                                nnx.to_pure_dict(nnx.state(model)))
+    unscaled = checkpoint.fill_model(
+        checkpoint.abstract_model(config.replace(rope_scaling_factor=None)),
+        nnx.to_pure_dict(nnx.state(model)))
     assert np.abs(forward(unscaled, tokens) - want).max() > 0.1 * np.abs(want).max()
 
 

@@ -4,7 +4,7 @@
 
 Writes OUT/config.json (a transformers `LlamaConfig`) and OUT/model.safetensors in float32
 (safetensors.numpy cannot write bfloat16), which `transformers.LlamaForCausalLM.from_pretrained(OUT)` and
-`checkpoint.load_hf_llama(OUT)` both read. The layouts are `checkpoint._hf_to_pure_dict`'s,
+`checkpoint.load_hf_llama(OUT)` both read. The layouts are `checkpoint.hf_to_pure_dict`'s,
 inverted: our einsum kernels [in, ...] become HF Linear weights [out, in]. Used by
 tools/bench_sampler.py to run transformers' `generate` on the very weights our sampler runs.
 """
