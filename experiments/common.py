@@ -210,3 +210,38 @@ def optim_and_loop(steps: int, lr: float):
                       keep_checkpoints=FLAGS.keep_checkpoints, seed=FLAGS.seed,
                       profile_dir=FLAGS.profile_dir)
     return optim, loop
+
+
+def define_few_shot_flags(name: str = "few_shot") -> None:
+    """--{name} K worked examples before each query, --{name}_seed, --teacher_file (the pool)."""
+    flags.DEFINE_integer(name, 0, "Worked examples (teacher answers to train queries) shown "
+                         "before each query, as earlier chat turns (sft.few_shot_turns).",
+                         lower_bound=0)
+    flags.DEFINE_integer(f"{name}_seed", 0, "Seed of the draw of the worked examples' train "
+                         "queries.", lower_bound=0)
+    flags.DEFINE_string("teacher_file", None, "Teacher JSONL (experiments.teacher) to take the "
+                        "worked examples from; else the teacher answers the drawn queries.")
+
+
+def worked_examples(k: int, *, catalog: Catalog, engine: SearchEngine, context: ContextConfig,
+                    teacher_file: str | None, teacher=None, seed: int = 0) -> tuple:
+    """k worked examples for few-shot prompts (sft.few_shot_turns: teacher answers to train
+    queries in a seeded order), from `teacher_file` (its dev and test queries left out) or
+    written by `teacher`; each printed. () for k = 0."""
+    from leser_jax import sft
+    from leser_jax.teacher import read_examples
+
+    if not k:
+        return ()
+    pool = []
+    if teacher_file:
+        held_out = [q.text for q in (*catalog.split("dev"), *catalog.split("test"))]
+        pool, report = read_examples(teacher_file, exclude_queries=held_out)
+        print(report.summary())
+    elif teacher is None:
+        raise ValueError("worked examples need a teacher file or a teacher to write them")
+    turns = sft.few_shot_turns(k, [q.text for q in catalog.split("train")], engine, context,
+                               examples=pool, teacher=teacher, seed=seed)
+    for t in turns:
+        print(f"worked example: {t.prompt.splitlines()[-1]} -> {t.answer}")
+    return turns

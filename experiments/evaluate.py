@@ -4,12 +4,23 @@
 
 Systems, in this order: `original` (the query alone, Y = {}), `rm3` (pseudo-relevance feedback,
 leser_jax.baselines), `teacher` (the search-guided teacher the warm-up imitates; it optimises the
-reward with the relevance model, never the judgments) and every --policy NAME=DIR (a params
-checkpoint with its tokenizer, or a run dir holding one at DIR/params; greedy decoding, the
-prompt it was trained on). For each, on the --split queries: relevance gain, retrieval gain,
+reward with the relevance model, never the judgments), every --zero_shot NAME=PATH (a model that
+was never fine-tuned, e.g. SmolLM2-135M-Instruct as a GGUF file or as converted by
+tools.convert_gguf_llama, given the LESER prompt in its chat template after
+--zero_shot_examples worked examples: the format check before warm-up, and the stand-in for the
+paper's prompted-LLM baseline) and every --policy NAME=DIR (a params checkpoint with its
+tokenizer, or a run dir holding one at DIR/params; greedy decoding, the prompt it was trained
+on). For each, on the --split queries: relevance gain, retrieval gain,
 judged recall, judged nDCG@10, format validity, expansions per answer (95% bootstrap intervals
 over queries) and generation latency per query; then --reference (warm-up + GRPO) minus each
 other system, paired over the same queries (leser_jax.evaluation).
+
+The worked examples are teacher answers to train queries drawn in a seeded order
+(sft.few_shot_turns): looked up in --teacher_file if given, else written by the teacher baseline
+at start (a few seconds). A zero-shot SmolLM2 with two examples:
+
+    python -m tools.convert_gguf_llama --out=/tmp/smol
+    python -m experiments.evaluate --dataset=synthetic --index=runs/demo/index --relevance=runs/demo/relevance --out=/tmp/smol_eval --context_k=5 --context_max_tokens=128 --teacher_max_expansions=2 --baselines=original --zero_shot=smol_2shot=/tmp/smol --zero_shot_examples=2 --max_new_tokens=128 --reference=smol_2shot
 
 The context flags must be those the policies were trained with: a policy's run records them in
 its checkpoints, and a mismatch is an error. The teacher flags should be those that wrote the
@@ -29,7 +40,7 @@ from experiments import cli, common
 from leser_jax import evaluation, plots, run_log
 from leser_jax.relevance import RelevanceModel
 from leser_jax.reward import SearchFeedback
-from leser_jax.teacher import TeacherConfig
+from leser_jax.teacher import Teacher, TeacherConfig
 
 common.define_dataset_flags()
 common.define_context_flags()
@@ -40,6 +51,10 @@ flags.DEFINE_string("index", None, "Index folder from experiments.build_index (e
 flags.DEFINE_string("relevance", None, "Folder of a model from experiments.train_relevance.",
                     required=True)
 flags.DEFINE_multi_string("policy", [], "NAME=DIR: a policy checkpoint to evaluate (repeatable).")
+flags.DEFINE_multi_string("zero_shot", [], "NAME=PATH: a model never fine-tuned (a GGUF file or a "
+                          "converted params dir) prompted with the LESER prompt in its chat "
+                          "template, after --zero_shot_examples worked examples (repeatable).")
+common.define_few_shot_flags("zero_shot_examples")
 flags.DEFINE_list("baselines", list(evaluation.BASELINES), "Baseline systems to include.")
 flags.DEFINE_string("reference", "grpo", "System the others are compared with, paired.")
 flags.DEFINE_enum("split", "test", ["train", "dev", "test"], "Queries to evaluate on.")
@@ -61,14 +76,14 @@ flags.DEFINE_integer("seed", 0, "Bootstrap seed.", lower_bound=0)
 FLAGS = flags.FLAGS
 
 
-def parse_policies(specs: list[str]) -> dict[str, str]:
+def parse_policies(specs: list[str], flag: str = "policy") -> dict[str, str]:
     policies = {}
     for spec in specs:
         name, sep, path = spec.partition("=")
         if not sep or not name or not path:
-            raise app.UsageError(f"--policy={spec}: expected NAME=DIR")
+            raise app.UsageError(f"--{flag}={spec}: expected NAME=PATH")
         if name in policies:
-            raise app.UsageError(f"--policy={spec}: the name {name!r} is taken")
+            raise app.UsageError(f"--{flag}={spec}: the name {name!r} is taken")
         policies[name] = path
     return policies
 
@@ -78,6 +93,7 @@ def main(argv):
     run_log.quiet_library_logs()
     start = time.perf_counter()
     policies = parse_policies(FLAGS.policy)
+    zero_shot = parse_policies(FLAGS.zero_shot, "zero_shot")
     context = common.context_config()
     reward = common.reward_config()
     teacher_config = TeacherConfig(max_candidates=FLAGS.teacher_max_candidates,
@@ -89,10 +105,15 @@ def main(argv):
     relevance = RelevanceModel.load(FLAGS.relevance, engine)
     queries = catalog.split(FLAGS.split)
     queries = queries[:FLAGS.num_queries] if FLAGS.num_queries else queries
+    examples = common.worked_examples(
+        FLAGS.zero_shot_examples if zero_shot else 0, catalog=catalog, engine=engine,
+        context=context, teacher_file=FLAGS.teacher_file, seed=FLAGS.zero_shot_examples_seed,
+        teacher=Teacher(engine, relevance, context=context, reward=reward, config=teacher_config))
     systems = evaluation.make_systems(FLAGS.baselines, policies, engine, relevance,
                                       context=context, reward=reward, teacher=teacher_config,
                                       max_new_tokens=FLAGS.max_new_tokens,
-                                      temperature=FLAGS.temperature)
+                                      temperature=FLAGS.temperature, zero_shot=zero_shot,
+                                      examples=examples)
     feedback = SearchFeedback(engine, relevance, reward)
     results, reasons = evaluation.evaluate_systems(systems, queries, catalog, feedback,
                                           batch_size=FLAGS.batch_size,
@@ -108,13 +129,18 @@ def main(argv):
         f"{'greedily' if FLAGS.temperature == 0 else f'at temperature {FLAGS.temperature}'} "
         f"(up to {FLAGS.max_new_tokens} tokens), "
         f"latency in batches of {FLAGS.batch_size} (first call of each size, which compiles, "
-        "left out). Means with 95% bootstrap intervals over queries.")
+        "left out). Means with 95% bootstrap intervals over queries."
+        + (f" Zero-shot systems ({', '.join(zero_shot)}): never fine-tuned, the prompt in their "
+           f"chat template after {len(examples)} worked examples (teacher answers to train "
+           "queries)." if zero_shot else ""))
     info = {"description": description, "split": FLAGS.split, "queries": len(queries),
             "dataset": FLAGS.dataset, "context": dataclasses.asdict(context),
             "reward": dataclasses.asdict(reward), "teacher": dataclasses.asdict(teacher_config),
             "max_new_tokens": FLAGS.max_new_tokens, "temperature": FLAGS.temperature,
             "batch_size": FLAGS.batch_size,
-            "policies": policies, "seconds": round(time.perf_counter() - start, 1)}
+            "policies": policies, "zero_shot": zero_shot,
+            "zero_shot_examples": [{"prompt": t.prompt, "answer": t.answer} for t in examples],
+            "seconds": round(time.perf_counter() - start, 1)}
     table = evaluation.write_results(FLAGS.out, evaluation.results_dict(
         results, reference=FLAGS.reference, reasons=reasons, info=info,
         bootstrap_samples=FLAGS.bootstrap_samples, seed=FLAGS.seed))

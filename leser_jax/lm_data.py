@@ -31,7 +31,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from leser_jax.catalog import Catalog
-from leser_jax.prompts import ContextItem
+from leser_jax.prompts import ContextItem, encode_prompt
 from leser_jax.tokenizer import Tokenizer
 
 
@@ -102,14 +102,17 @@ def packed_batch(rows: np.ndarray, batch_size: int, seed: int, step: int) -> dic
 
 @dataclasses.dataclass(frozen=True)
 class Encoded:
-    """One warm-up example as tokens: bos + prompt, then the answer and eos.
+    """One warm-up example as tokens: the prompt as the model reads it, then the answer and eos.
 
-    tokens [n] int32; prompt_len: tokens before the answer (bos included). Target t (the token
-    that input t predicts, tokens[t + 1]) is trained iff it belongs to the answer, t + 1 >=
-    prompt_len. Example, prompt [bos p1 p2], answer [a1 a2 eos]:
+    tokens [n] int32; prompt_len: tokens before the answer. Target t (the token that input t
+    predicts, tokens[t + 1]) is trained iff it belongs to the answer, t + 1 >= prompt_len.
+    Example, prompt [bos p1 p2], answer [a1 a2 eos]:
         inputs  = bos p1 p2 a1 a2
         targets = p1  p2 a1 a2 eos
         weights = 0   0  1  1  1
+    With a chat template (prompts.encode_prompt) the prompt is the whole conversation up to the
+    opened assistant turn, [<|im_start|> system .. <|im_start|> assistant \n], and eos is
+    <|im_end|>, which closes the assistant's turn: the loss is on the answer and <|im_end|>.
     """
 
     tokens: np.ndarray
@@ -120,9 +123,10 @@ class Encoded:
 
 
 def encode_example(tokenizer: Tokenizer, prompt: str, answer: str) -> Encoded:
-    """bos + prompt + answer + eos. Prompt and answer are encoded apart, as the sampler sees them
-    (it is given the prompt's tokens and writes the answer's)."""
-    p = tokenizer.encode(prompt, bos=True)
+    """prompts.encode_prompt(prompt) + answer + eos. Prompt and answer are encoded apart, as the
+    sampler sees them (it is given the prompt's tokens, the same encode_prompt's, and writes the
+    answer's)."""
+    p = encode_prompt(tokenizer, prompt)
     a = tokenizer.encode(answer, eos=True)
     return Encoded(np.asarray(p + a, np.int32), len(p))
 

@@ -20,7 +20,10 @@ metric and reward cannot disagree on what was retrieved, how relevant it is, or 
     retrieved        |U(Y)|, the products the engine returns for q and its expansions
     searches         engine searches a query costs: 1 + the distinct expansions (serving M(Y)),
                      plus those the system made to write Y (a system that counts them in
-                     `num_searches`, as the search-guided teacher does for its candidates)
+                     `num_searches`, as the search-guided teacher does for its candidates).
+                     RM3's feedback search is not one more: its top fb_docs are the first
+                     results of q's own search, which serving makes anyway (it adds a round trip
+                     before the expansions, not a search)
 
 DESIGN.md writes the gains as ratios minus 1; the difference forms are equal to them whenever
 the denominator is the true baseline, and stay defined (and exactly 0 for Y = {}) when q alone

@@ -1,17 +1,27 @@
-"""A policy checkpoint as an evaluation *system* (metrics.System): query texts -> parsed answers.
+"""A policy as an evaluation *system* (metrics.System): query texts -> parsed answers.
 
 The policy sees exactly the prompt GRPO trained it on (sft.prompt_for: the original query's
-top-k products as context, then the query), decodes greedily by default, and its completion is
-parsed with parse_answer; an answer that does not parse is returned as such and evaluated as
-Y = {} (metrics.py).
+top-k products as context, then the query; in its tokenizer's chat template if it has one,
+prompts.encode_prompt), decodes greedily by default, and its completion is parsed with
+parse_answer; an answer that does not parse is returned as such and evaluated as Y = {}
+(metrics.py).
+
+The same class evaluates a model that was never fine-tuned (the zero-shot system of
+experiments/evaluate.py: the converted SmolLM2-135M-Instruct, `load_policy` of its GGUF file or
+converted directory), then usually with k worked examples before each query (`examples`,
+sft.few_shot_turns): the paper's format check before warm-up, and our stand-in for its
+prompted-LLM baseline.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
+
 import jax
 
 from leser_jax.context import ContextConfig
-from leser_jax.prompts import AnswerFormat, ParsedAnswer, parse_answer
+from leser_jax.prompts import AnswerFormat, ExampleTurn, ParsedAnswer, parse_answer
 from leser_jax.rollout import generate_rollouts
 from leser_jax.sampler import SamplingConfig
 from leser_jax.search import SearchEngine
@@ -19,17 +29,33 @@ from leser_jax.sft import prompt_for
 from leser_jax.tokenizer import Tokenizer
 
 
+def load_policy(path: str | os.PathLike):
+    """(model, config, tokenizer) of a GGUF file (gguf_llama: dequantized to float32, its own
+    tokenizer and chat template) or of what `--init=DIR` names (checkpoint.load_init)."""
+    from leser_jax import checkpoint, gguf_llama
+    from leser_jax.tokenizer import tokenizer_from_gguf
+
+    if os.fspath(path).endswith(".gguf"):
+        file = gguf_llama.read_gguf(path)
+        model, config = gguf_llama.load_gguf_llama(file)
+        return model, config, tokenizer_from_gguf(file.metadata)
+    return checkpoint.load_init(path)
+
+
 class PolicySystem:
-    """Expands queries with a policy (graphdef, params = nnx.split(model))."""
+    """Expands queries with a policy (graphdef, params = nnx.split(model)); `examples`: worked
+    examples shown before every query (none for a fine-tuned policy)."""
 
     def __init__(self, graphdef, params, tokenizer: Tokenizer, engine: SearchEngine, *,
                  context: ContextConfig, answer: AnswerFormat = AnswerFormat(),
                  sampling: SamplingConfig = SamplingConfig(temperature=0.0, max_new_tokens=96),
-                 seed: int = 0, batch_buckets: tuple[int, ...] = (8, 16, 32, 64)):
+                 seed: int = 0, batch_buckets: tuple[int, ...] = (8, 16, 32, 64),
+                 examples: Sequence[ExampleTurn] = ()):
         self.graphdef, self.params = graphdef, params
         self.tokenizer, self.engine = tokenizer, engine
         self.context, self.answer, self.sampling = context, answer, sampling
         self.batch_buckets = batch_buckets
+        self.examples = tuple(examples)
         self._key = jax.random.key(seed)
         self._calls = 0
         self.last_texts: list[str] = []  # the raw completions of the last call, for inspection
@@ -38,7 +64,8 @@ class PolicySystem:
         prompts = [prompt_for(q, self.engine, self.context, self.answer) for q in queries]
         rollouts = generate_rollouts(self.graphdef, self.params, self.tokenizer, prompts,
                                      num_rollouts=1, sampling=self.sampling, base_key=self._key,
-                                     step=self._calls, batch_buckets=self.batch_buckets)
+                                     step=self._calls, batch_buckets=self.batch_buckets,
+                                     examples=self.examples)
         self._calls += 1
         self.last_texts = rollouts.texts
         return [parse_answer(t, self.answer) for t in rollouts.texts]

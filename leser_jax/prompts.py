@@ -27,6 +27,27 @@ returns either the expansions or a named rejection reason, and a rejected answer
 
 The tags are single tokens of our SentencePiece vocabulary (tokenizer.SPECIAL_TAGS), which keeps
 the format easy to learn for a small model; the paper does not say how it tokenises its prompt.
+
+What the model reads (`model_prompt`, `encode_prompt`: the one path of warm-up, GRPO, evaluation
+and the format check, for every tokenizer). A tokenizer without a chat template (our
+SentencePiece models) reads the prompt exactly as `render_prompt` writes it, after bos. An
+instruction-tuned model whose tokenizer has a ChatML template (SmolLM2: `tokenizer.turn_markers`
+== ("<|im_start|>", "<|im_end|>")) reads it as a conversation: the prompt's first line, the
+instruction, as the system turn; the rest, context and query, as the user turn; the assistant turn
+opened, so that the model writes the answer and closes it with <|im_end|>, its eos:
+
+    <|im_start|>system\nRewrite the shopper's ... the shopper wants.<|im_end|>\n
+    <|im_start|>user\n<context>..</context>\n<query>oak desk</query><|im_end|>\n
+    <|im_start|>assistant\n<think>..</think><answer>[..]</answer><|im_end|>
+
+Optional worked examples (`ExampleTurn`: an example query's prompt and its answer) come before the
+query as earlier user and assistant turns (few-shot prompting: how an untuned model learns the
+format from the prompt alone); without a template, as prompt + answer lines before the prompt.
+ChatML is rendered here from the turn markers rather than by executing the model's Jinja template:
+`tokenizers` has no Jinja, jinja2 is only a test dependency (transformers pulls it in), and
+ChatML is three lines (tests/test_chat_prompt.py checks our rendering against jinja2's rendering
+of SmolLM2's own template). The template's text already opens with <|im_start|>, SmolLM2's bos, so
+a templated prompt is encoded as rendered, with no bos of ours in front (no double bos).
 """
 
 from __future__ import annotations
@@ -35,6 +56,8 @@ import dataclasses
 import json
 import re
 from collections.abc import Sequence
+
+from leser_jax.tokenizer import Tokenizer
 
 INSTRUCTION = (
     "Rewrite the shopper's search query into better product searches. The products the query "
@@ -95,6 +118,60 @@ def render_prompt(query: str, context: Sequence[ContextItem], fmt: AnswerFormat 
     items = "".join(item.render() for item in context)
     return (f"{INSTRUCTION.format(m_max=fmt.m_max)}\n<context>{items}</context>\n"
             f"<query>{query}</query>\n")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExampleTurn:
+    """A worked example shown before the query: a prompt (`render_prompt`'s text for the example's
+    query) and the answer to it (`render_answer`'s text)."""
+
+    prompt: str
+    answer: str
+
+
+def render_chat(messages: Sequence[tuple[str, str]], markers: tuple[str, str]) -> str:
+    """ChatML: each (role, content) as `{start}{role}\n{content}{end}\n`, then `{start}assistant\n`,
+    the assistant's turn opened (what a Hugging Face template writes with
+    add_generation_prompt=True). markers: (start, end), e.g. ("<|im_start|>", "<|im_end|>")."""
+    start, end = markers
+    return "".join(f"{start}{role}\n{content}{end}\n" for role, content in messages) + (
+        f"{start}assistant\n")
+
+
+def _instruction_and_rest(prompt: str) -> tuple[str, str]:
+    """`render_prompt`'s text -> (its first line: the instruction, the rest: context and query,
+    without the last newline, which the end marker replaces)."""
+    instruction, _, rest = prompt.partition("\n")
+    return instruction, rest.removesuffix("\n")
+
+
+def model_prompt(prompt: str, markers: tuple[str, str] | None = None,
+                 examples: Sequence[ExampleTurn] = ()) -> str:
+    """The text a model reads for `prompt` (module docstring): the prompt itself when there is no
+    chat template (`markers` None), after each example's prompt + answer + newline; else the
+    ChatML conversation system (instruction), [user (example), assistant (its answer)] per
+    example, user (context and query), and the assistant's turn opened."""
+    if markers is None:
+        return "".join(f"{e.prompt}{e.answer}\n" for e in examples) + prompt
+    instruction, rest = _instruction_and_rest(prompt)
+    messages = [("system", instruction)]
+    for e in examples:
+        example_instruction, example_rest = _instruction_and_rest(e.prompt)
+        if example_instruction != instruction:  # the system turn states it once for all
+            raise ValueError(f"an example's instruction differs from the prompt's: "
+                             f"{example_instruction!r} != {instruction!r}")
+        messages += [("user", example_rest), ("assistant", e.answer)]
+    return render_chat(messages + [("user", rest)], markers)
+
+
+def encode_prompt(tokenizer: Tokenizer, prompt: str,
+                  examples: Sequence[ExampleTurn] = ()) -> list[int]:
+    """The prompt's token ids as the model reads them, for warm-up (lm_data.encode_example) and
+    sampling (rollout.encode_prompts) alike: `model_prompt` with the tokenizer's turn markers
+    (None for a tokenizer without a chat template), with bos in front only when there is no
+    template (a ChatML text opens with its start marker, which is SmolLM2's bos)."""
+    markers = tokenizer.turn_markers
+    return tokenizer.encode(model_prompt(prompt, markers, examples), bos=markers is None)
 
 
 def render_answer(think: str, expansions: Sequence[str]) -> str:

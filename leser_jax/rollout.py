@@ -7,6 +7,7 @@ reward minus the mean of its group, the N completions of the same prompt. This m
 rendered prompt texts into that batch:
 
     texts [Q] --encode_prompts--> tokens [Q, P], mask [Q, P]   left-padded, P a length bucket
+              (prompts.encode_prompt: in the chat template, if the tokenizer has one)
               --tile_groups-----> [q0 x N, q1 x N, ...] [Q*N, P] and group_ids [Q*N]
               --sampler.generate (key = fold_in(base_key, step))--> completions [Q*N, T_new]
               --tokenizer.decode up to the stop--> texts [Q*N]
@@ -36,6 +37,7 @@ import numpy as np
 from flax import nnx
 
 from leser_jax import sampler, sharding
+from leser_jax.prompts import ExampleTurn, encode_prompt
 from leser_jax.sampler import SamplingConfig
 from leser_jax.tokenizer import Tokenizer
 
@@ -63,9 +65,13 @@ def stop_ids(tokenizer: Tokenizer) -> tuple[int, ...]:
 
 def encode_prompts(tokenizer: Tokenizer, texts: Sequence[str], *,
                    buckets: Sequence[int] = DEFAULT_PROMPT_BUCKETS,
-                   bos: bool = True, max_len: int | None = None
+                   examples: Sequence[ExampleTurn] = (), max_len: int | None = None
                    ) -> tuple[np.ndarray, np.ndarray]:
     """Prompt texts -> left-padded tokens [Q, P] int32 and mask [Q, P] bool (True = real token).
+
+    Each text is encoded as the model reads it (prompts.encode_prompt: bos + text, or the
+    tokenizer's chat template; after the worked `examples`, if any, the same for every text), as
+    the warm-up encodes it (lm_data.encode_example).
 
     P = bucket(longest prompt). Left padding puts every row's last prompt token in the last
     column, where the sampler reads the first next-token logits. Example, P = 4:
@@ -74,7 +80,7 @@ def encode_prompts(tokenizer: Tokenizer, texts: Sequence[str], *,
     cut to it (a 258-token prompt with max_len 416 pads to 416, not to bucket 512), and a longer
     prompt is a ValueError that says so.
     """
-    encoded = [tokenizer.encode(t, bos=bos) for t in texts]
+    encoded = [encode_prompt(tokenizer, t, examples) for t in texts]
     longest = max(len(e) for e in encoded)
     if max_len is not None:
         if longest > max_len:
@@ -141,12 +147,14 @@ def generate_rollouts(graphdef, params, tokenizer: Tokenizer, prompts: Sequence[
                       step: int, stop: Sequence[int] | None = None,
                       prompt_buckets: Sequence[int] = DEFAULT_PROMPT_BUCKETS,
                       batch_buckets: Sequence[int] | None = None,
+                      examples: Sequence[ExampleTurn] = (),
                       mesh: jax.sharding.Mesh | None = None) -> Rollouts:
     """Samples `num_rollouts` completions of each rendered prompt text.
 
     graphdef, params: `nnx.split(policy)`. The sampling key of this call is
     `fold_in(base_key, step)`, so a run is reproducible step by step. `stop` defaults to
     `stop_ids(tokenizer)`. Prefill and decode are timed apart (each after block_until_ready).
+    examples: worked examples shown before every prompt (few-shot; encode_prompts).
     mesh: on a device mesh (params placed by sharding.param_shardings), the sampled rows are
     split over it (sharding.row_sharding); None = one device.
     """
@@ -155,7 +163,7 @@ def generate_rollouts(graphdef, params, tokenizer: Tokenizer, prompts: Sequence[
     # The cache holds prompt + max_new_tokens slots, at most the model's max_seq_len.
     max_len = nnx.merge(graphdef, params).config.max_seq_len - sampling.max_new_tokens
     prompt_tokens, prompt_mask = encode_prompts(tokenizer, prompts, buckets=prompt_buckets,
-                                                max_len=max_len)
+                                                examples=examples, max_len=max_len)
     tokens, mask, group_ids = tile_groups(prompt_tokens, prompt_mask, num_rollouts)  # [R, P]
     R = len(group_ids)
     rows = bucket(R, batch_buckets) if batch_buckets else R

@@ -61,6 +61,9 @@ class Tokenizer(abc.ABC):
     eos_id: int  # appended after a completion in supervised warm-up
     pad_id: int
     stop_ids: tuple[int, ...]  # any of these ends a sampled completion (eos_id among them)
+    # (start, end) of a ChatML chat template's turns, None without a template: then
+    # prompts.encode_prompt wraps the prompt in the template (prompts.render_chat).
+    turn_markers: tuple[str, str] | None = None
 
     @abc.abstractmethod
     def _encode(self, text: str) -> list[int]: ...
@@ -155,8 +158,9 @@ class HFTokenizer(Tokenizer):
 
     bos, pad: token strings; eos: the stop tokens in order of preference, those present become
     `stop_ids` and the first `eos_id`. The defaults are LLaMA 3's (module docstring).
-    chat_template: the model's Jinja chat template, if known (kept and saved, not rendered here);
-    `turn_markers` are the tokens it opens and closes a turn with, or None.
+    chat_template: the model's Jinja chat template, if known (kept and saved, never executed);
+    `turn_markers` are the tokens it opens and closes a turn with, or None; with them,
+    prompts.encode_prompt wraps every prompt in ChatML turns (prompts.render_chat).
     """
 
     def __init__(self, tokenizer, *, bos: str = "<|begin_of_text|>",
@@ -221,17 +225,20 @@ class HFTokenizer(Tokenizer):
 
 
 def _turn_markers(chat_template: str | None, tokenizer) -> tuple[str, str] | None:
-    """(start, end): the single tokens a ChatML-like template writes right before a message's
-    role and right after its content. SmolLM2's template writes
+    """(start, end): the single tokens a ChatML template writes right before a message's role and
+    right after its content. SmolLM2's template writes
     `'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'`,
-    which gives ("<|im_start|>", "<|im_end|>"). None if the template is written otherwise."""
+    which gives ("<|im_start|>", "<|im_end|>"), and prompts.render_chat writes the same turns.
+    None if the template is written otherwise (then the prompt is not wrapped)."""
     if not chat_template:
         return None
-    start = re.search(r"'([^']+)'\s*\+\s*message\['role'\]", chat_template)
-    end = re.search(r"message\['content'\]\s*\+\s*'([^']+)'", chat_template)
-    if not (start and end):
+    newline = r"'(?:\n|\\n)'"  # a newline in the template's text, or Jinja's escape of one
+    turn = re.search(r"'([^']+)'\s*\+\s*message\['role'\]\s*\+\s*" + newline
+                     + r"\s*\+\s*message\['content'\]\s*\+\s*'([^']+)'\s*\+\s*" + newline,
+                     chat_template)
+    if not turn:
         return None
-    markers = (start.group(1), end.group(1))
+    markers = (turn.group(1), turn.group(2))
     if any(tokenizer.token_to_id(m) is None for m in markers):
         return None
     return markers

@@ -26,17 +26,18 @@ import optax
 import pytest
 from flax import nnx
 
-from leser_jax import checkpoint, grpo, lm_data, sft
+from leser_jax import checkpoint, evaluation, grpo, lm_data, sft
 from leser_jax.catalog import Query
 from leser_jax.config import ModelConfig
 from leser_jax.context import ContextConfig
 from leser_jax.finite import NonFiniteError
 from leser_jax.data.synthetic import SyntheticConfig, generate
 from leser_jax.grpo import GRPOConfig
-from leser_jax.grpo_trainer import GRPOTrainer, LoopConfig, reward_metrics
+from leser_jax.grpo_trainer import GRPOTrainer, LoopConfig, reward_metrics, step_queries
 from leser_jax.model import Llama
 from leser_jax.optim import OptimConfig, make_optimizer
-from leser_jax.prompts import INSTRUCTION, AnswerFormat, render_answer
+from leser_jax.prompts import (INSTRUCTION, AnswerFormat, ExampleTurn, encode_prompt,
+                               parse_answer, render_answer)
 from leser_jax.relevance import RelevanceConfig, RelevanceModel
 from leser_jax.reward import RewardBreakdown, RewardConfig, RewardFunction, SearchFeedback
 from leser_jax.rollout import generate_rollouts
@@ -220,6 +221,26 @@ def test_a_prompt_that_cannot_fit_stops_the_run_before_its_first_step(setup, tmp
     assert checkpoint.list_checkpoints(tmp_path) == []
 
 
+def test_worked_examples_come_before_every_rollout_prompt(setup, tmp_path):
+    """Few-shot GRPO: the examples are in what the policy samples from and what the update
+    scores (the batch's prompt rows), and in the length check of every prompt."""
+    example = ExampleTurn(sft.prompt_for(setup.train[0].text, setup.engine, CONTEXT),
+                          render_answer("", ["office chair"]))
+    trainer = setup.trainer(tmp_path, seed=0, steps=1)
+    trainer.examples = (example,)
+    trainer.run()
+    queries = step_queries(setup.train, GRPO.queries_per_step, 0, 0)
+    rows = trainer.last_batch["prompt_tokens"]
+    masks = trainer.last_batch["prompt_mask"]
+    for q, row, mask in zip(queries, rows, masks):
+        want = encode_prompt(setup.tokenizer, trainer.prompt(q.text), [example])
+        assert row[mask].tolist() == want
+        assert len(want) > len(encode_prompt(setup.tokenizer, trainer.prompt(q.text)))
+    trainer.examples = (example,) * 20  # 20 examples leave no room in the 512-token window
+    with pytest.raises(ValueError, match="train and dev prompts are longer than"):
+        trainer.check_prompts()
+
+
 class NaNReward:
     """The reward function with one rollout's reward NaN (a bug in a reward, say)."""
 
@@ -369,12 +390,19 @@ def test_launcher_on_an_8_device_mesh_matches_one_device(setup, tmp_path):
 
 
 def test_launcher_trains_and_writes_params(setup, tmp_path):
-    """experiments.grpo end to end in a subprocess (resuming is tested in-process above)."""
+    """experiments.grpo end to end in a subprocess (resuming is tested in-process above), with
+    one worked example before every prompt (--few_shot: the teacher answers a train query)."""
     run_dir = tmp_path / "grpo"
     _launch_grpo(setup, tmp_path, run_dir, "--eval_every=2", "--eval_queries=8",
-                 "--samples_every=1")
+                 "--samples_every=1", "--few_shot=1")
     done = json.loads((run_dir / "DONE.json").read_text())
     assert done["steps"] == 2 and done["configs"]["context"]["k"] == CONTEXT.k
+    # The example is recorded with the run, and evaluation shows it to the policy again.
+    [example] = evaluation.trained_examples(run_dir / "params")
+    assert example == ExampleTurn(**done["configs"]["few_shot"][0])
+    assert example.prompt.splitlines()[-1].removeprefix("<query>").removesuffix("</query>") in {
+        q.text for q in setup.train}
+    assert parse_answer(example.answer).valid
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     steps = _step_records(run_dir)
     assert [r["step"] for r in steps] == [1, 2]

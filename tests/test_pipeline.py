@@ -128,6 +128,43 @@ def test_plan_runs_every_stage_with_one_context(tmp_path):
     assert {flag(by[n], "dataset") for n in names[1:]} == {str(tmp_path / "run" / "dataset")}
 
 
+def test_smol_plan_converts_checks_the_format_and_shows_examples_where_untrained(tmp_path):
+    """The smol preset: SmolLM2 converted instead of pretrained, its format checked before any
+    fine-tuning, GRPO without warm-up and the zero-shot system given the same worked examples
+    (from this run's teacher file), and other runs' policies evaluated beside on the same
+    queries."""
+    run, shared = str(tmp_path / "smol"), str(tmp_path / "hd")
+    stages = plan(Settings(preset="smol", run_dir=run, shared_dir=shared, dataset="hd",
+                           compare=("small=runs/hd_cpu/warmup",)))
+    by = {s.name: s.command for s in stages}
+    assert list(by) == ["index", "relevance", "convert", "teacher", "format_0_shot",
+                        "format_2_shot", "warmup", "grpo", "grpo_no_warmup", "evaluate"]
+    smol = os.path.join(shared, "smollm2")
+    assert by["convert"] == ("tools.convert_gguf_llama", f"--out={smol}")
+    assert flag(by["warmup"], "init") == smol and flag(by["grpo_no_warmup"], "init") == smol
+    assert flag(by["format_0_shot"], "examples") == "0"
+    assert flag(by["format_0_shot"], "teacher_file") is None
+    teacher_file = os.path.join(run, "teacher.jsonl")
+    for name in ("format_2_shot", "grpo_no_warmup", "evaluate"):
+        assert flag(by[name], "teacher_file") == teacher_file
+    assert flag(by["grpo_no_warmup"], "few_shot") == "2" and flag(by["grpo"], "few_shot") is None
+    assert flag(by["evaluate"], "zero_shot") == f"zero_shot={smol}"
+    assert flag(by["evaluate"], "zero_shot_examples") == "2"
+    assert flag(by["evaluate"], "num_queries") == "300"
+    assert "--policy=small=runs/hd_cpu/warmup" in by["evaluate"]
+    # The launchers have no smol preset: they run their cpu defaults with the stage's flags.
+    assert all(flag(by[n], "preset") == "cpu" for n in ("warmup", "grpo", "grpo_no_warmup"))
+    assert all(flag(by[n], "lora_rank") for n in ("warmup", "grpo", "grpo_no_warmup"))
+    # Without the teacher, the untrained systems' examples come from the teacher at start.
+    by = {s.name: s.command for s in plan(Settings(preset="smol", run_dir=run,
+                                                   shared_dir=shared, dataset="hd",
+                                                   warmup=False))}
+    assert list(by) == ["index", "relevance", "convert", "format_0_shot", "format_2_shot",
+                        "grpo_no_warmup", "evaluate"]
+    assert flag(by["format_2_shot"], "relevance") == os.path.join(shared, "relevance")
+    assert flag(by["grpo_no_warmup"], "teacher_file") is None
+
+
 def test_ablations_pass_through_and_reuse_the_shared_stages(tmp_path):
     main, run = str(tmp_path / "main"), str(tmp_path / "ablation")
     stages = plan(Settings(preset="cpu", run_dir=run, shared_dir=main, dataset="synthetic",

@@ -20,6 +20,7 @@ class WordTokenizer:
     """Whitespace words -> ids from 4 up; pad 0, bos 2, eos 3 (SentencePiece's layout)."""
 
     pad_id, bos_id, eos_id = 0, 2, 3
+    turn_markers = None  # no chat template: prompts.encode_prompt gives bos + the prompt
 
     def __init__(self):
         self.ids = {}
