@@ -55,6 +55,9 @@ flags.DEFINE_multi_string("zero_shot", [], "NAME=PATH: a model never fine-tuned 
                           "converted params dir) prompted with the LESER prompt in its chat "
                           "template, after --zero_shot_examples worked examples (repeatable).")
 common.define_few_shot_flags("zero_shot_examples")
+flags.DEFINE_bool("drop_duplicates", False, "Also report each model as NAME+dedup: its same "
+                  "answers with repeated expansions dropped instead of rejected (how a deployed "
+                  "system would use them), beside the strict parse of the reward.")
 flags.DEFINE_list("baselines", list(evaluation.BASELINES), "Baseline systems to include.")
 flags.DEFINE_string("reference", "grpo", "System the others are compared with, paired.")
 flags.DEFINE_enum("split", "test", ["train", "dev", "test"], "Queries to evaluate on.")
@@ -113,7 +116,7 @@ def main(argv):
                                       context=context, reward=reward, teacher=teacher_config,
                                       max_new_tokens=FLAGS.max_new_tokens,
                                       temperature=FLAGS.temperature, zero_shot=zero_shot,
-                                      examples=examples)
+                                      examples=examples, drop_duplicates=FLAGS.drop_duplicates)
     feedback = SearchFeedback(engine, relevance, reward)
     results, reasons = evaluation.evaluate_systems(systems, queries, catalog, feedback,
                                           batch_size=FLAGS.batch_size,

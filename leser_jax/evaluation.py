@@ -49,8 +49,8 @@ from leser_jax.baselines import RM3Expansion, no_expansion
 from leser_jax.catalog import Catalog, Query
 from leser_jax.context import ContextConfig
 from leser_jax.metrics import Estimate, Evaluation, System, bootstrap, evaluate
-from leser_jax.policy import PolicySystem, load_policy
-from leser_jax.prompts import ExampleTurn
+from leser_jax.policy import PolicySystem, Reparsed, load_policy
+from leser_jax.prompts import AnswerFormat, ExampleTurn
 from leser_jax.reward import Relevance, RewardConfig, SearchFeedback
 from leser_jax.sampler import SamplingConfig
 from leser_jax.search import SearchEngine
@@ -99,14 +99,16 @@ def make_systems(baselines: Sequence[str], policies: Mapping[str, str], engine: 
                  teacher: TeacherConfig = TeacherConfig(),
                  max_new_tokens: int = 96, temperature: float = 0.0,
                  zero_shot: Mapping[str, str] = {},
-                 examples: Sequence[ExampleTurn] = ()) -> dict[str, System]:
+                 examples: Sequence[ExampleTurn] = (),
+                 drop_duplicates: bool = False) -> dict[str, System]:
     """{name: system}: the named `baselines` (of BASELINES) in that order, then each zero-shot
     model {name: GGUF file or params checkpoint} with the worked `examples` before every query,
     then each policy {name: params checkpoint or its run dir}; all decode greedily
     (temperature 0) or sample at `temperature` (GRPO optimises the T = 0.9 distribution; its
     greedy answers can differ in kind, e.g. repeat one expansion: WORKSPACE.md, 2026-11-26).
     A policy is shown the prompt it was trained on: with the worked examples its GRPO run showed
-    (`trained_examples`), if any.
+    (`trained_examples`), if any. drop_duplicates: each model's system is followed by NAME+dedup,
+    its same completions with repeated expansions dropped instead of rejected (policy.Reparsed).
 
     ValueError for an unknown baseline, a name used twice, or a policy whose run recorded
     another context than `context` (it would be shown a prompt it never learnt to read).
@@ -137,6 +139,14 @@ def make_systems(baselines: Sequence[str], policies: Mapping[str, str], engine: 
         graphdef, params = nnx.split(model)
         systems[name] = PolicySystem(graphdef, params, tokenizer, engine, context=context,
                                      sampling=sampling, examples=trained_examples(path))
+    if drop_duplicates:
+        lenient = AnswerFormat(drop_duplicates=True)
+        with_twins = {}
+        for name, system in systems.items():
+            with_twins[name] = system
+            if isinstance(system, PolicySystem):
+                with_twins[f"{name}+dedup"] = Reparsed(system, lenient)
+        systems = with_twins
     return systems
 
 

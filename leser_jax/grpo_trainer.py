@@ -16,8 +16,11 @@ queries):
               grpo.completion_logprobs): the prompt (context + query) is several times longer
               than an answer.
 
-Every `eval_every` steps the policy expands dev queries greedily and metrics.evaluate measures
-it. Each step logs one stdout line and, to JSONL and TensorBoard: reward mean/std and each
+Every `eval_every` steps the policy expands a fixed sample of dev queries greedily and at the
+training temperature (with a fixed key), metrics.evaluate measures both with judged recall and
+nDCG@10, and the reward of those answers is logged beside them: the dev curve of the training
+reward. The step with the best dev reward at the training temperature is kept in RUN_DIR/best
+(selection on dev, never on test), the last in params/. Each step logs one stdout line and, to JSONL and TensorBoard: reward mean/std and each
 component, the share of groups whose rewards are all equal (no learning signal), format validity
 and each rejection reason, KL, clip fraction, entropy, completion length, tokens/s and seconds by
 phase. Checkpoints (checkpoint.save_checkpoint) hold the policy's train state; the reference is
@@ -46,7 +49,9 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import json
 import logging
+import os
 import time
 from collections.abc import Sequence
 
@@ -80,6 +85,8 @@ log = logging.getLogger(__name__)
 
 COMPLETION_BUCKET = 32  # the update's completion width is a multiple of this (or max_new_tokens)
 # What a resumed GRPO run may change besides train.RESUMABLE: what it evaluates and prints.
+# What selects RUN_DIR/best: the reward GRPO optimises, on dev, at its training temperature.
+BEST_METRIC = "dev_sampled/reward"
 GRPO_RESUMABLE = RESUMABLE + ("loop.eval_every", "loop.eval_queries", "loop.samples_every",
                               "loop.profile_start")
 LINE = ("reward", "valid", "kl", "clip_fraction", "entropy", "length", "rollout_s", "reward_s",
@@ -312,15 +319,47 @@ class GRPOTrainer:
         return metrics, [q.text for q in queries], list(zip(originals, rollouts.texts, breakdowns))
 
     def evaluate_dev(self) -> dict[str, float]:
-        """Greedy expansions of the first `eval_queries` dev queries, measured as in evaluation."""
-        system = PolicySystem(self.graphdef, self.state.params, self.tokenizer, self.engine,
-                              context=self.context, answer=self.answer,
-                              sampling=SamplingConfig(temperature=0.0,
-                                                      max_new_tokens=self.config.max_new_tokens),
-                              examples=self.examples)
-        result = evaluate(system, self.dev_queries[:self.loop.eval_queries], self.catalog,
-                          self.reward_fn.feedback, bootstrap_samples=200)
-        return {f"dev/{name}": e.mean for name, e in result.metrics.items()}
+        """The fixed dev sample (the first `eval_queries` dev queries) expanded greedily (dev/*)
+        and at the training temperature with the run's fixed key (dev_sampled/*: the
+        distribution GRPO optimises, the same draw at every evaluation), each measured as in
+        evaluation (judged recall, nDCG@10, gains, validity) with the mean reward of its answers
+        (…/reward)."""
+        queries = self.dev_queries[:self.loop.eval_queries]
+        out = {}
+        for prefix, temperature in (("dev", 0.0), ("dev_sampled", self.config.temperature)):
+            system = PolicySystem(
+                self.graphdef, self.state.params, self.tokenizer, self.engine,
+                context=self.context, answer=self.answer, seed=self.loop.seed,
+                sampling=SamplingConfig(temperature=temperature,
+                                        max_new_tokens=self.config.max_new_tokens),
+                examples=self.examples)
+            result = evaluate(system, queries, self.catalog, self.reward_fn.feedback,
+                              bootstrap_samples=200)
+            texts = [t for batch in system.texts.values() for t in batch]  # in query order
+            rewards = [b.reward for b in self.reward_fn([q.text for q in queries], texts)]
+            out.update({f"{prefix}/{name}": e.mean for name, e in result.metrics.items()},
+                       **{f"{prefix}/reward": float(np.mean(rewards))})
+        return out
+
+    def keep_if_best(self, step: int, metrics: dict[str, float]) -> None:
+        """Saves the policy to RUN_DIR/best (with best.json: step and value) when its dev reward
+        at the training temperature is the best of the run so far: the checkpoint selected on
+        dev, never on test, beside the last one in params/."""
+        value = metrics[BEST_METRIC]
+        path = os.path.join(self.run_dir, "best.json")
+        try:
+            with open(path) as f:
+                if json.load(f)[BEST_METRIC] >= value:
+                    return
+        except (OSError, ValueError, KeyError):
+            pass  # none yet, or a torn record: this one is the best so far
+        checkpoint.save_params(os.path.join(self.run_dir, "best"), self.policy(), overwrite=True,
+                               tokenizer=self.tokenizer)
+        with open(path + ".tmp", "w") as f:
+            json.dump({"step": step, BEST_METRIC: value}, f)
+        os.replace(path + ".tmp", path)
+        log.info("GRPO: step %d has the best %s so far (%.4f): saved to best/", step,
+                 BEST_METRIC, value)
 
     def run(self) -> TrainState:
         loop = self.loop
@@ -335,6 +374,7 @@ class GRPOTrainer:
                     metrics, _, samples = self.train_step(step)
                 if loop.eval_every and (step + 1) % loop.eval_every == 0:
                     metrics.update(self.evaluate_dev())
+                    self.keep_if_best(step + 1, metrics)
                 run_log.log(step + 1, metrics, line=LINE)
                 if loop.samples_every and (step + 1) % loop.samples_every == 0:
                     # One group: its N rollouts of one query, side by side.

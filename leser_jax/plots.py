@@ -1,7 +1,8 @@
 """The run's figures as PNG files: GRPO's training curves and every system's gains.
 
-- `plot_training`: reward, KL to the reference and format validity over GRPO steps, one line per
-  run (warm-up + GRPO against GRPO without warm-up: the paper's ablation, where the run without
+- `plot_training`: reward, its dev curve (the reward on dev queries at the training
+  temperature, and the greedy judged recall), KL to the reference and format validity over GRPO
+  steps, one line per run (warm-up + GRPO against GRPO without warm-up: the paper's ablation, where the run without
   warm-up starts from invalid answers and a reward near 0).
 - `plot_gains`: relevance and retrieval gain of every system, and the judged recall and nDCG@10
   beside them, with the bootstrap 95% intervals as error bars. A policy that fools the relevance
@@ -21,7 +22,9 @@ from collections.abc import Mapping, Sequence
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-TRAINING = (("reward", "reward"), ("kl", "KL to the reference"), ("valid", "format validity"))
+TRAINING = (("reward", "reward"), ("dev_sampled/reward", "dev reward (training temperature)"),
+            ("dev/judged_recall", "dev judged recall (greedy)"), ("kl", "KL to the reference"),
+            ("valid", "format validity"))
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
@@ -53,8 +56,9 @@ def plot_training(runs: Mapping[str, Sequence[Mapping]], path: str | os.PathLike
         for name, records in runs.items():
             points = [(r["step"], r[key]) for r in records
                       if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
-            if points:
-                ax.plot(*zip(*points), label=name, linewidth=1.2)
+            if points:  # dev metrics exist every eval_every steps only: mark their points
+                ax.plot(*zip(*points), label=name, linewidth=1.2,
+                        marker="o" if len(points) < len(records) else None, markersize=3)
         ax.set_title(title)
         ax.set_xlabel("GRPO step")
         ax.grid(alpha=0.3)

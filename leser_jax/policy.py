@@ -59,6 +59,7 @@ class PolicySystem:
         self._key = jax.random.key(seed)
         self._calls = 0
         self.last_texts: list[str] = []  # the raw completions of the last call, for inspection
+        self.texts: dict[tuple[str, ...], list[str]] = {}  # each call's queries -> completions
 
     def __call__(self, queries: list[str]) -> list[ParsedAnswer]:
         prompts = [prompt_for(q, self.engine, self.context, self.answer) for q in queries]
@@ -67,5 +68,22 @@ class PolicySystem:
                                      step=self._calls, batch_buckets=self.batch_buckets,
                                      examples=self.examples)
         self._calls += 1
-        self.last_texts = rollouts.texts
+        self.last_texts = self.texts[tuple(queries)] = rollouts.texts
         return [parse_answer(t, self.answer) for t in rollouts.texts]
+
+
+class Reparsed:
+    """The completions of `system` (a PolicySystem) parsed with another answer format, e.g.
+    duplicates dropped: how the policy would be used, beside the strict parse that the reward
+    applies. It reuses the completions the system wrote for the same queries (so a sampled
+    evaluation compares the same samples); it asks the system only for queries it has not seen,
+    and its own latency is the parse's alone."""
+
+    def __init__(self, system: PolicySystem, answer: AnswerFormat):
+        self.system, self.answer = system, answer
+
+    def __call__(self, queries: list[str]) -> list[ParsedAnswer]:
+        key = tuple(queries)
+        if key not in self.system.texts:
+            self.system(queries)
+        return [parse_answer(t, self.answer) for t in self.system.texts[key]]

@@ -23,7 +23,9 @@ returns either the expansions or a named rejection reason, and a rejected answer
     not_a_string    an element that is not a string (a number, a list, null, ...)
     empty_string    an element that is empty once whitespace is stripped
     too_long        an element longer than max_chars characters
-    duplicate       two elements equal up to case and whitespace
+    duplicate       two elements equal up to case and whitespace (with
+                    AnswerFormat.drop_duplicates: the repeats are dropped instead, the first
+                    kept, as a deployed system would; evaluation's lenient parse)
 
 The tags are single tokens of our SentencePiece vocabulary (tokenizer.SPECIAL_TAGS), which keeps
 the format easy to learn for a small model; the paper does not say how it tokenises its prompt.
@@ -78,10 +80,13 @@ class AnswerFormat:
     Attributes:
       m_max: the most expansions an answer may list (DESIGN.md's m_max).
       max_chars: the longest expansion, in characters; longer ones reject the answer.
+      drop_duplicates: a repeated expansion is dropped (the first kept) rather than rejecting
+        the answer. Off for training (the reward's parse is strict); evaluation reports both.
     """
 
     m_max: int = 5
     max_chars: int = 120
+    drop_duplicates: bool = False
 
     def __post_init__(self):
         if self.m_max < 1 or self.max_chars < 1:
@@ -215,5 +220,10 @@ def parse_answer(text: str, fmt: AnswerFormat = AnswerFormat()) -> ParsedAnswer:
     if max(map(len, expansions)) > fmt.max_chars:
         return ParsedAnswer(think=think, reason="too_long")
     if len({e.casefold() for e in expansions}) < len(expansions):
-        return ParsedAnswer(think=think, reason="duplicate")
+        if not fmt.drop_duplicates:
+            return ParsedAnswer(think=think, reason="duplicate")
+        first = {}  # casefolded -> the first spelling, in the order of first appearance
+        for e in expansions:
+            first.setdefault(e.casefold(), e)
+        expansions = tuple(first.values())
     return ParsedAnswer(expansions=expansions, think=think)

@@ -168,6 +168,28 @@ def test_every_system_side_by_side_on_a_tiny_catalog(tiny, tmp_path):
         assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
 
+def test_dedup_twin_parses_the_same_completions_leniently(tiny):
+    """NAME+dedup re-parses the completions its policy wrote for the same queries (sampled at
+    T > 0, so a second sampling would differ): the same texts, duplicates dropped."""
+    catalog, engine, run = tiny
+    systems = evaluation.make_systems([], {"policy": str(run)}, engine,
+                                      CategoryRelevance(catalog), context=CONTEXT, reward=REWARD,
+                                      max_new_tokens=16, temperature=0.9, drop_duplicates=True)
+    assert list(systems) == ["policy", "policy+dedup"]
+    policy, twin = systems["policy"], systems["policy+dedup"]
+    queries = [q.text for q in catalog.queries[:3]]
+    strict = policy(queries)
+    texts = list(policy.last_texts)
+    # Completions with a repeat, as a greedy policy writes them: only the twin accepts them.
+    policy.texts[tuple(queries)] = ['<think>t</think><answer>["a", "A", "b"]</answer>'] + texts[1:]
+    lenient = twin(queries)
+    assert lenient[0].expansions == ("a", "b") and policy.texts[tuple(queries)][1:] == texts[1:]
+    assert [a.reason for a in lenient[1:]] == [a.reason for a in strict[1:]]
+    assert policy._calls == 1  # nothing sampled again
+    twin(["a query it never saw"])  # unseen queries are asked of the policy
+    assert policy._calls == 2
+
+
 def test_a_policy_trained_with_another_context_is_refused(tiny):
     catalog, engine, run = tiny
     assert evaluation.trained_context(run / "params")["k"] == 3  # RUN/params finds RUN's record

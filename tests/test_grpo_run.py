@@ -33,7 +33,8 @@ from leser_jax.context import ContextConfig
 from leser_jax.finite import NonFiniteError
 from leser_jax.data.synthetic import SyntheticConfig, generate
 from leser_jax.grpo import GRPOConfig
-from leser_jax.grpo_trainer import GRPOTrainer, LoopConfig, reward_metrics, step_queries
+from leser_jax.grpo_trainer import (BEST_METRIC, GRPOTrainer, LoopConfig, reward_metrics,
+                                    step_queries)
 from leser_jax.model import Llama
 from leser_jax.optim import OptimConfig, make_optimizer
 from leser_jax.prompts import (INSTRUCTION, AnswerFormat, ExampleTurn, encode_prompt,
@@ -241,6 +242,16 @@ def test_worked_examples_come_before_every_rollout_prompt(setup, tmp_path):
         trainer.check_prompts()
 
 
+def test_best_dev_checkpoint_moves_only_when_the_dev_reward_improves(setup, tmp_path):
+    trainer = setup.trainer(tmp_path, seed=0, steps=1)
+    for step, value in ((4, 0.5), (8, 0.4), (12, 0.6), (16, 0.6)):
+        trainer.keep_if_best(step, {BEST_METRIC: value})
+        best = json.loads((tmp_path / "best.json").read_text())
+        assert best == {"step": {4: 4, 8: 4, 12: 12, 16: 12}[step],
+                        BEST_METRIC: {4: 0.5, 8: 0.5, 12: 0.6, 16: 0.6}[step]}
+    assert checkpoint.load_init(str(tmp_path / "best"))[1] == setup.model.config
+
+
 class NaNReward:
     """The reward function with one rollout's reward NaN (a bug in a reward, say)."""
 
@@ -407,6 +418,14 @@ def test_launcher_trains_and_writes_params(setup, tmp_path):
     steps = _step_records(run_dir)
     assert [r["step"] for r in steps] == [1, 2]
     assert "dev/relevance_gain" in steps[1] and "dev/relevance_gain" not in steps[0]
+    # The dev curve: greedy and at the training temperature, judged recall and the reward; the
+    # step of the best dev reward at the training temperature is kept apart from the last.
+    for prefix in ("dev", "dev_sampled"):
+        assert {f"{prefix}/judged_recall", f"{prefix}/ndcg10", f"{prefix}/reward",
+                f"{prefix}/validity"} <= set(steps[1])
+    best = json.loads((run_dir / "best.json").read_text())
+    assert best == {"step": 2, "dev_sampled/reward": steps[1]["dev_sampled/reward"]}
+    assert checkpoint.load_init(str(run_dir / "best"))[1] == setup.model.config
     assert any("rollouts" in r.get("text", {}) for r in records)
     model, config, tokenizer = checkpoint.load_init(str(run_dir / "params"))
     assert config == setup.model.config and tokenizer.vocab_size == setup.tokenizer.vocab_size

@@ -72,6 +72,16 @@ def test_format_limits_are_configurable():
         AnswerFormat(m_max=0)
 
 
+def test_dropping_duplicates_keeps_the_first_spelling_in_order():
+    text = '<think>x</think><answer>["Oak desk", "lamp", "oak  DESK", "chair", "lamp"]</answer>'
+    assert parse_answer(text).reason == "duplicate"  # the reward's parse stays strict
+    lenient = parse_answer(text, AnswerFormat(drop_duplicates=True))
+    assert lenient.valid and lenient.expansions == ("Oak desk", "lamp", "chair")
+    # Every other rule still holds: too many is counted before repeats are dropped.
+    six = '<think>x</think><answer>["a", "a", "b", "c", "d", "e"]</answer>'
+    assert parse_answer(six, AnswerFormat(drop_duplicates=True)).reason == "too_many"
+
+
 def test_non_string_input():
     assert parse_answer(None).reason == "no_think_tag"
     assert parse_answer(b"<think></think>").reason == "no_think_tag"
