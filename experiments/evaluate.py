@@ -58,6 +58,9 @@ common.define_few_shot_flags("zero_shot_examples")
 flags.DEFINE_bool("drop_duplicates", False, "Also report each model as NAME+dedup: its same "
                   "answers with repeated expansions dropped instead of rejected (how a deployed "
                   "system would use them), beside the strict parse of the reward.")
+flags.DEFINE_list("seed_group", [], "Systems that differ only in a seed (e.g. grpo,grpo_seed1,"
+                  "grpo_seed2): their differences to the warm-up, RM3 and the original query "
+                  "summarised over seeds (mean and range).")
 flags.DEFINE_list("baselines", list(evaluation.BASELINES), "Baseline systems to include.")
 flags.DEFINE_string("reference", "grpo", "System the others are compared with, paired.")
 flags.DEFINE_enum("split", "test", ["train", "dev", "test"], "Queries to evaluate on.")
@@ -146,7 +149,7 @@ def main(argv):
             "seconds": round(time.perf_counter() - start, 1)}
     table = evaluation.write_results(FLAGS.out, evaluation.results_dict(
         results, reference=FLAGS.reference, reasons=reasons, info=info,
-        bootstrap_samples=FLAGS.bootstrap_samples, seed=FLAGS.seed))
+        seed_group=FLAGS.seed_group, bootstrap_samples=FLAGS.bootstrap_samples, seed=FLAGS.seed))
     written = [plots.plot_gains(evaluation.read_results(FLAGS.out),
                                 os.path.join(FLAGS.out, "gains.png"))]
     curves = {}

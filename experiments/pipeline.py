@@ -49,6 +49,10 @@ warm-up, GRPO and evaluation see the same prompt. Ablations of issue 9, one comm
                                   candidates from the preset's context (it has none else)
     --warmup=false                no teacher data, warm-up, or GRPO from the warm-up
     --num_rollouts=2|4|8          GRPO's group size [N]
+    --grpo_seeds=3                GRPO from the warm-up under seeds 0, 1, 2 (stages grpo,
+                                  grpo_seed1, grpo_seed2); the results add each one's paired
+                                  differences to the warm-up, RM3 and the original query, and
+                                  their mean and range over the seeds
     e.g. python -m experiments.pipeline --run_dir=runs/demo_lambda0.5 --shared_dir=runs/demo --reward_lambda=0.5
 
 Demo budget: `make demo` (install + this) must finish within 15 minutes on 2 CPU cores, so the
@@ -123,13 +127,13 @@ PRESETS = {
     # system of the evaluation does; the evaluation takes the first `eval_queries` test queries.
     "smol": dict(
         dataset="homedepot-search-relevance", init="gguf", launcher_preset="cpu", few_shot=2,
-        eval_queries=300,
+        eval_queries=150,
         context_k=5, context_max_tokens=128, max_context_tokens=256, teacher_max_expansions=2,
-        max_new_tokens=96, grpo_steps=16,
+        max_new_tokens=96, grpo_steps=12,
         warmup=("--steps=80", "--batch_size=8", "--lr=5e-4", "--lora_rank=16",
-                "--eval_queries=64"),
+                "--checkpoint_every=20", "--eval_queries=64"),
         grpo=("--queries_per_step=4", "--lr=1e-4", "--lora_rank=16",
-              "--eval_every=8", "--eval_queries=32", "--checkpoint_every=4"),
+              "--eval_every=6", "--eval_queries=24", "--checkpoint_every=3"),
         evaluate=()),
 }
 
@@ -158,6 +162,9 @@ flags.DEFINE_bool("grpo_no_warmup", True, "Also run GRPO from the pretrained mod
 flags.DEFINE_integer("num_rollouts", 4, "GRPO rollouts per query [N] (the paper's 4).",
                      lower_bound=2)
 flags.DEFINE_integer("grpo_steps", None, "GRPO steps (default: the preset's).", lower_bound=1)
+flags.DEFINE_integer("grpo_seeds", 1, "GRPO from the warm-up once per seed 0..N-1; the "
+                     "evaluation reports its differences over the seeds (mean and range).",
+                     lower_bound=1)
 flags.DEFINE_float("eval_temperature", 0.0, "Policies' decoding in the evaluation: 0 = greedy, "
                    "else sampled at this temperature (GRPO trains the T = 0.9 distribution).",
                    lower_bound=0)
@@ -327,6 +334,7 @@ class Settings:
     grpo_steps: int | None = None
     eval_temperature: float = 0.0
     compare: tuple[str, ...] = ()  # NAME=DIR: other policies evaluated beside this run's
+    grpo_seeds: int = 1  # GRPO from the warm-up, once per seed 0..n-1
 
     def context(self) -> tuple[int, int]:
         """(k, token budget): the preset's, or the given k with a budget scaled to it (up to the
@@ -400,7 +408,7 @@ def plan(s: Settings) -> list[Stage]:
                 f"--teacher_max_expansions={p['teacher_max_expansions']}", f"--out={out}"), out))
         zero_shot = (f"--zero_shot=zero_shot={base}", f"--zero_shot_examples={few_shot}",
                      *(examples if few_shot else ()))
-    policies = []
+    policies, seed_group = [], ()
     if not s.warmup:
         stages += format_stages
     if s.warmup:
@@ -420,6 +428,17 @@ def plan(s: Settings) -> list[Stage]:
                   os.path.join(run, "grpo", "DONE.json"))]
         policies += [f"--policy=warmup={os.path.join(run, 'warmup')}",
                      f"--policy=grpo={os.path.join(run, 'grpo')}"]
+        # The same GRPO stage under other seeds (its queries, samples and LoRA init): the
+        # evaluation summarises the differences over them (--seed_group).
+        for seed in range(1, s.grpo_seeds):
+            name = f"grpo_seed{seed}"
+            stages.append(stage(name, (*grpo, f"--init={os.path.join(run, 'warmup', 'params')}",
+                                       f"--run_dir={os.path.join(run, name)}", f"--seed={seed}"),
+                                os.path.join(run, name, "DONE.json")))
+            policies.append(f"--policy={name}={os.path.join(run, name)}")
+        if s.grpo_seeds > 1:
+            seed_group = ("--seed_group=" + ",".join(
+                ["grpo"] + [f"grpo_seed{i}" for i in range(1, s.grpo_seeds)]),)
     if s.grpo_no_warmup:
         stages.append(stage("grpo_no_warmup", (
             *grpo, f"--init={base}", f"--run_dir={os.path.join(run, 'grpo_no_warmup')}",
@@ -433,7 +452,8 @@ def plan(s: Settings) -> list[Stage]:
         *reward, f"--max_new_tokens={p['max_new_tokens']}",
         *((f"--temperature={s.eval_temperature}",) if s.eval_temperature else ()),
         f"--reference={'grpo' if s.warmup else 'grpo_no_warmup'}", *zero_shot, *policies,
-        *compare, *((f"--num_queries={p['eval_queries']}",) if "eval_queries" in p else ()),
+        *compare, *seed_group,
+        *((f"--num_queries={p['eval_queries']}",) if "eval_queries" in p else ()),
         *p["evaluate"]),
         os.path.join(run, "results.json")))
     return stages
@@ -471,7 +491,8 @@ def settings_from_flags() -> Settings:
                     context_k=FLAGS.context_k, context_max_tokens=FLAGS.context_max_tokens,
                     warmup=FLAGS.warmup, grpo_no_warmup=FLAGS.grpo_no_warmup,
                     num_rollouts=FLAGS.num_rollouts, grpo_steps=FLAGS.grpo_steps,
-                    eval_temperature=FLAGS.eval_temperature, compare=tuple(FLAGS.compare))
+                    eval_temperature=FLAGS.eval_temperature, compare=tuple(FLAGS.compare),
+                    grpo_seeds=FLAGS.grpo_seeds)
 
 
 def main(argv):

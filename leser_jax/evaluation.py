@@ -62,7 +62,7 @@ COLUMNS = (("relevance_gain", "relevance gain", True), ("retrieval_gain", "retri
            ("validity", "validity", False), ("n_expansions", "expansions", False),
            ("retrieved", "products", False), ("searches", "searches", False))
 PAIRED = ("relevance_gain", "retrieval_gain", "judged_recall", "ndcg10")
-AGAINST = ("warmup", "original")  # every system minus these, paired, where they were evaluated
+AGAINST = ("warmup", "rm3", "original")  # every system minus these, paired, where evaluated
 BASELINES = ("original", "rm3", "teacher")
 
 
@@ -233,15 +233,36 @@ def _asdict(estimates: Mapping[str, Mapping[str, Estimate]]) -> dict:
             for name, d in estimates.items()}
 
 
+def seed_summary(against: Mapping[str, Mapping], group: Sequence[str]) -> dict:
+    """Runs of one stage that differ only in their seed (`group`, e.g. grpo, grpo_seed1,
+    grpo_seed2), minus each base of `against` ({base: {system: {metric: estimate dict}}}): per
+    metric, each seed's paired mean, their mean and range, and how many seeds' 95% intervals lie
+    above 0 (one run's table is not evidence: float rounding differs across CPUs, and a short
+    run amplifies it)."""
+    out = {}
+    for base, minus in against.items():
+        runs = [minus[name] for name in group if name in minus]
+        if len(runs) < 2:
+            continue
+        out[base] = {}
+        for m in PAIRED:
+            means = [r[m]["mean"] for r in runs]
+            out[base][m] = {"means": means, "mean": float(np.mean(means)), "min": min(means),
+                            "max": max(means),
+                            "above_0": sum(bool(r[m]["n"]) and r[m]["low"] > 0 for r in runs)}
+    return out
+
+
 def results_dict(evaluations: Mapping[str, Evaluation], *, reference: str | None = None,
-                 against: Sequence[str] = AGAINST,
+                 against: Sequence[str] = AGAINST, seed_group: Sequence[str] = (),
                  reasons: Mapping[str, Mapping[str, int]] = {}, info: Mapping[str, object] = {},
                  bootstrap_samples: int = 1000, seed: int = 0) -> dict:
     """What results.json holds: `info` (split, queries, configs), every system's metrics,
     latency and rejection reasons in the order given; the paired differences against
     `reference` if it is one of them ("paired": reference minus each); each system minus each
-    system of `against` that is there ("against": the warm-up and the original query); and the
-    same per query kind where the queries have kinds ("by_kind")."""
+    system of `against` that is there ("against": the warm-up, RM3 and the original query);
+    `seed_summary` of the `seed_group` systems ("seeds"); and the same per query kind where the
+    queries have kinds ("by_kind")."""
     opts = dict(samples=bootstrap_samples, seed=seed)
     out = {**info, "systems": {name: {**e.as_dict(), "rejected": dict(reasons.get(name, {}))}
                                for name, e in evaluations.items()}}
@@ -251,6 +272,9 @@ def results_dict(evaluations: Mapping[str, Evaluation], *, reference: str | None
     bases = [b for b in against if b in evaluations and len(evaluations) > 1]
     if bases:
         out["against"] = {b: _asdict(differences(evaluations, b, **opts)) for b in bases}
+        group = [name for name in seed_group if name in evaluations]
+        if len(group) > 1:
+            out["seeds"] = {"systems": group, "minus": seed_summary(out["against"], group)}
     kinds = next(iter(evaluations.values())).kinds if evaluations else None
     if kinds is not None and any(kinds):
         out["by_kind"] = {}
@@ -272,6 +296,11 @@ def _cell(e: Mapping[str, float] | None, signed: bool) -> str:
         return "n/a"
     f = "{:+.3f}" if signed else "{:.3f}"
     return f"{f.format(e['mean'])} [{f.format(e['low'])}, {f.format(e['high'])}]"
+
+
+def _signed(x: float) -> str:
+    """+0.123; a rounding residue such as -1e-17 prints as +0.000, not -0.000."""
+    return f"{round(x, 3) + 0.0:+.3f}"
 
 
 def _systems_table(systems: Mapping[str, Mapping], latency: bool = True) -> list[str]:
@@ -317,6 +346,18 @@ def markdown(results: Mapping) -> str:
                   "(95% bootstrap interval; * = the interval excludes 0):", "",
                   *_minus_table(paired["minus"])]
     lines += _against_tables(results.get("against", {}))
+    seeds = results.get("seeds")
+    if seeds:
+        titles = dict((m, t) for m, t, _ in COLUMNS)
+        n = len(seeds["systems"])
+        lines += ["", f"Over {n} seeds ({', '.join(seeds['systems'])}), paired: mean of the "
+                  f"seeds' means [min, max]; seeds whose 95% interval is above 0, of {n}:", "",
+                  "| minus | " + " | ".join(titles[m] for m in PAIRED) + " |",
+                  "|---" * (len(PAIRED) + 1) + "|"]
+        for base, d in seeds["minus"].items():
+            cells = [f"{_signed(d[m]['mean'])} [{_signed(d[m]['min'])}, "
+                     f"{_signed(d[m]['max'])}] ({d[m]['above_0']}/{n})" for m in PAIRED]
+            lines.append(f"| {base} | " + " | ".join(cells) + " |")
     for kind, k in results.get("by_kind", {}).items():
         lines += ["", f"### queries of kind {kind!r} ({k['queries']})", "",
                   *_systems_table(k["systems"], latency=False), *_against_tables(k["against"])]

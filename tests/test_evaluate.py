@@ -73,7 +73,7 @@ def test_against_the_warmup_and_the_original_query_overall_and_by_kind(tmp_path)
         "grpo": hand_made({"judged_recall": [0.5, 0.6, 0.8, 0.6]}, kinds=kinds)}
     results = evaluation.results_dict(evaluations, reference="grpo", bootstrap_samples=200)
     against = results["against"]
-    assert list(against) == ["warmup", "original"]
+    assert list(against) == ["warmup", "original"]  # rm3 was not evaluated
     assert list(against["warmup"]) == ["original", "grpo"]
     # grpo - warmup per query = [0, .2, .4, 0]: mean .15; grpo - original = [0, .4, .4, .1].
     assert against["warmup"]["grpo"]["judged_recall"]["mean"] == pytest.approx(0.15)
@@ -95,6 +95,30 @@ def test_against_the_warmup_and_the_original_query_overall_and_by_kind(tmp_path)
              for name, e in evaluations.items() if name != "warmup"}
     results = evaluation.results_dict(plain, reference="grpo")
     assert "by_kind" not in results and list(results["against"]) == ["original"]
+
+
+def test_seed_summary_gives_each_seeds_mean_and_their_range(tmp_path):
+    """Three GRPO seeds minus the warm-up, per query: seed 0 +.2 on every query (interval above
+    0), seed 1 [0, +.2, 0, +.2] (mean +.1), seed 2 [-.1, 0, +.1, 0] (mean 0)."""
+    warmup = [0.4, 0.4, 0.4, 0.4]
+    evaluations = {"warmup": hand_made({"judged_recall": warmup}),
+                   "grpo": hand_made({"judged_recall": [0.6, 0.6, 0.6, 0.6]}),
+                   "grpo_seed1": hand_made({"judged_recall": [0.4, 0.6, 0.4, 0.6]}),
+                   "grpo_seed2": hand_made({"judged_recall": [0.3, 0.4, 0.5, 0.4]})}
+    group = ["grpo", "grpo_seed1", "grpo_seed2", "not_evaluated"]
+    results = evaluation.results_dict(evaluations, seed_group=group, bootstrap_samples=200)
+    seeds = results["seeds"]
+    assert seeds["systems"] == group[:3] and list(seeds["minus"]) == ["warmup"]
+    recall = seeds["minus"]["warmup"]["judged_recall"]
+    assert recall["means"] == pytest.approx([0.2, 0.1, 0.0])
+    assert recall["mean"] == pytest.approx(0.1)
+    assert (recall["min"], recall["max"]) == pytest.approx((0.0, 0.2))
+    assert recall["above_0"] == 1  # seed 1's resamples reach 0, seed 2's go below it
+    table = evaluation.write_results(tmp_path, results)
+    assert "Over 3 seeds (grpo, grpo_seed1, grpo_seed2)" in table
+    assert "+0.100 [+0.000, +0.200] (1/3)" in table
+    assert evaluation.markdown(evaluation.read_results(tmp_path)) == table
+    assert "seeds" not in evaluation.results_dict(evaluations, seed_group=["grpo"])
 
 
 def test_latency_leaves_out_the_first_call_of_each_batch_size():

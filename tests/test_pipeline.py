@@ -150,7 +150,7 @@ def test_smol_plan_converts_checks_the_format_and_shows_examples_where_untrained
     assert flag(by["grpo_no_warmup"], "few_shot") == "2" and flag(by["grpo"], "few_shot") is None
     assert flag(by["evaluate"], "zero_shot") == f"zero_shot={smol}"
     assert flag(by["evaluate"], "zero_shot_examples") == "2"
-    assert flag(by["evaluate"], "num_queries") == "300"
+    assert flag(by["evaluate"], "num_queries") == "150"
     assert "--policy=small=runs/hd_cpu/warmup" in by["evaluate"]
     # The launchers have no smol preset: they run their cpu defaults with the stage's flags.
     assert all(flag(by[n], "preset") == "cpu" for n in ("warmup", "grpo", "grpo_no_warmup"))
@@ -163,6 +163,27 @@ def test_smol_plan_converts_checks_the_format_and_shows_examples_where_untrained
                         "grpo_no_warmup", "evaluate"]
     assert flag(by["format_2_shot"], "relevance") == os.path.join(shared, "relevance")
     assert flag(by["grpo_no_warmup"], "teacher_file") is None
+
+
+def test_grpo_seeds_add_one_stage_each_and_a_seed_group(tmp_path):
+    run = str(tmp_path / "run")
+    by = {s.name: s.command for s in plan(Settings(preset="demo", run_dir=run, shared_dir=run,
+                                                   dataset="synthetic", grpo_seeds=3))}
+    assert [n for n in by if n.startswith("grpo")] == ["grpo", "grpo_seed1", "grpo_seed2",
+                                                        "grpo_no_warmup"]
+    for seed in (1, 2):
+        name = f"grpo_seed{seed}"
+        assert flag(by[name], "seed") == str(seed)
+        assert flag(by[name], "run_dir") == os.path.join(run, name)
+        # Everything else is the seed-0 stage's command.
+        assert ([c for c in by[name] if not c.startswith(("--seed=", "--run_dir="))]
+                == [c for c in by["grpo"] if not c.startswith("--run_dir=")])
+        assert f"--policy={name}={os.path.join(run, name)}" in by["evaluate"]
+    assert flag(by["evaluate"], "seed_group") == "grpo,grpo_seed1,grpo_seed2"
+    assert flag(by["grpo"], "seed") is None  # seed 0: the command of a one-seed run
+    one = {s.name: s.command for s in plan(Settings(preset="demo", run_dir=run, shared_dir=run,
+                                                    dataset="synthetic"))}
+    assert one["grpo"] == by["grpo"] and flag(one["evaluate"], "seed_group") is None
 
 
 def test_ablations_pass_through_and_reuse_the_shared_stages(tmp_path):
