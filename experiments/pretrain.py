@@ -34,10 +34,9 @@ from leser_jax.prompts import INSTRUCTION, AnswerFormat
 from leser_jax.tokenizer import SENTENCEPIECE_FILE, load_tokenizer, train_sentencepiece
 from leser_jax.train import masked_lm_loss, train_loop
 
-# Per preset: the model and the run's defaults. demo: 400 steps (0.5 epoch, ~6.5 min on the
-# shared 2-core machine) because the warm-up needs a model that can copy from its context: after
-# 150 steps (loss 1.1) the warmed-up policy parsed 87% of dev answers at T=0.9, after 400 (loss
-# 0.46) 92% (WORKSPACE.md log, 2026-11-25).
+# Per preset: the model and the run's defaults. demo: 400 steps (0.5 epoch) because the warm-up
+# needs a model that can copy from its context: after a shorter pretraining (higher loss) the
+# warmed-up policy parsed fewer of its dev answers (experiments.measure_format).
 PRESETS = {
     "tiny": dict(model=ModelConfig.tiny, steps=50, batch_size=8, seq_len=64, lr=3e-3),
     "demo": dict(model=ModelConfig.demo, steps=400, batch_size=16, seq_len=128, lr=2e-3),

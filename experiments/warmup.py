@@ -36,8 +36,8 @@ from leser_jax.teacher import read_examples
 from leser_jax.train import masked_lm_loss, train_loop
 
 # demo: 600 steps (3 epochs of the synthetic catalog's 1,575 teacher examples) after the demo
-# pretraining's 400: answers sampled at T=0.9 on the 205 dev queries parse 95.6 / 95.1 / 95.1%
-# over seeds 0/1/2; 400 steps gave 94.6 / 93.7 / 95.1% (WORKSPACE.md log, issue 7).
+# pretraining's 400: 400 steps left the parse rate of answers sampled at T=0.9 on dev queries
+# just under the 95% target, 600 reach it (experiments.measure_format, over seeds 0/1/2).
 PRESETS = {
     "tiny": dict(steps=20, batch_size=4, lr=1e-3),
     "demo": dict(steps=600, batch_size=8, lr=2e-3),

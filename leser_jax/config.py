@@ -129,8 +129,8 @@ class ModelConfig:
 
     @classmethod
     def cpu(cls) -> ModelConfig:
-        """~34M parameters: the CPU benchmarks' larger size. Pretraining it takes hours on 2 cores
-        (~400 train tokens/s), so the pipeline's hour-long cpu preset trains the demo size."""
+        """~34M parameters: the CPU benchmarks' larger size. Pretraining it takes hours on 2 cores,
+        so the pipeline's hour-long cpu preset trains the demo size."""
         return cls(vocab_size=16384, d_model=512, num_layers=8, num_heads=8, num_kv_heads=4,
                    head_dim=64, ffn_dim=1536, rope_theta=10_000.0, max_seq_len=1024)
 

@@ -105,7 +105,7 @@ def make_systems(baselines: Sequence[str], policies: Mapping[str, str], engine: 
     model {name: GGUF file or params checkpoint} with the worked `examples` before every query,
     then each policy {name: params checkpoint or its run dir}; all decode greedily
     (temperature 0) or sample at `temperature` (GRPO optimises the T = 0.9 distribution; its
-    greedy answers can differ in kind, e.g. repeat one expansion: WORKSPACE.md, 2026-11-26).
+    greedy answers can differ in kind, e.g. repeat one expansion, which parse_answer rejects).
     A policy is shown the prompt it was trained on: with the worked examples its GRPO run showed
     (`trained_examples`), if any. drop_duplicates: each model's system is followed by NAME+dedup,
     its same completions with repeated expansions dropped instead of rejected (policy.Reparsed).

@@ -303,9 +303,9 @@ class GRPOTrainer:
             else:
                 # Every group's rewards are equal (e.g. no answer parses): the policy-gradient
                 # term is exactly 0 and the KL term's gradient is float rounding while the policy
-                # is at the reference, which Adam would scale up to lr-sized random steps
-                # (WORKSPACE.md, 2026-11-26). No update; the step count (and so the schedule)
-                # moves on as if the mu updates were made, so a resumed run stays aligned.
+                # is at the reference, which Adam would scale up to lr-sized random steps: a
+                # random walk away from the reference. No update; the step count (and so the
+                # schedule) moves on as if the mu updates were made, so a resumed run stays aligned.
                 self.state = self.state.replace(step=self.state.step + c.mu)
                 update_metrics = {"skipped_update": 1.0}
         timing["update_s"] = time.perf_counter() - t

@@ -1,8 +1,9 @@
 """The policy: a LLaMA-3-style decoder-only language model in flax.nnx, with a functional KV cache.
 
-LESER (arXiv 2509.05570) fine-tunes LLaMA 3.2 (3B preferred to 3.1 8B for latency) to write query
-expansions. This module is that architecture, written from scratch so that the same code runs a
-~5M-parameter model on a laptop CPU and converted LLaMA 3.2 1B/3B weights on an accelerator:
+LESER (arXiv 2509.05570) fine-tunes LLaMA 3.2 (3B preferred to 3.1 8B for latency) with GRPO to
+write query expansions that a search engine then runs. This module is that architecture, written
+from scratch so that the same code runs a ~5M-parameter model on a laptop CPU and converted
+LLaMA 3.2 1B/3B weights on an accelerator:
 
     tokens -> embed -> L x [x + Attn(RMSNorm(x)); x + SwiGLU(RMSNorm(x))] -> RMSNorm -> logits
 
@@ -12,98 +13,26 @@ expansions. This module is that architecture, written from scratch so that the s
 - Grouped-query attention (Ainslie et al. 2023): N query heads share K kv heads, G = N // K query
   heads per kv head; query head n reads kv head n // G, as in Hugging Face's `repeat_kv`.
 - SwiGLU MLP (Shazeer 2020); optional tied input/output embeddings (LLaMA 3.2 ties them).
-- Optional LoRA adapters (Hu et al. 2021) on the seven projections (section "LoRA" below).
+- Optional LoRA adapters (Hu et al. 2021) on the seven projections (`LoRA`).
 
 The paper says nothing about the model's internals beyond "LLaMA 3.2"; the departures here are
 ours: initialisation (normal, std 0.02, residual output projections scaled by 1/sqrt(2L) as in
 GPT-2) matters only for the small presets trained from scratch, and attention is a plain einsum
 (no fused kernel) because it is the readable reference and the models here are small.
 
-`ModelConfig` (hyperparameters and presets) and the parameter/FLOP counts are in config.py.
-
 Axis letters (einsum and shape comments): B batch, T query positions, S key positions (cache
 slots), D model, N query heads, K kv heads, G query heads per kv head (N = K * G), H head dim,
 V vocab, F ffn, L layers.
 
-## Calling it
-Parameters live in the module; jitted code takes `graphdef, state = nnx.split(model)` and calls
-`nnx.merge(graphdef, state)` inside (see tests/test_model.py). Three entry points:
+The parts, each documented where it is defined:
+- `Llama`: the model. `model(tokens)` is the uncached forward (training, GRPO's log-probs);
+  `prefill` and `decode_step` write into a cache (the sampler's rollouts).
+- `KVCache` (`init_cache`): keys and values as a pytree passed in and returned, not module state.
+- `SharedPrefix` (`fork_cache`): one copy of a prompt's keys for the N rollouts of its GRPO group.
+- `LoRA` (`add_lora`, `merge_lora`): trained adapters over a frozen base, which is also GRPO's
+  reference model.
 
-- `model(tokens [B, T], pad_mask [B, T] | None, positions [B, T] | None) -> logits [B, T, V]`
-  (float32): the full uncached causal forward, used for training and teacher-forced log-probs.
-  `pad_mask` is True at real tokens. Padding may be on the left (prompts) and on the right
-  (completions); a row's positions count its real tokens from 0, so a left-padded row gives the
-  same logits at its real tokens as the same row unpadded. Logits at pad positions are garbage.
-- `model.prefill(tokens [B, T], pad_mask [B, T], cache) -> (logits, cache)`: writes T tokens per
-  row into the cache and returns their logits ([B, T, V], or [B, V] for the last slot with
-  `last_only=True`, which is what a sampler wants: a full [B, T, V] of a 128k vocab is large).
-- `model.decode_step(tokens [B], cache) -> (logits [B, V], cache)`: one new token per row.
-
-## The KV cache
-`KVCache` is a plain pytree (`flax.struct.dataclass`), not module state: it is passed in and
-returned, so a sampler can donate it to a jitted prefill and carry it through a `lax.while_loop`.
-
-    k      L-tuple of [B, K, H, S]  keys of every slot written so far, per layer (as columns)
-    v      L-tuple of [B, K, S, H]  values of every slot written so far, per layer
-    valid  [B, S] bool      the slot holds a real token (False for padding and for unwritten slots)
-    pos    [B] int32        the next RoPE position of each row = number of real tokens written
-    index  [] int32         the next slot to write; the same for all rows
-    prefix SharedPrefix or None: keys and values shared by groups of rows (below)
-
-All rows write the same slot at each step (`index`), and each row has its own RoPE position
-(`pos`), so a left-padded prompt batch needs no per-row scatter: a row with 3 pad tokens has
-slots 0..2 invalid and its first real token at slot 3 with position 0. Example, T=4, max_len=6:
-
-    row 0: tokens [p p a b] pad_mask [0 0 1 1] -> slots 2,3 valid, positions 0,1, pos=2
-    row 1: tokens [c d e f] pad_mask [1 1 1 1] -> slots 0..3 valid, positions 0..3, pos=4
-    decode_step writes slot 4 for both rows, at positions 2 and 4; index becomes 5.
-
-The layout is what decoding on a CPU wants. Head-major, so that each (row, kv head) is one
-matrix that both attention products read without a transpose: with [B, S, K, H], XLA copied the
-whole cache layer into that layout at every decode step. Keys as columns [H, S], so that the
-scores are a plain matmul q [G, H] @ k [H, S]; values as rows [S, H] for probs [G, S] @ v. One
-array per layer, because a slice of a stacked [L, ...] array is copied before a dot reads it.
-The demo preset's decode step at B=32, S=176 on 2 CPU cores: 19-23 ms with [L, B, S, K, H],
-12-13 ms with [B, K, S, H] per layer, 9-11 ms now (tools/bench_sampler.py, WORKSPACE.md).
-
-## Shared prefixes
-GRPO samples N completions of each prompt and scores them again in the loss; the N rows of a
-group all attend to the same prompt keys. `fork_cache` turns a cache of Q written prompts into
-one of Q * N rows whose prompt keys and values stay as ONE `SharedPrefix` per prompt (not N
-copies), with empty slots of the rows' own for what they write next:
-
-    prefix  k, v [Q, K, H, P] / [Q, K, P, H], valid [Q, P]   read by rows q*N .. q*N + N - 1
-    rows    k, v [B, K, H, S] / [B, K, S, H], valid [B, S]   B = Q * N, each row's own tokens
-
-Attention then takes one softmax over the P prefix slots and the row's S own slots together,
-exactly as over a copied [P + S] cache, but computes the prefix scores and values as one matmul
-per (prompt, kv head) for all N*G*T query rows of the group: the prefix is read once per group
-instead of once per row, and the matmuls are N times taller (Hydragen, Juravsky et al. 2024,
-arXiv 2402.05099, makes the same split). A decode step of 8 prompts x 4 rows at P = 128, T = 48
-reads 4 x fewer prompt keys (tools/bench_sampler.py --num_rollouts=4, WORKSPACE.md). Rows of a
-group must be contiguous, the layout rollout.tile_groups makes.
-
-Writing past `max_len` cannot be detected inside jit (`dynamic_update_slice` clamps the start
-index): a sampler must give the cache a slot for every token it writes (prompt length + max new
-tokens; with a shared prefix, max new tokens of the rows' own).
-
-## LoRA
-Low-rank adaptation (Hu et al. 2021, arXiv 2106.09685). With `lora_rank` r > 0, each projection
-kernel W [in..., out...] (q [D, N, H], k/v [D, K, H], o [N, H, D], gate/up [D, F], down [F, D])
-gets a `LoRA` adapter, A [in..., r] and B [r, out...] stored in float32 as `nnx.LoRAParam`, and
-the projection becomes
-
-    y = x W + (alpha / r) * (x A) B
-
-computed on the activations (never W + AB: that is a full kernel-sized array per step). B starts
-at 0, so a model with fresh adapters computes exactly what its base does (`add_lora`). Training
-updates only the adapters (train.trainable_split picks the nnx.LoRAParam variables; LoRAParam
-subclasses Param, so a filter on Param alone would take the base too). The base is frozen, which
-makes it the GRPO reference for free: the reference is the policy with its adapters set to 0
-(grpo_trainer.reference_logprobs), so no second copy of the weights is held
-(tools/memory_plan.py counts what this saves for LLaMA 3.2 3B on one accelerator). `merge_lora`
-folds the adapters into the kernels, W + (alpha / r) A B, for a plain model to save and export.
-The paper says nothing of adapters; LoRA here is ours, to fit the 3B preset on one accelerator.
+`ModelConfig` (hyperparameters and presets) and the parameter/FLOP counts are in config.py.
 """
 
 from __future__ import annotations
@@ -174,10 +103,27 @@ class RMSNorm(nnx.Module):
 class LoRA(nnx.Module):
     """The low-rank update of one kernel W [in..., out...]: x -> (alpha / r) (x A) B.
 
+    Low-rank adaptation (Hu et al. 2021, arXiv 2106.09685). With `lora_rank` r > 0, each
+    projection kernel (q [D, N, H], k/v [D, K, H], o [N, H, D], gate/up [D, F], down [F, D]) gets
+    one, and the projection becomes
+
+        y = x W + (alpha / r) * (x A) B
+
+    computed on the activations (never W + AB: that is a full kernel-sized array per step).
     A [in..., r] starts normal with std 1 / sqrt(fan_in) (x A has about x's scale), B [r, out...]
-    at 0, so the update starts at exactly 0 (Hu et al. 2021, section 4.1). Both are float32
+    at 0, so the update starts at exactly 0 (Hu et al. 2021, section 4.1): a model with fresh
+    adapters computes exactly what its base does (`add_lora`). Both are float32
     `nnx.LoRAParam`s whatever the base's dtype: they are what is trained, and the optimizer's
     small steps would be lost in bf16. The matmuls run in the compute dtype, like the base's.
+
+    Training updates only the adapters (train.trainable_split picks the nnx.LoRAParam variables;
+    LoRAParam subclasses Param, so a filter on Param alone would take the base too). The base is
+    frozen, which makes it the GRPO reference for free: the reference is the policy with its
+    adapters set to 0 (grpo_trainer.reference_logprobs), so no second copy of the weights is held
+    (tools/memory_plan.py counts what this saves for LLaMA 3.2 3B on one accelerator).
+    `merge_lora` folds the adapters into the kernels for a plain model to save and export.
+    The paper says nothing of adapters; LoRA here is ours, to fit the 3B preset on one
+    accelerator.
     """
 
     def __init__(self, in_shape: tuple[int, ...], out_shape: tuple[int, ...],
@@ -249,8 +195,8 @@ class Attention(nnx.Module):
         v = _project("BTD,DKH->BTKH", x, self.v, self.v_lora, dt)  # [B, T, K, H]
         q = apply_rope(q, positions, inv_freq)
         k = apply_rope(k, positions, inv_freq)
-        # The cache's layouts: keys as columns (q @ k is then a plain matmul; a decode step's
-        # scores ran 2.5x slower on XLA:CPU against [B, K, S, H]), values as rows.
+        # The cache's layouts (KVCache): keys as columns, so that q @ k is a plain matmul (XLA:CPU
+        # runs the scores against [B, K, S, H] as a slower transposing product), values as rows.
         k = k.transpose(0, 2, 3, 1)  # [B, K, H, T]
         v = v.transpose(0, 2, 1, 3)  # [B, K, T, H]
         if cache is not None:
@@ -265,12 +211,13 @@ class Attention(nnx.Module):
         K, G, H, S = c.num_kv_heads, c.kv_groups, c.head_dim, v.shape[2]
         # The G query heads of a kv head, at all T positions, as the G*T rows of one matrix: both
         # products are then plain matmuls batched over (B, K) (with T between G and S in the
-        # einsums, XLA:CPU transposed, and the decode step was ~20% slower: WORKSPACE.md).
+        # einsums, XLA:CPU transposed them, which slowed the decode step).
         q = q.reshape(B, T, K, G, H).transpose(0, 2, 3, 1, 4).reshape(B, K, G * T, H)
         scores = jnp.einsum("BKMH,BKHS->BKMS", q, k.astype(dt),
                             preferred_element_type=jnp.float32)  # [B, K, G*T, S]
         scores = scores.reshape(B, K, G, T, S) * (H ** -0.5)
-        # where, not + (-inf): a row with no visible key (a left pad) gets a uniform softmax, not NaN.
+        # where, not + (-inf): a row with no visible key (a left pad) gets a uniform softmax, not
+        # NaN.
         scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
         scores = scores.reshape(B, K, G * T, S)
         prefix = None if cache is None else cache.prefix
@@ -284,7 +231,7 @@ class Attention(nnx.Module):
 
 
 def _attend_with_prefix(q, scores, v, prefix: SharedPrefix, layer: int, dt: str) -> jax.Array:
-    """Attention over a group's shared prefix and each row's own slots (see "Shared prefixes").
+    """Attention over a group's shared prefix and each row's own slots (see `SharedPrefix`).
 
     q [B, K, M, H] (M = G*T query rows per kv head), scores [B, K, M, S] over the rows' own
     slots (scaled and masked), v [B, K, S, H]; the prefix holds Q prompts, rows q*N .. q*N + N-1
@@ -363,8 +310,25 @@ class Block(nnx.Module):
 
 @flax.struct.dataclass
 class SharedPrefix:
-    """Keys and values that groups of N rows share, before their own slots (module docstring,
-    "Shared prefixes"): prompt q's, read by rows q*N .. q*N + N - 1."""
+    """Keys and values that groups of N rows share, before their own slots: prompt q's, read by
+    rows q*N .. q*N + N - 1.
+
+    GRPO samples N completions of each prompt and scores them again in the loss; the N rows of a
+    group all attend to the same prompt keys. `fork_cache` turns a cache of Q written prompts into
+    one of Q * N rows whose prompt keys and values stay as ONE prefix per prompt (not N copies),
+    with empty slots of the rows' own for what they write next:
+
+        prefix  k, v [Q, K, H, P] / [Q, K, P, H], valid [Q, P]   read by rows q*N .. q*N + N - 1
+        rows    k, v [B, K, H, S] / [B, K, S, H], valid [B, S]   B = Q * N, each row's own tokens
+
+    Attention (`_attend_with_prefix`) then takes one softmax over the P prefix slots and the row's
+    S own slots together, exactly as over a copied [P + S] cache, but computes the prefix scores
+    and values as one matmul per (prompt, kv head) for all N*G*T query rows of the group: the
+    prefix is read once per group instead of once per row, and the matmuls are N times taller
+    (Hydragen, Juravsky et al. 2024, arXiv 2402.05099, makes the same split). tools/bench_sampler
+    --num_rollouts=N measures the decode step with it. Rows of a group must be contiguous, the
+    layout rollout.tile_groups makes.
+    """
 
     k: tuple[jax.Array, ...]  # L x [Q, K, H, P]
     v: tuple[jax.Array, ...]  # L x [Q, K, P, H]
@@ -373,12 +337,36 @@ class SharedPrefix:
 
 @flax.struct.dataclass
 class KVCache:
-    """Keys and values of every layer, plus what a row needs to continue (see module docstring)."""
+    """Keys and values of every layer, plus what a row needs to continue.
+
+    A plain pytree (`flax.struct.dataclass`), not module state: it is passed in and returned, so
+    a sampler can donate it to a jitted prefill and carry it through a `lax.while_loop`.
+
+    All rows write the same slot at each step (`index`), and each row has its own RoPE position
+    (`pos`), so a left-padded prompt batch needs no per-row scatter: a row with 3 pad tokens has
+    slots 0..2 invalid and its first real token at slot 3 with position 0. Example, T=4,
+    max_len=6:
+
+        row 0: tokens [p p a b] pad_mask [0 0 1 1] -> slots 2,3 valid, positions 0,1, pos=2
+        row 1: tokens [c d e f] pad_mask [1 1 1 1] -> slots 0..3 valid, positions 0..3, pos=4
+        decode_step writes slot 4 for both rows, at positions 2 and 4; index becomes 5.
+
+    The layout is what decoding on a CPU wants. Head-major, so that each (row, kv head) is one
+    matrix that both attention products read without a transpose: with [B, S, K, H], XLA copied
+    the whole cache layer into that layout at every decode step. Keys as columns [H, S], so that
+    the scores are a plain matmul q [G, H] @ k [H, S]; values as rows [S, H] for probs [G, S] @ v.
+    One array per layer, because a slice of a stacked [L, ...] array is copied before a dot reads
+    it. tools/bench_sampler.py measures the decode step.
+
+    Writing past `max_len` cannot be detected inside jit (`dynamic_update_slice` clamps the start
+    index): a sampler must give the cache a slot for every token it writes (prompt length + max
+    new tokens; with a shared prefix, max new tokens of the rows' own).
+    """
 
     k: tuple[jax.Array, ...]  # L x [B, K, H, S]: keys as columns
     v: tuple[jax.Array, ...]  # L x [B, K, S, H]
-    valid: jax.Array  # [B, S] bool: slot holds a real token
-    pos: jax.Array  # [B] int32: next RoPE position of each row
+    valid: jax.Array  # [B, S] bool: slot holds a real token (False for pads and unwritten slots)
+    pos: jax.Array  # [B] int32: next RoPE position of each row = real tokens it has written
     index: jax.Array  # [] int32: next slot to write, shared by all rows
     prefix: SharedPrefix | None = None  # what every row's slots follow, shared by its group
 
@@ -392,7 +380,7 @@ def fork_cache(cache: KVCache, num_rows: int, max_len: int) -> KVCache:
 
     cache: Q prompts, written (e.g. by `prefill`), without a prefix. Returns a cache of Q * N
     rows, row q*N + i continuing prompt q at its next position, with `max_len` empty slots of
-    its own; the prompts' keys and values are not copied (see "Shared prefixes").
+    its own; the prompts' keys and values are not copied (see `SharedPrefix`).
     """
     if cache.prefix is not None:
         raise ValueError("the cache already follows a shared prefix")
@@ -432,7 +420,23 @@ def positions_from_mask(pad_mask: jax.Array) -> jax.Array:
 
 
 class Llama(nnx.Module):
-    """The policy model. See the module docstring for the three entry points."""
+    """The policy model: GRPO samples rollouts from it and trains it on their rewards.
+
+    Parameters live in the module; jitted code takes `graphdef, state = nnx.split(model)` and
+    calls `nnx.merge(graphdef, state)` inside (see tests/test_model.py). Three entry points:
+
+    - `model(tokens [B, T], pad_mask [B, T] | None, positions [B, T] | None) -> logits [B, T, V]`
+      (float32): the full uncached causal forward, used for training and teacher-forced
+      log-probs. `pad_mask` is True at real tokens. Padding may be on the left (prompts) and on
+      the right (completions); a row's positions count its real tokens from 0, so a left-padded
+      row gives the same logits at its real tokens as the same row unpadded. Logits at pad
+      positions are garbage.
+    - `model.prefill(tokens [B, T], pad_mask [B, T], cache) -> (logits, cache)`: writes T tokens
+      per row into the `KVCache` and returns their logits ([B, T, V], or [B, V] for the last slot
+      with `last_only=True`, which is what a sampler wants: a full [B, T, V] of a 128k vocab is
+      large).
+    - `model.decode_step(tokens [B], cache) -> (logits [B, V], cache)`: one new token per row.
+    """
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         c = config
@@ -455,8 +459,8 @@ class Llama(nnx.Module):
 
     def _block(self, i: int, x, positions, mask, inv_freq, cache=None, remat=None):
         """Block i (with the cache's layer i when there is a cache); `remat` (default
-        `config.remat`) wraps it in jax.checkpoint. The layer index and inv_freq (a host constant) are
-        closed over: the index picks the cache's layer in Python, so it cannot be a traced
+        `config.remat`) wraps it in jax.checkpoint. The layer index and inv_freq (a host constant)
+        are closed over: the index picks the cache's layer in Python, so it cannot be a traced
         argument."""
         layer = None if cache is None else i
         if not (self.config.remat if remat is None else remat):
@@ -474,7 +478,7 @@ class Llama(nnx.Module):
 
     def __call__(self, tokens: jax.Array, pad_mask: jax.Array | None = None,
                  positions: jax.Array | None = None, *, last_n: int | None = None) -> jax.Array:
-        """Full causal forward: tokens [B, T] -> logits [B, T, V] float32 (see module docstring).
+        """Full causal forward: tokens [B, T] -> logits [B, T, V] float32 (class docstring).
 
         last_n: only the logits of the last n positions, [B, n, V]. GRPO scores completions at
         the end of long prompts; the [B, T, V] head over the prompt would be most of the memory.

@@ -57,8 +57,8 @@ class RelevanceConfig:
       seed: XGBoost's seed (row and column sampling) and the folds' hash seed; the same seed gives
         the same model.
       nthread: XGBoost threads, for training and for prediction. 1 by default: on 2 shared cores
-        OpenMP's spinning threads slowed training up to 30x whenever another process (or JAX)
-        was busy, and prediction at the reward's batch sizes is no faster with 2.
+        OpenMP's spinning threads slowed training many times over whenever another process (or
+        JAX) was busy, and prediction at the reward's batch sizes is no faster with 2.
       query_cache_size: query texts whose parsing and top-K search are kept (the reward scores
         each query once per rollout).
     """
@@ -329,7 +329,8 @@ class RelevanceModel:
         """`score` for many (query_text, products) pairs with ONE `inplace_predict` in all.
 
         For the reward, which scores every rollout of a GRPO group (or a whole step) at once:
-        XGBoost's fixed cost per call (~0.3 ms here) is then paid once, not once per request.
+        XGBoost's fixed cost per call (relevance_features.py, "Speed") is then paid once, not
+        once per request.
         """
         blocks, sizes = [], []
         for query_text, products in requests:

@@ -47,13 +47,13 @@ word features, and the unstemmed lower-case words for prefixes and trigrams. Uni
 Speed. The reward calls `RelevanceModel.score(q, rows)` (relevance.py), which computes these
 features, for one query and 40-250 products at a time, thousands of times per GRPO step, so
 everything per product is computed once per catalog (`_ProductTables`: the strings of every kind as
-one CSR array of ids, phrase strings, numbers; ~8 s for Home Depot) and a call is a fixed number of
-NumPy operations over the batch, one Tantivy top-K search for the rank feature (cached per query
-text with the rest of the query's parse, as the reward scores the same q for each of its N
-rollouts), and exactly one `inplace_predict`. That last one has a fixed cost of ~0.3 ms on these VMs
-whatever the batch (XGBoost re-reads the cgroup CPU quota files on every call, and a syscall is slow
-here): `score_many` scores several requests (a GRPO group, a whole step) with one prediction.
-tools/bench_relevance.py measures all of it.
+one CSR array of ids, phrase strings, numbers) and a call is a fixed number of NumPy operations over
+the batch, one Tantivy top-K search for the rank feature (cached per query text with the rest of
+the query's parse, as the reward scores the same q for each of its N rollouts), and exactly one
+`inplace_predict`. That last one has a fixed cost whatever the batch (XGBoost re-reads the cgroup
+CPU quota files on every call, and a syscall is slow on these VMs): `score_many` scores several
+requests (a GRPO group, a whole step) with one prediction. tools/bench_relevance.py measures all
+of it.
 
 Edge cases, all defined: a query with no words scores 0.0 for every product (no model call:
 nothing is relevant to no query; its features are 0 except engine_rank = K+1 and the product's

@@ -32,8 +32,8 @@ def _summary_writer():
     """tensorboardX.SummaryWriter, imported without torch.
 
     tensorboardX imports torch whenever it is installed (here it is, for the parity tests), only
-    to accept torch tensors, which we never pass; that import costs 3-4 s per process. Hiding
-    torch for the duration of the import makes tensorboardX fall back to numpy.
+    to accept torch tensors, which we never pass, and importing torch is slow. Hiding torch for
+    the duration of the import makes tensorboardX fall back to numpy.
     """
     hide = "torch" not in sys.modules
     if hide:

@@ -81,8 +81,8 @@ class SamplingConfig:
     max_new_tokens: T_new, the most tokens a completion may have (its stop token included).
     prefill_chunk: prompt tokens the prefill runs at once; 0 = the whole prompt. A chunk that
       ends at slot e attends over e slots, not P, so the scores [Q, K, G*chunk, e] stay small
-      and the causal half above the diagonal is skipped (WORKSPACE.md: demo, P = 256, 2 CPU
-      cores). Equal up to float rounding for any chunk.
+      and the causal half above the diagonal is skipped. Equal up to float rounding for any
+      chunk.
     """
 
     temperature: float = 0.9
@@ -158,7 +158,7 @@ def _draw(scaled: jax.Array, key: jax.Array) -> jax.Array:
     over the whole vocabulary: pick the block of 128 tokens whose cumulative mass passes u, then
     the token inside it. Exact up to float32 rounding of the sums. Gumbel-max
     (`jax.random.categorical`) draws B*V random numbers and two logs each, which on a CPU costs
-    more than the model's own decode step (5.6 ms against ~10 ms at B=32, V=8192).
+    a large share of the model's own decode step.
     Worked example, one block of 4, weights w = [.1 0 .6 .3]: cdf = [.1 .1 .7 1]; u' = .5 ->
     count(cdf < .5) = 2 -> token 2. A zero-weight token (index 1) has cdf equal to its
     predecessor's, so no u' in (0, total] selects it; u' <= total keeps the index in range.
@@ -193,8 +193,8 @@ def sample_tokens(logits: jax.Array, key: jax.Array, temperature: jax.Array, *, 
         scaled = logits.astype(jnp.float32) / temperature  # [B, V]
         return _draw(_truncate(scaled, top_k, top_p), key).astype(jnp.int32)
 
-    # A branch, so that a sampled step does not pay for an argmax (a variadic reduce over V,
-    # ~5% of a CPU decode step) nor a greedy one for the draw.
+    # A branch, so that a sampled step does not pay for an argmax (a variadic reduce over V)
+    # nor a greedy one for the draw.
     return jax.lax.cond(temperature > 0, draw,
                         lambda: jnp.argmax(logits, axis=-1).astype(jnp.int32))  # [B]
 
@@ -287,7 +287,7 @@ def _prefill(graphdef, params, prompt_tokens, prompt_mask, key, temperature, sto
                          f"max_seq_len {model.config.max_seq_len}")
     with jax.named_scope("prefill"):
         # A cache of exactly P slots: the prompt attends over its own P keys, not over the
-        # T_new empty slots a decode needs (27% of the prefill's attention at P=128, T_new=48),
+        # T_new empty slots a decode needs (T_new / (P + T_new) of the attention's work),
         # chunk by chunk (SamplingConfig.prefill_chunk): the chunk ending at slot e reads e.
         cache = init_cache(model.config, Q, P)
         chunk = prefill_chunk or P

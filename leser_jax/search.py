@@ -26,13 +26,13 @@ per-field boosts (`SearchConfig`): `title` (with alternative titles), `descripti
 `Catalog.products`.
 
 `field_scores(text, rows)` gives the relevance features (relevance_features.py) the BM25 score of
-a text against each field of exactly the given rows. Asking Tantivy for it, with a query restricted to
-those rows (a `term_set_query` or a union of `term_query`s on an indexed `row` field), costs
-0.2-1 ms per field and call on Home Depot (measured: 3 fields x 250 rows ~2.3 ms, more than the
-whole budget of the relevance model's batch). So it is computed here, in NumPy, from Tantivy's own
-BM25 ingredients: the same analyzer (`text_analyzer`), the same statistics (document frequency,
-total tokens per field), the same one-byte field-length code (`FIELD_NORMS_TABLE`) and the same
-float32 formula as tantivy/src/query/bm25.rs. tests/test_relevance.py checks that the scores equal
+a text against each field of exactly the given rows. Asking Tantivy for it, with a query
+restricted to those rows (a `term_set_query` or a union of `term_query`s on an indexed `row`
+field), costs a search per field and call, more than the whole time budget of the relevance
+model's batch. So it is computed here, in NumPy, from Tantivy's own BM25 ingredients: the same
+analyzer (`text_analyzer`), the same statistics (document frequency, total tokens per field), the
+same one-byte field-length code (`FIELD_NORMS_TABLE`) and the same float32 formula as
+tantivy/src/query/bm25.rs. tests/test_relevance.py checks that the scores equal
 Tantivy's unrestricted per-field scores. One departure: a word that the analyzer splits into
 several tokens (`foo_bar`; `\\w` keeps the underscore) is a phrase query to Tantivy and separate
 terms here.
@@ -385,9 +385,9 @@ def _add_products(index: tantivy.Index, catalog: Catalog, config: SearchConfig) 
 
     One writer thread takes the documents in the order they are added; with several, each thread
     fills its own segment from a shared queue, so which products land where changes per build.
-    One thread costs little, as it indexes while the Python loop makes the next documents (Home
-    Depot: 0.54 s, 0.53 s with two threads). A catalog too big for `writer_heap_bytes` would be
-    flushed as several segments: that is an error, not a silently different tie-break.
+    One thread costs little, as it indexes while the Python loop makes the next documents. A
+    catalog too big for `writer_heap_bytes` would be flushed as several segments: that is an
+    error, not a silently different tie-break.
     """
     writer = index.writer(config.writer_heap_bytes, 1)
     for row, p in enumerate(catalog.products):

@@ -15,9 +15,9 @@ float32, in two cases:
 for XLA (jnp.matmul against the [K_in, N_out] layout nnx checkpoints keep, and "NT" against the
 transposed [N_out, K_in] layout of the tied embedding), NumPy's BLAS (OpenBLAS in the pinned
 wheel) and torch where it is installed (the oneDNN/MKL path of transformers' generate on a
-CPU). XLA's products run ten to a jitted program, so that the time of a call (tens of
-microseconds, more than a small product) is spread over ten; NumPy and torch are called from
-Python, one product a call.
+CPU). XLA's products run ten to a jitted program, so that the fixed cost of a call (more than a
+small product takes) is spread over ten; NumPy and torch are called from Python, one product a
+call.
 
 Each number is the best of --repeats calls (of --repeats / 10 where ten products make a call),
 as GFLOP/s and as a share of the peak measured in the same run (the peaks are measured before

@@ -22,7 +22,7 @@ transformers `LlamaForCausalLM` (tools/export_hf_llama; the logits are checked a
 first), `generate(do_sample=True, temperature=0.9, top_k=0, max_new_tokens=T)` with no eos
 token, on CPU torch with as many threads as this process may use, best of --repeats after one
 warm-up call, at each of --hf_threads torch threads (the fastest is reported: on a loaded
-2-core machine 2 threads can be 10x slower than 1). The two alternate call by call, so both see
+2-core machine 2 threads can be much slower than 1). The two alternate call by call, so both see
 the same machine load.
 new tok/s = B * T / (prefill + decode).
 
@@ -147,7 +147,7 @@ def dense_call(model: Llama, B: int, T: int):
                m.gate[...], m.up[...], m.down[...])
               for a, m in ((b.attn, b.mlp) for b in model.layers)]
     # The head in the model's own layout: the tied embedding [V, D] (XLA:CPU's dot runs the
-    # [32, 512] x [16384, 512]^T head of the cpu preset 1.7x faster than against a [D, V] copy).
+    # cpu preset's head faster against it than against a [D, V] copy).
     tied = model.lm_head is None
     head = model.embed[...] if tied else model.lm_head[...]  # [V, D] or [D, V]
 

@@ -52,27 +52,20 @@ last logits [R, V] float32 x 2).
 ## Checked against XLA (`--xla_check`)
 `--xla_check` compiles the full-fine-tuning update (plain SGD, without and with remat) for
 abstract inputs of the run's shape on the default backend, nothing allocated, and prints XLA's
-temp buffer bytes next to the plan's gradients + activations. On the 2-core CPU machine
-(2026-11-26, after the shared prompt prefix of model.fork_cache), 1B, B=4 queries x N=4,
-P=512, T=256, M=1:
-- float32 model: XLA 56.4 GB, planned 56.2 GB. The attention term above was fitted to this
-  backend: with one float32 [.., S] array fewer the plan fell 0.7 GB a layer short. (Before
-  the shared prefix, when the update copied each prompt's cache to its N rows: XLA 59.7 GB,
-  planned 60.2.)
-- bf16 model: XLA 55.5 GB, planned 39.3 GB: the CPU backend computes bf16 matmuls in float32
-  and keeps float32 copies. GPUs compute bf16 natively (below).
-- remat: no saving on the CPU (float32: 53.3 GB against 56.4). XLA:CPU removes
-  jax.checkpoint's optimization barriers before it schedules, so the recomputation of our
-  unrolled layers is scheduled early, in the forward pass, and keeps as much as no remat (a toy
-  with the checkpointed layer inside lax.scan does save on CPU: 1.40 GB -> 0.25 GB). XLA:GPU
-  removes the barriers only after scheduling.
-On an H200 (2026-11-26, jax 0.11.2, before the shared prefix), 1B bf16, B=32 x N=4, P=256,
-T=128, M=1: XLA's temp buffers 77.3 GB against the plan's 111.1 (no remat) and 21.5 against
-33.5 (remat); the peak that tools/bench_grpo_step measured (jax memory_stats, the whole step)
-98.7 GB against the plan's 130.9 and 42.8 against 53.3. On a GPU the plan errs on the safe
-side by 25-45%: XLA fuses the attention's softmax and keeps fewer float32 arrays than the plan
-counts. The plan for that shape is now 104.2 GB (no remat) and 31.6 (remat); the GPU check
-has not been run again since.
+temp buffer bytes next to the plan's gradients + activations (WORKSPACE.md logs each check with
+its shape). What the checks showed, and why:
+- float32 model on the CPU: the plan matches XLA; the attention term above was fitted to this
+  backend (with one float32 [.., S] array fewer the plan fell short).
+- bf16 model on the CPU: XLA keeps far more than planned, because the CPU backend computes bf16
+  matmuls in float32 and keeps float32 copies. GPUs compute bf16 natively (below).
+- remat: no saving on the CPU. XLA:CPU removes jax.checkpoint's optimization barriers before it
+  schedules, so the recomputation of our unrolled layers is scheduled early, in the forward pass,
+  and keeps as much as no remat (a toy with the checkpointed layer inside lax.scan does save on
+  CPU). XLA:GPU removes the barriers only after scheduling.
+- On a GPU the plan errs on the safe side, for XLA's temp buffers and for the peak that
+  tools/bench_grpo_step measures (jax memory_stats, the whole step): XLA fuses the attention's
+  softmax and keeps fewer float32 arrays than the plan counts. So the plan is safe for choosing
+  micro-batches, not a prediction.
 
 Departures: none from the paper (it says nothing about memory); the model is an estimate of
 what XLA keeps, which fuses and frees more or less than this; a GPU run's measured peak

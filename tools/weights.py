@@ -13,7 +13,7 @@ from leser_jax.model import Llama
 def random_model(config: ModelConfig, seed: int = 0, std: float = 0.02) -> Llama:
     """A model of `config` with normal(0, std) matrices and norm scales of 1, drawn leaf by leaf
     on the default device (no compiled whole-model init: a 1B model's init program would take
-    longer to compile than to run, and host-drawn float64 normals take ~20 s for 1.2B)."""
+    longer to compile than to run, and host-drawn float64 normals are slow at 1B parameters)."""
     graphdef, state = nnx.split(nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(0))))
     pure = nnx.to_pure_dict(state)
     leaves, treedef = jax.tree.flatten(pure)
