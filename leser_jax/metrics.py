@@ -25,7 +25,7 @@ metric and reward cannot disagree on what was retrieved, how relevant it is, or 
                      results of q's own search, which serving makes anyway (it adds a round trip
                      before the expansions, not a search)
 
-DESIGN.md writes the gains as ratios minus 1; the difference forms are equal to them whenever
+Gains are often written as ratios minus 1; the difference forms are equal to them whenever
 the denominator is the true baseline, and stay defined (and exactly 0 for Y = {}) when q alone
 finds nothing relevant. The merged ranking M(Y) (reward.merged_ranking) interleaves the ranked
 lists S_K(q), S_K(y1), ..., S_K(ym) round-robin, skipping repeats: our reading of how a

@@ -11,7 +11,7 @@ expansions inside fixed tags:
 `render_prompt` writes the instruction, the context items and the query; the completion the model
 writes after it is parsed by `parse_answer`, which never raises: whatever the model writes, it
 returns either the expansions or a named rejection reason, and a rejected answer earns reward 0
-(DESIGN.md). The rejection reasons, in the order they are checked:
+(leser_jax/reward.py). The rejection reasons, in the order they are checked:
 
     no_think_tag    no <think>...</think> block before the answer
     no_answer_tag   no <answer>...</answer> block after the think block
@@ -78,7 +78,7 @@ class AnswerFormat:
     """What a valid answer may hold.
 
     Attributes:
-      m_max: the most expansions an answer may list (DESIGN.md's m_max).
+      m_max: the most expansions an answer may list [m_max].
       max_chars: the longest expansion, in characters; longer ones reject the answer.
       drop_duplicates: a repeated expansion is dropped (the first kept) rather than rejecting
         the answer. Off for training (the reward's parse is strict); evaluation reports both.

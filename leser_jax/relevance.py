@@ -4,8 +4,8 @@ LESER (arXiv 2509.05570) scores what each expansion retrieves with a gradient-bo
 model trained on human judgments of (query, product) pairs. This module is that model: XGBoost over
 hand-made features, trained on the TRAIN split's judgments only (early stopping on the dev split),
 its raw output calibrated on the dev split to the probability that a person judges p relevant to
-the original query q (grade >= the dataset's relevant_at; DESIGN.md, "Reward and metrics, version
-2"), so that a score means the same thing on every dataset. `RelevanceConfig.target="grade"` keeps
+the original query q (grade >= the dataset's relevant_at: rel(q, p) of reward version 2,
+leser_jax/reward.py), so that a score means the same thing on every dataset. `RelevanceConfig.target="grade"` keeps
 the first version's target, the expected normalised grade (`GradeScale.normalise`), to reproduce
 its numbers. The paper gives neither its features nor its calibration; both are ours.
 

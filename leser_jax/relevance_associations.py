@@ -4,7 +4,7 @@ LESER (arXiv 2509.05570) scores expansions with a relevance model trained on hum
 gives no features. The lexical ones (relevance_features.py) see only the words that a query and a
 product share, and a problem query such as "chair for a sore lower back" shares none with the
 products judged relevant to it ("lumbar support"): only the judgments link "sore" to "lumbar".
-These features learn such links (DESIGN.md, "Reward and metrics, version 2"); they are ours.
+These features learn such links (for reward version 2, leser_jax/reward.py); they are ours.
 
 Terms. A query word w is a distinct stemmed word of the query (the engine's analyzer, as the
 lexical features use). A product term t is a distinct stemmed word anywhere in the product's text:

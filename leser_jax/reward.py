@@ -3,7 +3,7 @@
 The seed: "items are retrieved from the production search engine and rewards computed based on
 average relevance score of top-k results and total unique items retrieved", with
 r(Y) = r_rel(Y) + lambda * r_size(Y) normalised against the original query. The exact formulas
-are our reading (DESIGN.md, "Reward and metrics, version 2"). For a query q and a parsed answer
+are our reading (version 2 of this project's reward). For a query q and a parsed answer
 Y = [y1 .. ym]:
 
     S_K(x)     the engine's ranked top-K catalog rows for text x                      (K = 40)
@@ -64,7 +64,7 @@ SIZE_MODES = ("expected", "count", "hits")
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RewardConfig:
-    """The reward's constants (DESIGN.md symbols in brackets).
+    """The reward's constants (the module docstring's symbols in brackets).
 
     Attributes:
       version: 2 (module docstring) or 1 (its first reading, to reproduce old numbers).

@@ -375,7 +375,7 @@ def _schema(config: SearchConfig) -> tantivy.Schema:
     builder = tantivy.SchemaBuilder()
     for name in TEXT_FIELDS:
         builder.add_text_field(name, stored=False, tokenizer_name=config.tokenizer)
-    # Signed integer: a Python int is an I64 to the binding (STACK.md).
+    # Signed integer: tantivy-py binds a Python int as an I64.
     builder.add_integer_field("row", stored=False, indexed=False, fast=True)
     return builder.build()
 

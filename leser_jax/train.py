@@ -95,8 +95,8 @@ def init_train_state(model: nnx.Module, tx: optax.GradientTransformation, *,
 def abstract_train_state(abstract_fn: Callable[[], nnx.Module],
                          tx: optax.GradientTransformation) -> tuple[nnx.GraphDef, TrainState]:
     """The graphdef and a TrainState of ShapeDtypeStructs, without computing any array: the
-    target that checkpoint.restore_latest restores into (STACK.md: restore against
-    nnx.eval_shape-built targets, or optax states come back as dicts)."""
+    target that checkpoint.restore_latest restores into (Orbax restores optax states as plain
+    dicts unless given an nnx.eval_shape-built target)."""
     graphdef, params = nnx.split(nnx.eval_shape(abstract_fn))
     return graphdef, jax.eval_shape(lambda p: _fresh_state(p, tx, 0), params)
 

@@ -63,7 +63,7 @@ def test_round_trip_restores_optax_structures_configs_and_tokenizer(tmp_path):
     restored, found = restore_latest(tmp_path, abstract)
     assert found == path
     assert isinstance(restored, TrainState) and isinstance(restored.params, nnx.State)
-    # Optax's own structures, not the dicts and lists an untargeted restore gives (STACK.md).
+    # Optax's own structures, not the dicts and lists an untargeted restore gives.
     assert isinstance(restored.opt_state[1][0], optax.ScaleByAdamState)
     assert jax.tree.structure(restored) == jax.tree.structure(state)
     assert _leaves_equal(restored, state) and int(restored.step) == 7
