@@ -130,7 +130,7 @@ PRESETS = {
                 "--checkpoint_every=20", "--eval_queries=64"),
         grpo=("--queries_per_step=4", "--lr=1e-4", "--lora_rank=16",
               "--eval_every=6", "--eval_queries=24", "--checkpoint_every=3"),
-        evaluate=()),
+        evaluate=("--drop_duplicates",)),
 }
 
 common.define_dataset_flags()

@@ -19,8 +19,9 @@ queries):
 Every `eval_every` steps the policy expands a fixed sample of dev queries greedily and at the
 training temperature (with a fixed key), metrics.evaluate measures both with judged recall and
 nDCG@10, and the reward of those answers is logged beside them: the dev curve of the training
-reward. The step with the best dev reward at the training temperature is kept in RUN_DIR/best
-(selection on dev, never on test), the last in params/. Each step logs one stdout line and, to JSONL and TensorBoard: reward mean/std and each
+reward, from step 0 (the start policy) on. The step with the best dev reward at the training
+temperature is kept in RUN_DIR/best (selection on dev, never on test; step 0 if no update beat
+the start), the last in params/. Each step logs one stdout line and, to JSONL and TensorBoard: reward mean/std and each
 component, the share of groups whose rewards are all equal (no learning signal), format validity
 and each rejection reason, KL, clip fraction, entropy, completion length, tokens/s and seconds by
 phase. Checkpoints (checkpoint.save_checkpoint) hold the policy's train state; the reference is
@@ -91,6 +92,8 @@ GRPO_RESUMABLE = RESUMABLE + ("loop.eval_every", "loop.eval_queries", "loop.samp
                               "loop.profile_start")
 LINE = ("reward", "valid", "kl", "clip_fraction", "entropy", "length", "rollout_s", "reward_s",
         "update_s", "tok_s")
+DEV_LINE = ("dev/judged_recall", "dev/ndcg10", "dev/reward", "dev_sampled/reward",
+            "dev_sampled/validity")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -369,6 +372,11 @@ class GRPOTrainer:
         if start < loop.total_steps:
             self.check_prompts()
         with RunLog(self.run_dir, total_steps=loop.total_steps, resume_step=start) as run_log:
+            if start == 0 and loop.eval_every:
+                # The dev curve's first point: the policy GRPO starts from (step 0, no update).
+                metrics = self.evaluate_dev()
+                run_log.log(0, metrics, line=DEV_LINE)
+                self.keep_if_best(0, metrics)
             for step in range(start, loop.total_steps):
                 with profiler.step(step), stop_at_nonfinite(self.run_dir):
                     metrics, _, samples = self.train_step(step)

@@ -416,15 +416,17 @@ def test_launcher_trains_and_writes_params(setup, tmp_path):
     assert parse_answer(example.answer).valid
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     steps = _step_records(run_dir)
-    assert [r["step"] for r in steps] == [1, 2]
-    assert "dev/relevance_gain" in steps[1] and "dev/relevance_gain" not in steps[0]
+    assert [r["step"] for r in steps] == [0, 1, 2]  # step 0: the start policy on dev, no update
+    assert "reward" not in steps[0] and "dev/relevance_gain" not in steps[1]
     # The dev curve: greedy and at the training temperature, judged recall and the reward; the
     # step of the best dev reward at the training temperature is kept apart from the last.
     for prefix in ("dev", "dev_sampled"):
         assert {f"{prefix}/judged_recall", f"{prefix}/ndcg10", f"{prefix}/reward",
-                f"{prefix}/validity"} <= set(steps[1])
+                f"{prefix}/validity"} <= set(steps[0]) & set(steps[2])
+    dev = {r["step"]: r["dev_sampled/reward"] for r in (steps[0], steps[2])}
+    best_step = 2 if dev[2] > dev[0] else 0  # a tie keeps the earlier
     best = json.loads((run_dir / "best.json").read_text())
-    assert best == {"step": 2, "dev_sampled/reward": steps[1]["dev_sampled/reward"]}
+    assert best == {"step": best_step, "dev_sampled/reward": dev[best_step]}
     assert checkpoint.load_init(str(run_dir / "best"))[1] == setup.model.config
     assert any("rollouts" in r.get("text", {}) for r in records)
     model, config, tokenizer = checkpoint.load_init(str(run_dir / "params"))
