@@ -33,7 +33,7 @@ rewards, rollout log-probs, loss or gradient norm are NaN or inf stops the run b
 checkpoint (finite.NonFiniteError), and a run directory saved with other settings is an error
 before anything is restored (checkpoint.check_run_configs).
 
-With LoRA (an `init_model` made by model.add_lora, adapters B = 0) only the adapters are trained
+With LoRA (an `init_model` made by lora.add_lora, adapters B = 0) only the adapters are trained
 (train.trainable_split) and the base stays as `init_model` had it, so the reference is the policy
 with its adapters set to 0: the same base arrays, no second copy of the weights (the point of
 LoRA for 3B on one accelerator, tools/memory_plan.py). The checkpoints hold base and adapters

@@ -10,7 +10,7 @@ compiles fast). The state is donated: the step replaces all of it, so XLA may up
 and Adam moments in place instead of holding two copies.
 
 What is trained (`trainable_split`): every parameter, or, when the model has LoRA adapters
-(model.py, "LoRA"), the adapters only. The rest is frozen: it stays in `TrainState.params` (so
+(lora.py), the adapters only. The rest is frozen: it stays in `TrainState.params` (so
 the state is still one pytree that checkpoints, shards and resumes as before, and a sampler reads
 the whole model from it), is passed to the loss without a gradient, and has no optimizer state
 (`tx.init` sees the trainable part alone). Donation covers it too: an argument returned unchanged

@@ -22,7 +22,8 @@ from leser_jax.data.synthetic import SyntheticConfig, generate
 from leser_jax.grpo import GRPOConfig
 from leser_jax.grpo_trainer import GRPOTrainer, reference_logprobs
 from leser_jax.grpo_trainer import LoopConfig as GRPOLoop
-from leser_jax.model import Llama, add_lora, init_cache, merge_lora
+from leser_jax.lora import add_lora, merge_lora
+from leser_jax.model import Llama, init_cache
 from leser_jax.optim import OptimConfig, make_optimizer
 from leser_jax.prompts import INSTRUCTION, AnswerFormat
 from leser_jax.search import SearchEngine

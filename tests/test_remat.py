@@ -18,7 +18,8 @@ from flax import nnx
 from leser_jax import grpo, sampler
 from leser_jax.config import ModelConfig
 from leser_jax.grpo import GRPOConfig
-from leser_jax.model import Llama, add_lora
+from leser_jax.lora import add_lora
+from leser_jax.model import Llama
 from leser_jax.sampler import SamplingConfig
 from leser_jax.train import masked_lm_loss, trainable_split
 from tests._tolerance import FORWARD_RTOL, GRAD_RTOL, assert_close

@@ -37,7 +37,7 @@ from leser_jax import grpo, sampler
 from leser_jax.config import ModelConfig, flops_per_token, param_count
 from leser_jax.grpo import GRPOConfig
 from leser_jax.grpo_trainer import grpo_update, reference_logprobs
-from leser_jax.model import add_lora
+from leser_jax.lora import add_lora
 from leser_jax.optim import OptimConfig, make_optimizer
 from leser_jax.sampler import SamplingConfig
 from leser_jax.train import init_train_state
