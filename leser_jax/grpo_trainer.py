@@ -70,13 +70,13 @@ from leser_jax.grpo import GRPOConfig
 from leser_jax.metrics import evaluate
 from leser_jax.policy import PolicySystem
 from leser_jax.profiling import StepProfiler, phase
-from leser_jax.prompts import REJECTION_REASONS, AnswerFormat, ExampleTurn, encode_prompt
+from leser_jax.prompts import (REJECTION_REASONS, AnswerFormat, ExampleTurn, encode_prompt,
+                               prompt_for)
 from leser_jax.reward import RewardFunction
 from leser_jax.rollout import generate_rollouts
 from leser_jax.run_log import RunLog, read_metrics
 from leser_jax.sharding import param_shardings, shard_train_state
 from leser_jax.sampler import SamplingConfig
-from leser_jax.sft import prompt_for
 from leser_jax.tokenizer import Tokenizer
 from leser_jax.train import (PATH_SETTINGS, RESUMABLE, TrainState, abstract_train_state,
                              init_train_state, make_train_step, stop_at_nonfinite)

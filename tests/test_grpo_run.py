@@ -26,7 +26,7 @@ import optax
 import pytest
 from flax import nnx
 
-from leser_jax import checkpoint, evaluation, grpo, lm_data, sft
+from leser_jax import checkpoint, evaluation, grpo, lm_data
 from leser_jax.catalog import Query
 from leser_jax.config import ModelConfig
 from leser_jax.context import ContextConfig
@@ -38,7 +38,7 @@ from leser_jax.grpo_trainer import (BEST_METRIC, GRPOTrainer, LoopConfig, reward
 from leser_jax.model import Llama
 from leser_jax.optim import OptimConfig, make_optimizer
 from leser_jax.prompts import (INSTRUCTION, AnswerFormat, ExampleTurn, encode_prompt,
-                               parse_answer, render_answer)
+                               parse_answer, prompt_for, render_answer)
 from leser_jax.relevance import RelevanceConfig, RelevanceModel
 from leser_jax.reward import RewardBreakdown, RewardConfig, RewardFunction, SearchFeedback
 from leser_jax.rollout import generate_rollouts
@@ -78,7 +78,7 @@ class Setup:
             top = self.catalog.products[int(self.engine.search(q.text, 1).rows[0])]
             right = top.attributes["category"]
             wrong = rng.choice([c for c in categories if c != right])
-            prompt = sft.prompt_for(q.text, self.engine, CONTEXT)
+            prompt = prompt_for(q.text, self.engine, CONTEXT)
             for category in (right, wrong):
                 examples.append(lm_data.encode_example(self.tokenizer, prompt,
                                                        render_answer("", [str(category)])))
@@ -118,7 +118,7 @@ class Setup:
         queries = [q.text for q in self.train]
         rollouts = generate_rollouts(
             graphdef, params, self.tokenizer,
-            [sft.prompt_for(q, self.engine, CONTEXT) for q in queries], num_rollouts=2,
+            [prompt_for(q, self.engine, CONTEXT) for q in queries], num_rollouts=2,
             sampling=SamplingConfig(temperature=GRPO.temperature,
                                     max_new_tokens=GRPO.max_new_tokens),
             base_key=jax.random.key(123), step=0)
@@ -225,7 +225,7 @@ def test_a_prompt_that_cannot_fit_stops_the_run_before_its_first_step(setup, tmp
 def test_worked_examples_come_before_every_rollout_prompt(setup, tmp_path):
     """Few-shot GRPO: the examples are in what the policy samples from and what the update
     scores (the batch's prompt rows), and in the length check of every prompt."""
-    example = ExampleTurn(sft.prompt_for(setup.train[0].text, setup.engine, CONTEXT),
+    example = ExampleTurn(prompt_for(setup.train[0].text, setup.engine, CONTEXT),
                           render_answer("", ["office chair"]))
     trainer = setup.trainer(tmp_path, seed=0, steps=1)
     trainer.examples = (example,)
