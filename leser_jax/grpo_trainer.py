@@ -94,8 +94,11 @@ LINE = ("reward", "valid", "kl", "clip_fraction", "entropy", "length", "rollout_
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class LoopConfig:
-    """Attributes:
+class GRPOLoopConfig:
+    """How a GRPO run goes: its steps, checkpoints, dev evaluation, logged samples and profile
+    (train.LoopConfig is the supervised stages' loop).
+
+    Attributes:
       total_steps: GRPO steps of the run.
       checkpoint_every, keep_checkpoints: how often to save, how many to keep.
       eval_every, eval_queries: greedy evaluation on this many dev queries every E steps (0 = off).
@@ -188,7 +191,7 @@ class GRPOTrainer:
                  reward_fn: RewardFunction, train_queries: Sequence[Query],
                  dev_queries: Sequence[Query], catalog, grpo_config: GRPOConfig,
                  tx: optax.GradientTransformation, schedule: optax.Schedule,
-                 context: ContextConfig, answer: AnswerFormat, loop: LoopConfig, configs: dict,
+                 context: ContextConfig, answer: AnswerFormat, loop: GRPOLoopConfig, configs: dict,
                  examples: Sequence[ExampleTurn] = (), mesh: Mesh | None = None):
         if not train_queries:
             raise ValueError("no training queries")

@@ -248,7 +248,10 @@ class MeshTrainStep:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class LoopConfig:
-    """Attributes:
+    """How a supervised run goes (pretraining, the warm-up: `train_loop`); a GRPO run's is
+    grpo_trainer.GRPOLoopConfig.
+
+    Attributes:
       total_steps: optimizer updates of the whole run (a resumed run stops here too).
       checkpoint_every: save every this many steps, and at the end.
       keep_checkpoints: newest checkpoints kept.

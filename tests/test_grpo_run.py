@@ -33,7 +33,7 @@ from leser_jax.context import ContextConfig
 from leser_jax.finite import NonFiniteError
 from leser_jax.data.synthetic import SyntheticConfig, generate
 from leser_jax.grpo import GRPOConfig
-from leser_jax.grpo_trainer import (BEST_METRIC, GRPOTrainer, LoopConfig, reward_metrics,
+from leser_jax.grpo_trainer import (BEST_METRIC, GRPOLoopConfig, GRPOTrainer, reward_metrics,
                                     step_queries)
 from leser_jax.model import Llama
 from leser_jax.optim import OptimConfig, make_optimizer
@@ -110,8 +110,8 @@ class Setup:
             reward_fn=self.reward_fn(), train_queries=train_queries or self.train,
             dev_queries=self.catalog.split("dev"), catalog=self.catalog, grpo_config=grpo_config,
             tx=tx, schedule=schedule, context=context, answer=AnswerFormat(),
-            loop=LoopConfig(total_steps=steps, checkpoint_every=checkpoint_every,
-                            samples_every=0, seed=seed), configs=configs or {})
+            loop=GRPOLoopConfig(total_steps=steps, checkpoint_every=checkpoint_every,
+                                samples_every=0, seed=seed), configs=configs or {})
 
     def mean_reward(self, graphdef, params) -> float:
         """Mean reward of 2 completions per train query, sampled with one fixed key."""

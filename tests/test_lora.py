@@ -20,8 +20,7 @@ from leser_jax.config import ModelConfig, lora_param_count, param_count
 from leser_jax.context import ContextConfig
 from leser_jax.data.synthetic import SyntheticConfig, generate
 from leser_jax.grpo import GRPOConfig
-from leser_jax.grpo_trainer import GRPOTrainer, reference_logprobs
-from leser_jax.grpo_trainer import LoopConfig as GRPOLoop
+from leser_jax.grpo_trainer import GRPOLoopConfig, GRPOTrainer, reference_logprobs
 from leser_jax.lora import add_lora, merge_lora
 from leser_jax.model import Llama, init_cache
 from leser_jax.optim import OptimConfig, make_optimizer
@@ -256,8 +255,8 @@ def _grpo_trainer(grpo_setup, run_dir) -> GRPOTrainer:
         dev_queries=[], catalog=catalog,
         grpo_config=GRPOConfig(queries_per_step=2, num_rollouts=2, max_new_tokens=8),
         tx=tx, schedule=schedule, context=ContextConfig(k=1, max_tokens=24, max_attributes=1),
-        answer=AnswerFormat(), loop=GRPOLoop(total_steps=2, checkpoint_every=1, samples_every=0,
-                                             seed=3), configs={})
+        answer=AnswerFormat(), loop=GRPOLoopConfig(total_steps=2, checkpoint_every=1,
+                                                   samples_every=0, seed=3), configs={})
 
 
 @functools.cache

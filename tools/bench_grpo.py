@@ -27,7 +27,7 @@ from experiments import cli, common
 from leser_jax import checkpoint
 from leser_jax.context import ContextConfig
 from leser_jax.grpo import GRPOConfig
-from leser_jax.grpo_trainer import GRPOTrainer, LoopConfig, grpo_update
+from leser_jax.grpo_trainer import GRPOLoopConfig, GRPOTrainer, grpo_update
 from leser_jax.optim import OptimConfig, make_optimizer
 from leser_jax.prompts import AnswerFormat
 from leser_jax.relevance import RelevanceModel
@@ -67,7 +67,7 @@ def main(argv):
             train_queries=catalog.split("train"), dev_queries=[], catalog=catalog,
             grpo_config=config, tx=tx, schedule=schedule,
             context=ContextConfig(k=FLAGS.context_k, max_tokens=FLAGS.context_max_tokens),
-            answer=AnswerFormat(), loop=LoopConfig(total_steps=total, samples_every=0),
+            answer=AnswerFormat(), loop=GRPOLoopConfig(total_steps=total, samples_every=0),
             configs={})
         records = []
         for step in range(total):
