@@ -148,17 +148,18 @@ def reward_metrics(breakdowns, num_rollouts: int) -> dict[str, float]:
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3))
-def reference_logprobs(graphdef, params, batch, temperature: float) -> jax.Array:
-    """Log-probs [R, T] of the completions under the frozen reference model (no gradient).
+def reference_logprobs(graphdef, params, batch: grpo.RolloutBatch, temperature: float
+                       ) -> jax.Array:
+    """Log-probs [R, T] of the batch's completions under the frozen reference model, without
+    gradient: what the batch's ref_logp holds once set (it is not read here).
 
     LoRA adapters in `params` are set to 0 (A and B both, so their path adds exact zeros): the
     reference of a LoRA policy is its base. Without adapters this changes nothing.
     """
     adapters, base = nnx.split_state(params, nnx.LoRAParam, ...)
     model = nnx.merge(graphdef, jax.tree.map(jnp.zeros_like, adapters), base)
-    return grpo.completion_logprobs(model, batch["prompt_tokens"],
-                                    batch["prompt_mask"], batch["completion_tokens"],
-                                    batch["completion_mask"], temperature)
+    return grpo.completion_logprobs(model, batch.prompt_tokens, batch.prompt_mask,
+                                    batch.completion_tokens, batch.completion_mask, temperature)
 
 
 @functools.lru_cache(maxsize=8)
@@ -231,7 +232,8 @@ class GRPOTrainer:
         self.graphdef, self.state = graphdef, state
         self.update = grpo_update(graphdef, tx, schedule, grpo_config, mesh)
         self._prompts: dict[str, str] = {}  # query text -> prompt (contexts repeat across steps)
-        self.last_batch: dict | None = None  # the last update's input (tools/bench_grpo)
+        # The last step's batch (tools/bench_grpo); its ref_logp is None if it made no update.
+        self.last_batch: grpo.RolloutBatch | None = None
 
     def prompt(self, query: str) -> str:
         if query not in self._prompts:
@@ -291,14 +293,16 @@ class GRPOTrainer:
                     -(-int(rollouts.lengths.max()) // COMPLETION_BUCKET) * COMPLETION_BUCKET)
             advantages = np.asarray(grpo.group_advantages(rewards, c.num_rollouts,
                                                           normalize_std=c.normalize_std))
-            batch = {"prompt_tokens": rollouts.group_prompt_tokens,
-                     "prompt_mask": rollouts.group_prompt_mask,
-                     "completion_tokens": rollouts.completion_tokens[:, :T],
-                     "completion_mask": rollouts.completion_mask[:, :T],
-                     "old_logp": rollouts.logprobs[:, :T], "advantages": advantages}
+            batch = grpo.RolloutBatch(prompt_tokens=rollouts.group_prompt_tokens,
+                                      prompt_mask=rollouts.group_prompt_mask,
+                                      completion_tokens=rollouts.completion_tokens[:, :T],
+                                      completion_mask=rollouts.completion_mask[:, :T],
+                                      old_logp=rollouts.logprobs[:, :T], advantages=advantages)
             if advantages.any():
+                # The reference scores the completions only when an update follows.
                 ref = self.state.params if self.lora else self.ref_params
-                batch["ref_logp"] = reference_logprobs(self.graphdef, ref, batch, c.temperature)
+                batch = batch.replace(
+                    ref_logp=reference_logprobs(self.graphdef, ref, batch, c.temperature))
                 for _ in range(c.mu):
                     self.state, update_metrics = self.update(self.state, batch)
                 update_metrics = dict(jax.device_get(update_metrics), skipped_update=0.0)

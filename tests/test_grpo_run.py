@@ -231,8 +231,8 @@ def test_worked_examples_come_before_every_rollout_prompt(setup, tmp_path):
     trainer.examples = (example,)
     trainer.run()
     queries = step_queries(setup.train, GRPO.queries_per_step, 0, 0)
-    rows = trainer.last_batch["prompt_tokens"]
-    masks = trainer.last_batch["prompt_mask"]
+    rows = trainer.last_batch.prompt_tokens
+    masks = trainer.last_batch.prompt_mask
     for q, row, mask in zip(queries, rows, masks):
         want = encode_prompt(setup.tokenizer, trainer.prompt(q.text), [example])
         assert row[mask].tolist() == want
@@ -291,13 +291,13 @@ def _rollout_batch(Q=4, N=2, P=6, T=5, V=64, seed=0):
     prompt_mask = np.ones((Q, P), bool)
     prompt_mask[::3, :2] = False  # left padding on some prompts
     completion_mask = np.arange(T)[None] < rng.integers(1, T + 1, R)[:, None]
-    return {"prompt_tokens": rng.integers(4, V, (Q, P)).astype(np.int32),
-            "prompt_mask": prompt_mask,
-            "completion_tokens": rng.integers(4, V, (R, T)).astype(np.int32),
-            "completion_mask": completion_mask,
-            "old_logp": rng.normal(-3, 0.3, (R, T)).astype(np.float32),
-            "ref_logp": rng.normal(-3, 0.3, (R, T)).astype(np.float32),
-            "advantages": rng.normal(0, 1, R).astype(np.float32)}
+    return grpo.RolloutBatch(prompt_tokens=rng.integers(4, V, (Q, P)).astype(np.int32),
+                             prompt_mask=prompt_mask,
+                             completion_tokens=rng.integers(4, V, (R, T)).astype(np.int32),
+                             completion_mask=completion_mask,
+                             old_logp=rng.normal(-3, 0.3, (R, T)).astype(np.float32),
+                             ref_logp=rng.normal(-3, 0.3, (R, T)).astype(np.float32),
+                             advantages=rng.normal(0, 1, R).astype(np.float32))
 
 
 def test_micro_batched_update_equals_the_full_batch_update():
@@ -325,7 +325,7 @@ def test_micro_batched_update_equals_the_full_batch_update():
             assert_close(a, b, rtol=GRAD_RTOL)
     with pytest.raises(ValueError, match="does not split"):
         make_train_step(graphdef, tx, schedule, masked_lm_loss, micro_batches=3)(
-            state, {k: v for k, v in batch.items()})
+            state, batch)
 
 
 def _breakdown(reward, reason=None):

@@ -173,9 +173,9 @@ def test_grpo_reference_with_adapters_off_is_the_base_model():
     np.testing.assert_array_equal(np.asarray(reference_logprobs(graphdef, params, batch, 0.9)),
                                   expected)
     # ... while the policy itself (adapters on) gives other log-probs.
-    policy = grpo.completion_logprobs(model, batch["prompt_tokens"], batch["prompt_mask"],
-                                      batch["completion_tokens"], batch["completion_mask"], 0.9)
-    mask = batch["completion_mask"]
+    policy = grpo.completion_logprobs(model, batch.prompt_tokens, batch.prompt_mask,
+                                      batch.completion_tokens, batch.completion_mask, 0.9)
+    mask = batch.completion_mask
     assert np.abs(np.asarray(policy)[mask] - expected[mask]).max() > 1e-3
 
 
@@ -330,7 +330,8 @@ def _worker():
                               shardings=sharding.train_step_shardings(state, batches[0], mesh))
     steps = []
     for batch in batches:
-        batch = dict(batch, ref_logp=reference_logprobs(graphdef, single_state.params, batch, 0.9))
+        batch = batch.replace(
+            ref_logp=reference_logprobs(graphdef, single_state.params, batch, 0.9))
         single_state, m1 = single(single_state, batch)
         state, m2 = sharded(state, batch)
         steps.append({"loss_single": float(m1["loss"]), "loss_sharded": float(m2["loss"]),

@@ -80,8 +80,8 @@ def main(argv):
         return statistics.median(r[name] for r in records)
 
     R = config.queries_per_step * config.num_rollouts
-    P = batch["prompt_tokens"].shape[1]
-    T = batch["completion_tokens"].shape[1]
+    P = batch.prompt_tokens.shape[1]
+    T = batch.completion_tokens.shape[1]
     print(f"load average: {os.getloadavg()[0]:.2f}; {FLAGS.steps} steps after {FLAGS.warmup}; "
           f"{R} rollouts = {config.queries_per_step} queries x {config.num_rollouts}; prompt "
           f"bucket {P}, completions {median('length'):.0f} tokens on average (max {T}); "
@@ -98,8 +98,8 @@ def main(argv):
 
     # The update alone: group-shared prompts against a prompt per rollout.
     update = grpo_update(trainer.graphdef, tx, schedule, config)
-    tiled = dict(batch, prompt_tokens=np.repeat(batch["prompt_tokens"], config.num_rollouts, 0),
-                 prompt_mask=np.repeat(batch["prompt_mask"], config.num_rollouts, 0))
+    tiled = batch.replace(prompt_tokens=np.repeat(batch.prompt_tokens, config.num_rollouts, 0),
+                          prompt_mask=np.repeat(batch.prompt_mask, config.num_rollouts, 0))
     print("| update alone | s (best of 3) |")
     print("|--------------|--------------:|")
     for name, b in (("prompt once per group", batch), ("prompt per rollout", tiled)):

@@ -106,13 +106,14 @@ def main(argv):
         samples = sampler.finish(s)
         assert int(samples.lengths.min()) == T, "a row stopped early: counts would be wrong"
         rewards = rng.random(R).astype(np.float32)  # [R]
-        batch = {"prompt_tokens": prompts, "prompt_mask": mask,
-                 "completion_tokens": samples.tokens, "completion_mask": samples.mask,
-                 "old_logp": samples.logprobs,
-                 "advantages": grpo.group_advantages(rewards, N)}
+        batch = grpo.RolloutBatch(prompt_tokens=prompts, prompt_mask=mask,
+                                  completion_tokens=samples.tokens,
+                                  completion_mask=samples.mask, old_logp=samples.logprobs,
+                                  advantages=grpo.group_advantages(rewards, N))
         ref = state.params if FLAGS.lora_rank else ref_params
-        batch["ref_logp"], reference_s = timed(
+        ref_logp, reference_s = timed(
             reference_logprobs, graphdef, ref, batch, grpo_config.temperature)
+        batch = batch.replace(ref_logp=ref_logp)
         (state, metrics), update_s = timed(update, state, batch)
         assert np.isfinite(float(metrics["loss"])), metrics
         if step >= FLAGS.warmup:

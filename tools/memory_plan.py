@@ -262,10 +262,11 @@ def xla_update_bytes(config: ModelConfig, run: RunShape) -> dict[str, float]:
     graphdef, state = abstract_train_state(lambda: Llama(config, rngs=nnx.Rngs(0)), tx)
     Q, R, P, T = run.queries, run.queries * run.rollouts, run.prompt_len, run.new_tokens
     sds = jax.ShapeDtypeStruct
-    batch = {"prompt_tokens": sds((Q, P), jnp.int32), "prompt_mask": sds((Q, P), jnp.bool_),
-             "completion_tokens": sds((R, T), jnp.int32),
-             "completion_mask": sds((R, T), jnp.bool_), "old_logp": sds((R, T), jnp.float32),
-             "ref_logp": sds((R, T), jnp.float32), "advantages": sds((R,), jnp.float32)}
+    batch = grpo.RolloutBatch(
+        prompt_tokens=sds((Q, P), jnp.int32), prompt_mask=sds((Q, P), jnp.bool_),
+        completion_tokens=sds((R, T), jnp.int32), completion_mask=sds((R, T), jnp.bool_),
+        old_logp=sds((R, T), jnp.float32), advantages=sds((R,), jnp.float32),
+        ref_logp=sds((R, T), jnp.float32))
     step = make_train_step(graphdef, tx, optax.constant_schedule(1e-3),
                            lambda model, b, rng: grpo.rollout_loss(model, b, grpo_config),
                            micro_batches=run.micro_batches)
