@@ -182,7 +182,8 @@ def training_model(model):
     adapters over these."""
     from flax import nnx
 
-    from leser_jax.model import Llama, add_lora
+    from leser_jax.lora import add_lora
+    from leser_jax.model import Llama
 
     if FLAGS.lora_rank:
         model = add_lora(model, rank=FLAGS.lora_rank, alpha=FLAGS.lora_alpha, seed=FLAGS.seed)

@@ -39,7 +39,7 @@ from experiments import cli, common
 from leser_jax import checkpoint, run_log
 from leser_jax.context import ContextConfig
 from leser_jax.grpo import AGGREGATIONS, KL_ESTIMATORS, GRPOConfig
-from leser_jax.grpo_trainer import GRPOTrainer, LoopConfig
+from leser_jax.grpo_trainer import GRPOLoopConfig, GRPOTrainer
 from leser_jax.optim import OptimConfig, make_optimizer
 from leser_jax.prompts import AnswerFormat
 from leser_jax.relevance import RelevanceModel
@@ -114,7 +114,7 @@ FLAGS = flags.FLAGS
 
 
 def configs_from_flags() -> tuple[GRPOConfig, OptimConfig, RewardConfig, ContextConfig,
-                                  LoopConfig]:
+                                  GRPOLoopConfig]:
     preset = PRESETS[FLAGS.preset]
     steps = cli.preset_or(FLAGS.steps, preset["steps"])
     grpo = GRPOConfig(
@@ -130,10 +130,10 @@ def configs_from_flags() -> tuple[GRPOConfig, OptimConfig, RewardConfig, Context
                         weight_decay=FLAGS.weight_decay, master_fp32=FLAGS.master_fp32)
     reward = common.reward_config()
     context = common.context_config()
-    loop = LoopConfig(total_steps=steps, checkpoint_every=FLAGS.checkpoint_every,
-                      keep_checkpoints=FLAGS.keep_checkpoints, eval_every=FLAGS.eval_every,
-                      eval_queries=FLAGS.eval_queries, samples_every=FLAGS.samples_every,
-                      seed=FLAGS.seed, profile_dir=FLAGS.profile_dir)
+    loop = GRPOLoopConfig(total_steps=steps, checkpoint_every=FLAGS.checkpoint_every,
+                          keep_checkpoints=FLAGS.keep_checkpoints, eval_every=FLAGS.eval_every,
+                          eval_queries=FLAGS.eval_queries, samples_every=FLAGS.samples_every,
+                          seed=FLAGS.seed, profile_dir=FLAGS.profile_dir)
     return grpo, optim, reward, context, loop
 
 

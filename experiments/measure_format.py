@@ -25,6 +25,7 @@ from absl import app, flags
 
 from experiments import cli, common
 from leser_jax import policy, run_log, sampler, sft
+from leser_jax.prompts import prompt_for
 from leser_jax.relevance import RelevanceModel
 from leser_jax.teacher import Teacher, TeacherConfig
 
@@ -63,7 +64,7 @@ def main(argv):
     engine = common.open_engine(catalog, FLAGS.index)
     queries = [q.text for q in catalog.split(FLAGS.split)]
     queries = queries[:FLAGS.num_queries] if FLAGS.num_queries else queries
-    prompts = [sft.prompt_for(q, engine, context) for q in queries]
+    prompts = [prompt_for(q, engine, context) for q in queries]
     teacher = None
     if FLAGS.examples and not FLAGS.teacher_file:
         if not FLAGS.relevance:

@@ -32,6 +32,7 @@ from experiments import cli, common
 from leser_jax import checkpoint, lm_data, run_log, sampler, sft
 from leser_jax.model import Llama
 from leser_jax.optim import make_optimizer
+from leser_jax.prompts import prompt_for
 from leser_jax.teacher import read_examples
 from leser_jax.train import masked_lm_loss, train_loop
 
@@ -88,7 +89,7 @@ FLAGS = flags.FLAGS
 def check_format(model, tokenizer, engine, queries, context, *, temperature, max_new_tokens,
                  batch_size, seed) -> tuple[dict, list[str]]:
     """Samples one answer per query and reports the parse rate (shared with measure_format)."""
-    prompts = [sft.prompt_for(q, engine, context) for q in queries]
+    prompts = [prompt_for(q, engine, context) for q in queries]
     texts, timing = sft.sample_answers(
         model, tokenizer, prompts, batch_size=batch_size, seed=seed,
         config=sampler.SamplingConfig(temperature=temperature, max_new_tokens=max_new_tokens))

@@ -21,7 +21,7 @@ is what `--init=DIR` of the launchers reads: pretraining's export and tools/conv
 output have the same layout.
 
 A params checkpoint always holds a plain model: `save_params` folds LoRA adapters into the
-kernels (model.merge_lora) and records lora_rank 0. Every reader (evaluation, sampling, export,
+kernels (lora.merge_lora) and records lora_rank 0. Every reader (evaluation, sampling, export,
 the next stage's `--init`) then sees an ordinary LLaMA and runs it at full speed, and a stage
 started from it takes it whole as its reference: a GRPO run from a LoRA warm-up's params is
 held near the warm-up model, not near the warm-up's own base. The adapters stay apart in the
@@ -93,7 +93,8 @@ from flax import nnx
 
 from leser_jax.config import ModelConfig
 from leser_jax.finite import check_tree
-from leser_jax.model import Llama, merge_lora
+from leser_jax.lora import merge_lora
+from leser_jax.model import Llama
 
 _CONFIG_FILE = "config.json"
 _PARAMS_DIR = "params"

@@ -44,7 +44,7 @@ class ModelConfig:
     lora_rank: rank r of the LoRA adapters on every attention and MLP projection (0 = none:
       full fine-tuning); lora_alpha: their scale numerator, the update is (alpha / r) A B, so
       alpha = r gives scale 1 (Hu et al. 2021 fix alpha at the first r they try and do not tune
-      it; the scale keeps the learning rate meaningful across ranks). model.py's docstring, "LoRA".
+      it; the scale keeps the learning rate meaningful across ranks). See lora.py.
     """
 
     vocab_size: int

@@ -6,19 +6,36 @@ the results say "lumbar support", and an expansion that uses those words finds w
 alone misses. It also observes that these results can be noisy and can filter them with the
 relevance model; `min_relevance` does that (off by default).
 
-Each item is the product's title and a few attributes, cut to fixed lengths, and the list is
-compacted to a token budget: items are added in rank order while they fit; an item that does not
-fit in full is tried without its attributes; the first that does not fit at all ends the list.
+Each item (`ContextItem`, `<item>title (name: value; ...)</item>` in the prompt that
+prompts.render_prompt writes) is the product's title and a few attributes, cut to fixed lengths,
+and the list is compacted to a token budget: items are added in rank order while they fit; an
+item that does not fit in full is tried without its attributes; the first that does not fit at
+all ends the list.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from leser_jax.prompts import ContextItem
-from leser_jax.reward import Relevance
 from leser_jax.search import SearchEngine
+
+if TYPE_CHECKING:  # an annotation only: reward.py imports prompts.py, which imports this module
+    from leser_jax.reward import Relevance
+
+
+@dataclasses.dataclass(frozen=True)
+class ContextItem:
+    """A product shown to the policy: its title and (a few of) its attributes."""
+
+    title: str
+    attributes: tuple[tuple[str, str], ...] = ()
+
+    def render(self) -> str:
+        """The item as the prompt shows it, inside <context> (prompts.render_prompt)."""
+        attrs = "; ".join(f"{k}: {v}" for k, v in self.attributes)
+        return f"<item>{self.title}" + (f" ({attrs})" if attrs else "") + "</item>"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -18,13 +18,16 @@ long completions weigh more, as in DAPO). The paper states A = r - mean(r) of th
 by the group's standard deviation (GRPO's original form) is an option, off by default.
 
 Layout: rollouts arrive in contiguous groups [q0 x N, q1 x N, ...] (built once, in rollout.py),
-so a group is a reshape to [B, N]; arrays here are [B * N] or [B * N, T].
+so a group is a reshape to [B, N]; arrays here are [B * N] or [B * N, T]. What an update reads is
+a `RolloutBatch`: each group's prompt once, and its N completions with their log-probs and
+advantages.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 
@@ -187,17 +190,43 @@ def completion_logprobs(model, prompt_tokens: jax.Array, prompt_mask: jax.Array,
     return token_logprobs(logits, completion_tokens, temperature)  # [R, T]
 
 
-def rollout_loss(model, batch, config) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """grpo_loss of a rollout batch under `model` (the policy being trained).
+@flax.struct.dataclass
+class RolloutBatch:
+    """What one GRPO update reads: the N rollouts (LESER: N = 4 expansion sets) of each of Q
+    queries, Q*N rows in the group layout (rollout.tile_groups: rows q*N .. q*N + N - 1
+    continue prompt q), their old log-probs and advantages, and the reference's log-probs.
 
-    batch: prompt_tokens/prompt_mask [Q, P] (each group's prompt once), completion_tokens/
-    completion_mask [R, T] in the group layout (R = Q * N), old_logp and ref_logp [R, T] (the
-    sampler's and the frozen reference's), advantages [R].
+    Each group's prompt is held once, not once per rollout: `completion_logprobs` runs it once
+    per group. T is the longest completion rounded up to grpo_trainer.COMPLETION_BUCKET (at most
+    max_new_tokens). A pytree of arrays (host or device), rows first: train.make_train_step
+    splits every array into the same number of micro-batches by rows, so each part holds whole
+    groups (GRPOConfig checks that queries_per_step divides), and a mesh splits it by rows.
+
+    ref_logp is None until the frozen reference has scored the completions
+    (grpo_trainer.reference_logprobs, which reads the rest of the batch); GRPOTrainer does that
+    only when an update follows, then sets it with `batch.replace(ref_logp=...)`. The loss
+    (`rollout_loss`) needs it.
+    """
+
+    prompt_tokens: jax.Array  # [Q, P] int32, left-padded: each group's prompt once
+    prompt_mask: jax.Array  # [Q, P] bool, True at real prompt tokens
+    completion_tokens: jax.Array  # [Q*N, T] int32, right-padded after the stop token
+    completion_mask: jax.Array  # [Q*N, T] bool, True at sampled tokens up to the stop, included
+    old_logp: jax.Array  # [Q*N, T] float32, under the policy that sampled (sampler.token_logprobs)
+    advantages: jax.Array  # [Q*N] float32, `group_advantages` of the rollouts' rewards
+    ref_logp: jax.Array | None = None  # [Q*N, T] float32, under the frozen reference
+
+
+def rollout_loss(model, batch: RolloutBatch, config) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """grpo_loss of a rollout batch (its ref_logp set) under `model`, the policy being trained.
+
     config: a GRPOConfig (temperature, clip_eps, kl_coef, kl_estimator, aggregation).
     """
-    logp = completion_logprobs(model, batch["prompt_tokens"], batch["prompt_mask"],
-                               batch["completion_tokens"], batch["completion_mask"],
+    if batch.ref_logp is None:
+        raise ValueError("the batch has no reference log-probs (grpo_trainer.reference_logprobs)")
+    logp = completion_logprobs(model, batch.prompt_tokens, batch.prompt_mask,
+                               batch.completion_tokens, batch.completion_mask,
                                config.temperature)
-    return grpo_loss(logp, batch["old_logp"], batch["ref_logp"], batch["advantages"],
-                     batch["completion_mask"], clip_eps=config.clip_eps, kl_coef=config.kl_coef,
+    return grpo_loss(logp, batch.old_logp, batch.ref_logp, batch.advantages,
+                     batch.completion_mask, clip_eps=config.clip_eps, kl_coef=config.kl_coef,
                      kl_estimator=config.kl_estimator, aggregation=config.aggregation)

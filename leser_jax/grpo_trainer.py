@@ -34,7 +34,7 @@ rewards, rollout log-probs, loss or gradient norm are NaN or inf stops the run b
 checkpoint (finite.NonFiniteError), and a run directory saved with other settings is an error
 before anything is restored (checkpoint.check_run_configs).
 
-With LoRA (an `init_model` made by model.add_lora, adapters B = 0) only the adapters are trained
+With LoRA (an `init_model` made by lora.add_lora, adapters B = 0) only the adapters are trained
 (train.trainable_split) and the base stays as `init_model` had it, so the reference is the policy
 with its adapters set to 0: the same base arrays, no second copy of the weights (the point of
 LoRA for 3B on one accelerator, tools/memory_plan.py). The checkpoints hold base and adapters
@@ -71,13 +71,13 @@ from leser_jax.grpo import GRPOConfig
 from leser_jax.metrics import evaluate
 from leser_jax.policy import PolicySystem
 from leser_jax.profiling import StepProfiler, phase
-from leser_jax.prompts import REJECTION_REASONS, AnswerFormat, ExampleTurn, encode_prompt
+from leser_jax.prompts import (REJECTION_REASONS, AnswerFormat, ExampleTurn, encode_prompt,
+                               prompt_for)
 from leser_jax.reward import RewardFunction
 from leser_jax.rollout import generate_rollouts
 from leser_jax.run_log import RunLog, read_metrics
 from leser_jax.sharding import param_shardings, shard_train_state
 from leser_jax.sampler import SamplingConfig
-from leser_jax.sft import prompt_for
 from leser_jax.tokenizer import Tokenizer
 from leser_jax.train import (PATH_SETTINGS, RESUMABLE, TrainState, abstract_train_state,
                              init_train_state, make_train_step, stop_at_nonfinite)
@@ -97,8 +97,11 @@ DEV_LINE = ("dev/judged_recall", "dev/ndcg10", "dev/reward", "dev_sampled/reward
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class LoopConfig:
-    """Attributes:
+class GRPOLoopConfig:
+    """How a GRPO run goes: its steps, checkpoints, dev evaluation, logged samples and profile
+    (train.LoopConfig is the supervised stages' loop).
+
+    Attributes:
       total_steps: GRPO steps of the run.
       checkpoint_every, keep_checkpoints: how often to save, how many to keep.
       eval_every, eval_queries: greedy evaluation on this many dev queries every E steps (0 = off).
@@ -148,17 +151,18 @@ def reward_metrics(breakdowns, num_rollouts: int) -> dict[str, float]:
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3))
-def reference_logprobs(graphdef, params, batch, temperature: float) -> jax.Array:
-    """Log-probs [R, T] of the completions under the frozen reference model (no gradient).
+def reference_logprobs(graphdef, params, batch: grpo.RolloutBatch, temperature: float
+                       ) -> jax.Array:
+    """Log-probs [R, T] of the batch's completions under the frozen reference model, without
+    gradient: what the batch's ref_logp holds once set (it is not read here).
 
     LoRA adapters in `params` are set to 0 (A and B both, so their path adds exact zeros): the
     reference of a LoRA policy is its base. Without adapters this changes nothing.
     """
     adapters, base = nnx.split_state(params, nnx.LoRAParam, ...)
     model = nnx.merge(graphdef, jax.tree.map(jnp.zeros_like, adapters), base)
-    return grpo.completion_logprobs(model, batch["prompt_tokens"],
-                                    batch["prompt_mask"], batch["completion_tokens"],
-                                    batch["completion_mask"], temperature)
+    return grpo.completion_logprobs(model, batch.prompt_tokens, batch.prompt_mask,
+                                    batch.completion_tokens, batch.completion_mask, temperature)
 
 
 @functools.lru_cache(maxsize=8)
@@ -191,7 +195,7 @@ class GRPOTrainer:
                  reward_fn: RewardFunction, train_queries: Sequence[Query],
                  dev_queries: Sequence[Query], catalog, grpo_config: GRPOConfig,
                  tx: optax.GradientTransformation, schedule: optax.Schedule,
-                 context: ContextConfig, answer: AnswerFormat, loop: LoopConfig, configs: dict,
+                 context: ContextConfig, answer: AnswerFormat, loop: GRPOLoopConfig, configs: dict,
                  examples: Sequence[ExampleTurn] = (), mesh: Mesh | None = None):
         if not train_queries:
             raise ValueError("no training queries")
@@ -231,7 +235,8 @@ class GRPOTrainer:
         self.graphdef, self.state = graphdef, state
         self.update = grpo_update(graphdef, tx, schedule, grpo_config, mesh)
         self._prompts: dict[str, str] = {}  # query text -> prompt (contexts repeat across steps)
-        self.last_batch: dict | None = None  # the last update's input (tools/bench_grpo)
+        # The last step's batch (tools/bench_grpo); its ref_logp is None if it made no update.
+        self.last_batch: grpo.RolloutBatch | None = None
 
     def prompt(self, query: str) -> str:
         if query not in self._prompts:
@@ -291,14 +296,16 @@ class GRPOTrainer:
                     -(-int(rollouts.lengths.max()) // COMPLETION_BUCKET) * COMPLETION_BUCKET)
             advantages = np.asarray(grpo.group_advantages(rewards, c.num_rollouts,
                                                           normalize_std=c.normalize_std))
-            batch = {"prompt_tokens": rollouts.group_prompt_tokens,
-                     "prompt_mask": rollouts.group_prompt_mask,
-                     "completion_tokens": rollouts.completion_tokens[:, :T],
-                     "completion_mask": rollouts.completion_mask[:, :T],
-                     "old_logp": rollouts.logprobs[:, :T], "advantages": advantages}
+            batch = grpo.RolloutBatch(prompt_tokens=rollouts.group_prompt_tokens,
+                                      prompt_mask=rollouts.group_prompt_mask,
+                                      completion_tokens=rollouts.completion_tokens[:, :T],
+                                      completion_mask=rollouts.completion_mask[:, :T],
+                                      old_logp=rollouts.logprobs[:, :T], advantages=advantages)
             if advantages.any():
+                # The reference scores the completions only when an update follows.
                 ref = self.state.params if self.lora else self.ref_params
-                batch["ref_logp"] = reference_logprobs(self.graphdef, ref, batch, c.temperature)
+                batch = batch.replace(
+                    ref_logp=reference_logprobs(self.graphdef, ref, batch, c.temperature))
                 for _ in range(c.mu):
                     self.state, update_metrics = self.update(self.state, batch)
                 update_metrics = dict(jax.device_get(update_metrics), skipped_update=0.0)

@@ -31,7 +31,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from leser_jax.catalog import Catalog
-from leser_jax.prompts import ContextItem, encode_prompt
+from leser_jax.context import ContextItem
+from leser_jax.prompts import encode_prompt
 from leser_jax.tokenizer import Tokenizer
 
 
@@ -39,7 +40,7 @@ from leser_jax.tokenizer import Tokenizer
 
 def product_document(product) -> str:
     """A product as pretraining text: the title and attributes as the prompt's context shows an
-    item (`<item>title (name: value; ...)</item>`, prompts.ContextItem), then the description.
+    item (`<item>title (name: value; ...)</item>`, context.ContextItem), then the description.
     So the model meets the context's syntax while it learns the catalog's words; the answer
     format is left to the warm-up."""
     item = ContextItem(product.title, tuple(product.attributes.items())).render()

@@ -13,7 +13,7 @@ LLaMA 3.2 1B/3B weights on an accelerator:
 - Grouped-query attention (Ainslie et al. 2023): N query heads share K kv heads, G = N // K query
   heads per kv head; query head n reads kv head n // G, as in Hugging Face's `repeat_kv`.
 - SwiGLU MLP (Shazeer 2020); optional tied input/output embeddings (LLaMA 3.2 ties them).
-- Optional LoRA adapters (Hu et al. 2021) on the seven projections (`LoRA`).
+- Optional LoRA adapters (Hu et al. 2021) on the seven projections (lora.py's `LoRA`).
 
 The paper says nothing about the model's internals beyond "LLaMA 3.2"; the departures here are
 ours: initialisation (normal, std 0.02, residual output projections scaled by 1/sqrt(2L) as in
@@ -29,15 +29,14 @@ The parts, each documented where it is defined:
   `prefill` and `decode_step` write into a cache (the sampler's rollouts).
 - `KVCache` (`init_cache`): keys and values as a pytree passed in and returned, not module state.
 - `SharedPrefix` (`fork_cache`): one copy of a prompt's keys for the N rollouts of its GRPO group.
-- `LoRA` (`add_lora`, `merge_lora`): trained adapters over a frozen base, which is also GRPO's
-  reference model.
 
-`ModelConfig` (hyperparameters and presets) and the parameter/FLOP counts are in config.py.
+`ModelConfig` (hyperparameters and presets) and the parameter/FLOP counts are in config.py; the
+LoRA adapters (`LoRA`, `add_lora`, `merge_lora`: trained over a frozen base, which is also GRPO's
+reference model) are in lora.py.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 
 import flax.struct
@@ -47,6 +46,7 @@ import numpy as np
 from flax import nnx
 
 from leser_jax.config import ModelConfig
+from leser_jax.lora import LoRA
 
 
 def llama3_inv_freq(config: ModelConfig) -> np.ndarray:
@@ -98,54 +98,6 @@ class RMSNorm(nnx.Module):
         normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
         # Cast before scaling, as HF does (`weight * hidden.to(input_dtype)`).
         return normed.astype(x.dtype) * self.scale[...].astype(x.dtype)
-
-
-class LoRA(nnx.Module):
-    """The low-rank update of one kernel W [in..., out...]: x -> (alpha / r) (x A) B.
-
-    Low-rank adaptation (Hu et al. 2021, arXiv 2106.09685). With `lora_rank` r > 0, each
-    projection kernel (q [D, N, H], k/v [D, K, H], o [N, H, D], gate/up [D, F], down [F, D]) gets
-    one, and the projection becomes
-
-        y = x W + (alpha / r) * (x A) B
-
-    computed on the activations (never W + AB: that is a full kernel-sized array per step).
-    A [in..., r] starts normal with std 1 / sqrt(fan_in) (x A has about x's scale), B [r, out...]
-    at 0, so the update starts at exactly 0 (Hu et al. 2021, section 4.1): a model with fresh
-    adapters computes exactly what its base does (`add_lora`). Both are float32
-    `nnx.LoRAParam`s whatever the base's dtype: they are what is trained, and the optimizer's
-    small steps would be lost in bf16. The matmuls run in the compute dtype, like the base's.
-
-    Training updates only the adapters (train.trainable_split picks the nnx.LoRAParam variables;
-    LoRAParam subclasses Param, so a filter on Param alone would take the base too). The base is
-    frozen, which makes it the GRPO reference for free: the reference is the policy with its
-    adapters set to 0 (grpo_trainer.reference_logprobs), so no second copy of the weights is held
-    (tools/memory_plan.py counts what this saves for LLaMA 3.2 3B on one accelerator).
-    `merge_lora` folds the adapters into the kernels for a plain model to save and export.
-    The paper says nothing of adapters; LoRA here is ours, to fit the 3B preset on one
-    accelerator.
-    """
-
-    def __init__(self, in_shape: tuple[int, ...], out_shape: tuple[int, ...],
-                 config: ModelConfig, *, rngs: nnx.Rngs):
-        r = config.lora_rank
-        self.scale = config.lora_alpha / r
-        self.dtype = config.dtype
-        self.in_dims = len(in_shape)
-        std = 1.0 / math.sqrt(math.prod(in_shape))
-        self.a = nnx.LoRAParam(std * jax.random.normal(rngs.params(), (*in_shape, r),
-                                                       jnp.float32))  # [in..., r]
-        self.b = nnx.LoRAParam(jnp.zeros((r, *out_shape), jnp.float32))  # [r, out...]
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """x [B, T, in...] -> [B, T, out...]: through the rank-r bottleneck, never W + A B."""
-        dt = self.dtype
-        h = jnp.tensordot(x, self.a[...].astype(dt), axes=self.in_dims)  # [B, T, r]
-        return jnp.tensordot(h * self.scale, self.b[...].astype(dt), axes=1)  # [B, T, out...]
-
-    def delta(self) -> jax.Array:
-        """(alpha / r) A B [in..., out...], float32: what `merge_lora` adds to W."""
-        return self.scale * jnp.tensordot(self.a[...], self.b[...], axes=1)
 
 
 def _lora(config: ModelConfig, in_shape, out_shape, rngs: nnx.Rngs) -> LoRA | None:
@@ -542,44 +494,3 @@ class Llama(nnx.Module):
         """
         return self.prefill(tokens[:, None], jnp.ones((tokens.shape[0], 1), jnp.bool_), cache,
                             last_only=True, remat=False)
-
-
-def add_lora(model: Llama, *, rank: int, alpha: float, seed: int = 0) -> Llama:
-    """`model` with fresh LoRA adapters (B = 0: it computes exactly what `model` does).
-
-    The base's arrays are shared, not copied: a train state built from the result takes them
-    (and donates them at its first update), so `model` must not be used afterwards.
-    """
-    if model.config.lora_rank:
-        raise ValueError("the model already has LoRA adapters (merge_lora them first)")
-    config = model.config.replace(lora_rank=rank, lora_alpha=alpha)
-    graphdef, _ = nnx.split(nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(seed))))
-    return nnx.merge(graphdef, nnx.state(model, nnx.Param), _fresh_adapters(config, seed))
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _fresh_adapters(config: ModelConfig, seed: int) -> nnx.State:
-    """The adapters of `Llama(config, rngs=nnx.Rngs(seed))`; the random base that this builds
-    alongside is dead code under jit, never computed."""
-    return nnx.state(Llama(config, rngs=nnx.Rngs(seed)), nnx.LoRAParam)
-
-
-def merge_lora(model: Llama) -> Llama:
-    """A plain model (lora_rank 0) whose kernels are W + (alpha / r) A B, in float32 then cast to
-    param_dtype; `model` itself if it has no adapters. With bf16 parameters the sum is rounded to
-    bf16, the precision the base had (an adapter update smaller than half a bf16 step of W is lost
-    in that entry; the adapted model itself never rounds it)."""
-    c = model.config
-    if not c.lora_rank:
-        return model
-    graphdef, _ = nnx.split(nnx.eval_shape(lambda: Llama(c.without_lora(), rngs=nnx.Rngs(0))))
-    _, _, base = nnx.split(model, nnx.LoRAParam, ...)
-    merged = nnx.merge(graphdef, base, copy=True)  # new Variables: setting them leaves `model` be
-    for block, new in zip(model.layers, merged.layers):
-        for part, new_part in ((block.attn, new.attn), (block.mlp, new.mlp)):
-            for name in part.KERNELS:
-                w = getattr(part, name)[...]
-                getattr(new_part, name)[...] = (w.astype(jnp.float32)
-                                                 + getattr(part, f"{name}_lora").delta()
-                                                 ).astype(w.dtype)
-    return merged

@@ -1,6 +1,6 @@
 """A policy as an evaluation *system* (metrics.System): query texts -> parsed answers.
 
-The policy sees exactly the prompt GRPO trained it on (sft.prompt_for: the original query's
+The policy sees exactly the prompt GRPO trained it on (prompts.prompt_for: the original query's
 top-k products as context, then the query; in its tokenizer's chat template if it has one,
 prompts.encode_prompt), decodes greedily by default, and its completion is parsed with
 parse_answer; an answer that does not parse is returned as such and evaluated as Y = {}
@@ -21,11 +21,10 @@ from collections.abc import Sequence
 import jax
 
 from leser_jax.context import ContextConfig
-from leser_jax.prompts import AnswerFormat, ExampleTurn, ParsedAnswer, parse_answer
+from leser_jax.prompts import AnswerFormat, ExampleTurn, ParsedAnswer, parse_answer, prompt_for
 from leser_jax.rollout import generate_rollouts
 from leser_jax.sampler import SamplingConfig
 from leser_jax.search import SearchEngine
-from leser_jax.sft import prompt_for
 from leser_jax.tokenizer import Tokenizer
 
 

@@ -8,7 +8,9 @@ expansions inside fixed tags:
     products call "lumbar support"</think><answer>["lumbar support office chair",
     "ergonomic office chair"]</answer>
 
-`render_prompt` writes the instruction, the context items and the query; the completion the model
+`render_prompt` writes the instruction, the context items (context.py: the products the query
+retrieves, `ContextItem`s) and the query; `prompt_for` is that prompt for a query and a search
+engine, the one that the warm-up, GRPO and evaluation give the policy. The completion the model
 writes after it is parsed by `parse_answer`, which never raises: whatever the model writes, it
 returns either the expansions or a named rejection reason, and a rejected answer earns reward 0
 (leser_jax/reward.py). The rejection reasons, in the order they are checked:
@@ -59,6 +61,8 @@ import json
 import re
 from collections.abc import Sequence
 
+from leser_jax.context import ContextConfig, ContextItem, build_context
+from leser_jax.search import SearchEngine
 from leser_jax.tokenizer import Tokenizer
 
 INSTRUCTION = (
@@ -106,23 +110,21 @@ class ParsedAnswer:
         return self.reason is None
 
 
-@dataclasses.dataclass(frozen=True)
-class ContextItem:
-    """A product shown to the policy: its title and (a few of) its attributes."""
-
-    title: str
-    attributes: tuple[tuple[str, str], ...] = ()
-
-    def render(self) -> str:
-        attrs = "; ".join(f"{k}: {v}" for k, v in self.attributes)
-        return f"<item>{self.title}" + (f" ({attrs})" if attrs else "") + "</item>"
-
-
 def render_prompt(query: str, context: Sequence[ContextItem], fmt: AnswerFormat = AnswerFormat()) -> str:
     """The prompt text; the model's completion follows it directly."""
     items = "".join(item.render() for item in context)
     return (f"{INSTRUCTION.format(m_max=fmt.m_max)}\n<context>{items}</context>\n"
             f"<query>{query}</query>\n")
+
+
+def prompt_for(query: str, engine: SearchEngine, context: ContextConfig,
+               fmt: AnswerFormat = AnswerFormat()) -> str:
+    """The policy's prompt for a query: what the warm-up trains on, GRPO's rollouts are given
+    and evaluation shows. The context is the whole query's top-k products
+    (context.build_context, the paper's pseudo-relevance feedback); the query shown is cut to
+    `context.max_query_chars`."""
+    return render_prompt(query[:context.max_query_chars], build_context(query, engine, context),
+                         fmt)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,11 +1,11 @@
 """The supervised warm-up: teacher examples as token sequences, and the format check after it.
 
 LESER fine-tunes the policy on teacher expansions before GRPO "so that the format is stable".
-An example is the prompt the policy will see in GRPO, `render_prompt(query, context)`, followed
+An example is the prompt the policy will see in GRPO, `prompts.prompt_for(query)`, followed
 by the teacher's completion `render_answer(think, expansions)` and eos; the loss is on the
-completion and its eos only (lm_data.Encoded shows the mask). The context is rebuilt here with
-`build_context` and the same ContextConfig that GRPO uses, never taken from the teacher file, so
-imported examples (query, think, expansions) fit the policy's real prompts.
+completion and its eos only (lm_data.Encoded shows the mask). The context is rebuilt here
+(context.build_context) with the same ContextConfig that GRPO uses, never taken from the
+teacher file, so imported examples (query, think, expansions) fit the policy's real prompts.
 
 `sample_answers` + `format_report` measure what the warm-up is for: the share of answers sampled
 at GRPO's temperature (0.9), the way GRPO samples them (leser_jax.rollout), that `parse_answer`
@@ -29,22 +29,13 @@ import numpy as np
 from flax import nnx
 
 from leser_jax import sampler
-from leser_jax.context import ContextConfig, build_context
+from leser_jax.context import ContextConfig
 from leser_jax.lm_data import Encoded, encode_example
-from leser_jax.prompts import AnswerFormat, ExampleTurn, parse_answer, render_prompt
+from leser_jax.prompts import AnswerFormat, ExampleTurn, parse_answer, prompt_for
 from leser_jax.rollout import generate_rollouts
 from leser_jax.search import SearchEngine
 from leser_jax.teacher import Teacher, TeacherExample
 from leser_jax.tokenizer import Tokenizer
-
-
-
-def prompt_for(query: str, engine: SearchEngine, context: ContextConfig,
-               fmt: AnswerFormat = AnswerFormat()) -> str:
-    """The policy's prompt for a query: what GRPO's rollouts will be given too. The context is
-    the whole query's; the query shown is cut to `context.max_query_chars`."""
-    return render_prompt(query[:context.max_query_chars], build_context(query, engine, context),
-                         fmt)
 
 
 def encode_examples(examples: Sequence[TeacherExample], tokenizer: Tokenizer,

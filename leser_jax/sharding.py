@@ -149,13 +149,14 @@ def row_sharding(mesh: Mesh, rows: int) -> NamedSharding:
     return replicated(mesh)
 
 
-def batch_shardings(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, NamedSharding]:
-    """`row_sharding` of each array of a batch, by its row count (prompts [Q, P] and
-    completions [R, T] of a GRPO batch may differ)."""
-    return {name: row_sharding(mesh, np.shape(x)[0]) for name, x in batch.items()}
+def batch_shardings(batch, mesh: Mesh):
+    """`row_sharding` of each array of a batch (a pytree of arrays, rows first), by its row
+    count (prompts [Q, P] and completions [Q*N, T] of a grpo.RolloutBatch differ), in the
+    batch's structure."""
+    return jax.tree.map(lambda x: row_sharding(mesh, np.shape(x)[0]), batch)
 
 
-def train_step_shardings(state, batch: Mapping[str, np.ndarray], mesh: Mesh):
+def train_step_shardings(state, batch, mesh: Mesh):
     """(in_shardings, out_shardings) of train.make_train_step's step(state, batch) ->
     (state, metrics): the state keeps its sharding across the step (so donation reuses its
     buffers in place), the batch is split by rows, the metrics are replicated scalars.

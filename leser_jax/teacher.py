@@ -49,8 +49,8 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from leser_jax.baselines import STOPWORDS
-from leser_jax.context import ContextConfig, build_context
-from leser_jax.prompts import AnswerFormat, ContextItem, ParsedAnswer, parse_answer, render_answer
+from leser_jax.context import ContextConfig, ContextItem, build_context
+from leser_jax.prompts import AnswerFormat, ParsedAnswer, parse_answer, render_answer
 from leser_jax.reward import RewardConfig, RewardFunction, SearchFeedback
 from leser_jax.search import SearchEngine
 

@@ -10,7 +10,7 @@ compiles fast). The state is donated: the step replaces all of it, so XLA may up
 and Adam moments in place instead of holding two copies.
 
 What is trained (`trainable_split`): every parameter, or, when the model has LoRA adapters
-(model.py, "LoRA"), the adapters only. The rest is frozen: it stays in `TrainState.params` (so
+(lora.py), the adapters only. The rest is frozen: it stays in `TrainState.params` (so
 the state is still one pytree that checkpoints, shards and resumes as before, and a sampler reads
 the whole model from it), is passed to the loss without a gradient, and has no optimizer state
 (`tx.init` sees the trainable part alone). Donation covers it too: an argument returned unchanged
@@ -40,6 +40,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import flax.struct
 import jax
@@ -56,7 +57,10 @@ from leser_jax.sharding import shard_train_state, train_step_shardings
 
 log = logging.getLogger(__name__)
 
-Batch = Mapping[str, np.ndarray]
+# What a train step takes: a pytree of arrays whose first axis is rows (micro-batches and a mesh
+# split it by rows). The supervised stages' batches are dicts of named arrays (lm_data); GRPO's
+# is a grpo.RolloutBatch, whose prompts [Q, P] and completions [Q*N, T] differ in rows.
+Batch = Any
 # loss_fn(model, batch, rng) -> (scalar loss, {name: scalar} of extra metrics)
 LossFn = Callable[[nnx.Module, Batch, jax.Array], tuple[jax.Array, dict]]
 
@@ -101,7 +105,8 @@ def abstract_train_state(abstract_fn: Callable[[], nnx.Module],
     return graphdef, jax.eval_shape(lambda p: _fresh_state(p, tx, 0), params)
 
 
-def masked_lm_loss(model: nnx.Module, batch: Batch, rng: jax.Array) -> tuple[jax.Array, dict]:
+def masked_lm_loss(model: nnx.Module, batch: Mapping[str, jax.Array], rng: jax.Array
+                   ) -> tuple[jax.Array, dict]:
     """Next-token cross-entropy, averaged over the target tokens whose weight is 1.
 
     batch: inputs [B, T] int32, targets [B, T] int32 (inputs shifted by one), weights [B, T]
@@ -129,7 +134,7 @@ def _split_micro_batches(batch: Batch, micro_batches: int) -> Batch:
                              "micro-batches")
         return x.reshape(micro_batches, x.shape[0] // micro_batches, *x.shape[1:])
 
-    return jax.tree.map(split, dict(batch))
+    return jax.tree.map(split, batch)
 
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
@@ -229,13 +234,13 @@ class MeshTrainStep:
         """(jitted step, batch placed on the mesh). Placing it here, not by jit: an array that
         is already on the mesh with another layout (a replicated jax output, e.g. GRPO's
         reference log-probs) is an error for jit's in_shardings, a device_put moves it."""
-        key = tuple(sorted((name, np.shape(x)[0]) for name, x in batch.items()))
+        arrays, structure = jax.tree.flatten(batch)
+        key = (structure, tuple(np.shape(x)[0] for x in arrays))
         if key not in self._steps:
             in_shardings, out_shardings = train_step_shardings(state, batch, self.mesh)
             self._steps[key] = (self._build((in_shardings, out_shardings)), in_shardings[1])
         step, batch_shardings = self._steps[key]
-        return step, {name: global_batch_array(x, batch_shardings[name])
-                      for name, x in batch.items()}
+        return step, jax.tree.map(global_batch_array, batch, batch_shardings)
 
     def __call__(self, state: TrainState, batch: Batch):
         step, batch = self._step_for(state, batch)
@@ -248,7 +253,10 @@ class MeshTrainStep:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class LoopConfig:
-    """Attributes:
+    """How a supervised run goes (pretraining, the warm-up: `train_loop`); a GRPO run's is
+    grpo_trainer.GRPOLoopConfig.
+
+    Attributes:
       total_steps: optimizer updates of the whole run (a resumed run stops here too).
       checkpoint_every: save every this many steps, and at the end.
       keep_checkpoints: newest checkpoints kept.
@@ -291,14 +299,15 @@ def stop_at_nonfinite(run_dir: str):
                              ) from None
 
 
-def _shape_key(batch: Batch) -> tuple:
+def _shape_key(batch: Mapping[str, np.ndarray]) -> tuple:
     return tuple(sorted((k, np.shape(v), np.asarray(v).dtype.str) for k, v in batch.items()))
 
 
 def train_loop(run_dir: str, *, model_fn: Callable[[], nnx.Module],
                abstract_fn: Callable[[], nnx.Module], tx: optax.GradientTransformation,
                schedule: optax.Schedule, loss_fn: LossFn,
-               batch_fn: Callable[[int], tuple[Batch, dict]], loop: LoopConfig,
+               batch_fn: Callable[[int], tuple[Mapping[str, np.ndarray], dict]],
+               loop: LoopConfig,
                configs: Mapping[str, object], tokenizer=None,
                line: tuple[str, ...] = ("loss", "lr", "grad_norm", "tok_s", "step_s"),
                compiled: dict | None = None, mesh: Mesh | None = None

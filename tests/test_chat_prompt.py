@@ -12,10 +12,10 @@ from flax import nnx
 
 from leser_jax import checkpoint, evaluation, lm_data, rollout, sft
 from leser_jax.config import ModelConfig
-from leser_jax.context import ContextConfig
+from leser_jax.context import ContextConfig, ContextItem
 from leser_jax.policy import PolicySystem, load_policy
-from leser_jax.prompts import (INSTRUCTION, AnswerFormat, ContextItem, ExampleTurn, encode_prompt,
-                               model_prompt, render_chat, render_prompt)
+from leser_jax.prompts import (INSTRUCTION, AnswerFormat, ExampleTurn, encode_prompt,
+                               model_prompt, prompt_for, render_chat, render_prompt)
 from leser_jax.reward import RewardConfig, SearchFeedback
 from leser_jax.sampler import SamplingConfig
 from leser_jax.search import SearchEngine
@@ -182,7 +182,7 @@ def test_few_shot_turns_are_seeded_teacher_answers(tiny_world):
     turns = sft.few_shot_turns(2, queries, engine, CONTEXT, examples=pool, seed=0)
     order = np.random.default_rng([0, 3]).permutation(len(queries))
     chosen = [queries[i] for i in order[:2]]
-    assert [t.prompt for t in turns] == [sft.prompt_for(q, engine, CONTEXT) for q in chosen]
+    assert [t.prompt for t in turns] == [prompt_for(q, engine, CONTEXT) for q in chosen]
     assert [t.answer for t in turns] == [f'<think>about {q}</think><answer>["{q} set"]</answer>'
                                          for q in chosen]
     assert sft.few_shot_turns(2, queries, engine, CONTEXT, examples=pool, seed=0) == turns
@@ -245,11 +245,11 @@ def _smollm2_path():
 def smollm2_world():
     """The tiny catalog's engine and two hand-written worked examples over it."""
     engine = SearchEngine.build(make_catalog())
-    examples = (ExampleTurn(sft.prompt_for("navy office chair", engine, CONTEXT),
+    examples = (ExampleTurn(prompt_for("navy office chair", engine, CONTEXT),
                             '<think>the results are office chairs; some name lumbar support'
                             '</think><answer>["navy mesh office chair", "lumbar support office '
                             'chair"]</answer>'),
-                ExampleTurn(sft.prompt_for("desk lamp", engine, CONTEXT),
+                ExampleTurn(prompt_for("desk lamp", engine, CONTEXT),
                             '<think>the results are lamps</think><answer>["led desk lamp", '
                             '"adjustable desk lamp"]</answer>'))
     return engine, examples
@@ -271,7 +271,7 @@ def test_smollm2_reads_the_prompt_as_transformers_templates_it(smollm2_world):
     tokenizer = tokenizer_from_gguf(read_gguf(path).metadata)
     assert tokenizer.turn_markers == MARKERS
     engine, examples = smollm2_world
-    prompt = sft.prompt_for("ergonomic chair", engine, CONTEXT)
+    prompt = prompt_for("ergonomic chair", engine, CONTEXT)
     messages = [{"role": "system", "content": prompt.split("\n", 1)[0]}]
     for p, a in [*((e.prompt, e.answer) for e in examples), (prompt, None)]:
         messages.append({"role": "user", "content": p.split("\n", 1)[1].removesuffix("\n")})

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from leser_jax.catalog import CatalogBuilder, GradeScale
-from leser_jax.context import ContextConfig, build_context
-from leser_jax.prompts import ContextItem
+from leser_jax.context import ContextConfig, ContextItem, build_context
 from leser_jax.search import SearchEngine
 
 

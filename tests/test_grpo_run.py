@@ -26,19 +26,19 @@ import optax
 import pytest
 from flax import nnx
 
-from leser_jax import checkpoint, evaluation, grpo, lm_data, sft
+from leser_jax import checkpoint, evaluation, grpo, lm_data
 from leser_jax.catalog import Query
 from leser_jax.config import ModelConfig
 from leser_jax.context import ContextConfig
 from leser_jax.finite import NonFiniteError
 from leser_jax.data.synthetic import SyntheticConfig, generate
 from leser_jax.grpo import GRPOConfig
-from leser_jax.grpo_trainer import (BEST_METRIC, GRPOTrainer, LoopConfig, reward_metrics,
+from leser_jax.grpo_trainer import (BEST_METRIC, GRPOLoopConfig, GRPOTrainer, reward_metrics,
                                     step_queries)
 from leser_jax.model import Llama
 from leser_jax.optim import OptimConfig, make_optimizer
 from leser_jax.prompts import (INSTRUCTION, AnswerFormat, ExampleTurn, encode_prompt,
-                               parse_answer, render_answer)
+                               parse_answer, prompt_for, render_answer)
 from leser_jax.relevance import RelevanceConfig, RelevanceModel
 from leser_jax.reward import RewardBreakdown, RewardConfig, RewardFunction, SearchFeedback
 from leser_jax.rollout import generate_rollouts
@@ -78,7 +78,7 @@ class Setup:
             top = self.catalog.products[int(self.engine.search(q.text, 1).rows[0])]
             right = top.attributes["category"]
             wrong = rng.choice([c for c in categories if c != right])
-            prompt = sft.prompt_for(q.text, self.engine, CONTEXT)
+            prompt = prompt_for(q.text, self.engine, CONTEXT)
             for category in (right, wrong):
                 examples.append(lm_data.encode_example(self.tokenizer, prompt,
                                                        render_answer("", [str(category)])))
@@ -110,15 +110,15 @@ class Setup:
             reward_fn=self.reward_fn(), train_queries=train_queries or self.train,
             dev_queries=self.catalog.split("dev"), catalog=self.catalog, grpo_config=grpo_config,
             tx=tx, schedule=schedule, context=context, answer=AnswerFormat(),
-            loop=LoopConfig(total_steps=steps, checkpoint_every=checkpoint_every,
-                            samples_every=0, seed=seed), configs=configs or {})
+            loop=GRPOLoopConfig(total_steps=steps, checkpoint_every=checkpoint_every,
+                                samples_every=0, seed=seed), configs=configs or {})
 
     def mean_reward(self, graphdef, params) -> float:
         """Mean reward of 2 completions per train query, sampled with one fixed key."""
         queries = [q.text for q in self.train]
         rollouts = generate_rollouts(
             graphdef, params, self.tokenizer,
-            [sft.prompt_for(q, self.engine, CONTEXT) for q in queries], num_rollouts=2,
+            [prompt_for(q, self.engine, CONTEXT) for q in queries], num_rollouts=2,
             sampling=SamplingConfig(temperature=GRPO.temperature,
                                     max_new_tokens=GRPO.max_new_tokens),
             base_key=jax.random.key(123), step=0)
@@ -225,14 +225,14 @@ def test_a_prompt_that_cannot_fit_stops_the_run_before_its_first_step(setup, tmp
 def test_worked_examples_come_before_every_rollout_prompt(setup, tmp_path):
     """Few-shot GRPO: the examples are in what the policy samples from and what the update
     scores (the batch's prompt rows), and in the length check of every prompt."""
-    example = ExampleTurn(sft.prompt_for(setup.train[0].text, setup.engine, CONTEXT),
+    example = ExampleTurn(prompt_for(setup.train[0].text, setup.engine, CONTEXT),
                           render_answer("", ["office chair"]))
     trainer = setup.trainer(tmp_path, seed=0, steps=1)
     trainer.examples = (example,)
     trainer.run()
     queries = step_queries(setup.train, GRPO.queries_per_step, 0, 0)
-    rows = trainer.last_batch["prompt_tokens"]
-    masks = trainer.last_batch["prompt_mask"]
+    rows = trainer.last_batch.prompt_tokens
+    masks = trainer.last_batch.prompt_mask
     for q, row, mask in zip(queries, rows, masks):
         want = encode_prompt(setup.tokenizer, trainer.prompt(q.text), [example])
         assert row[mask].tolist() == want
@@ -291,13 +291,13 @@ def _rollout_batch(Q=4, N=2, P=6, T=5, V=64, seed=0):
     prompt_mask = np.ones((Q, P), bool)
     prompt_mask[::3, :2] = False  # left padding on some prompts
     completion_mask = np.arange(T)[None] < rng.integers(1, T + 1, R)[:, None]
-    return {"prompt_tokens": rng.integers(4, V, (Q, P)).astype(np.int32),
-            "prompt_mask": prompt_mask,
-            "completion_tokens": rng.integers(4, V, (R, T)).astype(np.int32),
-            "completion_mask": completion_mask,
-            "old_logp": rng.normal(-3, 0.3, (R, T)).astype(np.float32),
-            "ref_logp": rng.normal(-3, 0.3, (R, T)).astype(np.float32),
-            "advantages": rng.normal(0, 1, R).astype(np.float32)}
+    return grpo.RolloutBatch(prompt_tokens=rng.integers(4, V, (Q, P)).astype(np.int32),
+                             prompt_mask=prompt_mask,
+                             completion_tokens=rng.integers(4, V, (R, T)).astype(np.int32),
+                             completion_mask=completion_mask,
+                             old_logp=rng.normal(-3, 0.3, (R, T)).astype(np.float32),
+                             ref_logp=rng.normal(-3, 0.3, (R, T)).astype(np.float32),
+                             advantages=rng.normal(0, 1, R).astype(np.float32))
 
 
 def test_micro_batched_update_equals_the_full_batch_update():
@@ -325,7 +325,7 @@ def test_micro_batched_update_equals_the_full_batch_update():
             assert_close(a, b, rtol=GRAD_RTOL)
     with pytest.raises(ValueError, match="does not split"):
         make_train_step(graphdef, tx, schedule, masked_lm_loss, micro_batches=3)(
-            state, {k: v for k, v in batch.items()})
+            state, batch)
 
 
 def _breakdown(reward, reason=None):

@@ -20,9 +20,9 @@ from leser_jax.config import ModelConfig, lora_param_count, param_count
 from leser_jax.context import ContextConfig
 from leser_jax.data.synthetic import SyntheticConfig, generate
 from leser_jax.grpo import GRPOConfig
-from leser_jax.grpo_trainer import GRPOTrainer, reference_logprobs
-from leser_jax.grpo_trainer import LoopConfig as GRPOLoop
-from leser_jax.model import Llama, add_lora, init_cache, merge_lora
+from leser_jax.grpo_trainer import GRPOLoopConfig, GRPOTrainer, reference_logprobs
+from leser_jax.lora import add_lora, merge_lora
+from leser_jax.model import Llama, init_cache
 from leser_jax.optim import OptimConfig, make_optimizer
 from leser_jax.prompts import INSTRUCTION, AnswerFormat
 from leser_jax.search import SearchEngine
@@ -173,9 +173,9 @@ def test_grpo_reference_with_adapters_off_is_the_base_model():
     np.testing.assert_array_equal(np.asarray(reference_logprobs(graphdef, params, batch, 0.9)),
                                   expected)
     # ... while the policy itself (adapters on) gives other log-probs.
-    policy = grpo.completion_logprobs(model, batch["prompt_tokens"], batch["prompt_mask"],
-                                      batch["completion_tokens"], batch["completion_mask"], 0.9)
-    mask = batch["completion_mask"]
+    policy = grpo.completion_logprobs(model, batch.prompt_tokens, batch.prompt_mask,
+                                      batch.completion_tokens, batch.completion_mask, 0.9)
+    mask = batch.completion_mask
     assert np.abs(np.asarray(policy)[mask] - expected[mask]).max() > 1e-3
 
 
@@ -255,8 +255,8 @@ def _grpo_trainer(grpo_setup, run_dir) -> GRPOTrainer:
         dev_queries=[], catalog=catalog,
         grpo_config=GRPOConfig(queries_per_step=2, num_rollouts=2, max_new_tokens=8),
         tx=tx, schedule=schedule, context=ContextConfig(k=1, max_tokens=24, max_attributes=1),
-        answer=AnswerFormat(), loop=GRPOLoop(total_steps=2, checkpoint_every=1, samples_every=0,
-                                             seed=3), configs={})
+        answer=AnswerFormat(), loop=GRPOLoopConfig(total_steps=2, checkpoint_every=1,
+                                                   samples_every=0, seed=3), configs={})
 
 
 @functools.cache
@@ -330,7 +330,8 @@ def _worker():
                               shardings=sharding.train_step_shardings(state, batches[0], mesh))
     steps = []
     for batch in batches:
-        batch = dict(batch, ref_logp=reference_logprobs(graphdef, single_state.params, batch, 0.9))
+        batch = batch.replace(
+            ref_logp=reference_logprobs(graphdef, single_state.params, batch, 0.9))
         single_state, m1 = single(single_state, batch)
         state, m2 = sharded(state, batch)
         steps.append({"loss_single": float(m1["loss"]), "loss_sharded": float(m2["loss"]),

@@ -6,8 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from leser_jax.prompts import (REJECTION_REASONS, AnswerFormat, ContextItem, parse_answer,
-                               render_answer, render_prompt)
+from leser_jax.context import ContextItem
+from leser_jax.prompts import (REJECTION_REASONS, AnswerFormat, parse_answer, render_answer,
+                               render_prompt)
 
 GOOD = '<think>backs hurt; products say lumbar</think><answer>["lumbar chair", "ergonomic chair"]</answer>'
 

@@ -18,7 +18,8 @@ from flax import nnx
 from leser_jax import grpo, sampler
 from leser_jax.config import ModelConfig
 from leser_jax.grpo import GRPOConfig
-from leser_jax.model import Llama, add_lora
+from leser_jax.lora import add_lora
+from leser_jax.model import Llama
 from leser_jax.sampler import SamplingConfig
 from leser_jax.train import masked_lm_loss, trainable_split
 from tests._tolerance import FORWARD_RTOL, GRAD_RTOL, assert_close
@@ -40,13 +41,13 @@ def _rollout_batch():
     Q, N, P, T = 2, 2, 6, 5
     prompt_mask = np.ones((Q, P), bool)
     prompt_mask[0, :2] = False  # a left-padded prompt
-    return {"prompt_tokens": rng.integers(4, 64, (Q, P)).astype(np.int32),
-            "prompt_mask": prompt_mask,
-            "completion_tokens": rng.integers(4, 64, (Q * N, T)).astype(np.int32),
-            "completion_mask": np.arange(T)[None] < np.array([[5], [3], [1], [4]]),
-            "old_logp": rng.normal(-3, 0.3, (Q * N, T)).astype(np.float32),
-            "ref_logp": rng.normal(-3, 0.3, (Q * N, T)).astype(np.float32),
-            "advantages": rng.normal(0, 1, Q * N).astype(np.float32)}
+    return grpo.RolloutBatch(
+        prompt_tokens=rng.integers(4, 64, (Q, P)).astype(np.int32), prompt_mask=prompt_mask,
+        completion_tokens=rng.integers(4, 64, (Q * N, T)).astype(np.int32),
+        completion_mask=np.arange(T)[None] < np.array([[5], [3], [1], [4]]),
+        old_logp=rng.normal(-3, 0.3, (Q * N, T)).astype(np.float32),
+        ref_logp=rng.normal(-3, 0.3, (Q * N, T)).astype(np.float32),
+        advantages=rng.normal(0, 1, Q * N).astype(np.float32))
 
 
 @functools.cache

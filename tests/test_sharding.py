@@ -176,8 +176,8 @@ def _update_report() -> dict:
     embed = state.params["embed"][...]
     momentum = state.opt_state[1][0].trace["embed"][...]
     batch = batches[1]
-    completion = jax.device_put(batch["completion_tokens"],
-                                sharding.row_sharding(mesh, len(batch["completion_tokens"])))
+    completion = jax.device_put(batch.completion_tokens,
+                                sharding.row_sharding(mesh, len(batch.completion_tokens)))
     ref_single = reference_logprobs(graphdef, single_state.params, batch, 0.9)
     ref_sharded = reference_logprobs(graphdef, state.params,
                                      jax.device_put(batch, sharding.batch_shardings(batch, mesh)),

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from leser_jax.catalog import Catalog, CatalogBuilder, GradeScale
-from leser_jax.context import ContextConfig, build_context
-from leser_jax.prompts import ContextItem, parse_answer, render_answer
+from leser_jax.context import ContextConfig, ContextItem, build_context
+from leser_jax.prompts import parse_answer, render_answer
 from leser_jax.reward import RewardConfig, RewardFunction, SearchFeedback
 from leser_jax.search import SearchEngine
 from leser_jax.teacher import (Teacher, TeacherConfig, TeacherExample, head_terms, propose,

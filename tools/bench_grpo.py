@@ -27,7 +27,7 @@ from experiments import cli, common
 from leser_jax import checkpoint
 from leser_jax.context import ContextConfig
 from leser_jax.grpo import GRPOConfig
-from leser_jax.grpo_trainer import GRPOTrainer, LoopConfig, grpo_update
+from leser_jax.grpo_trainer import GRPOLoopConfig, GRPOTrainer, grpo_update
 from leser_jax.optim import OptimConfig, make_optimizer
 from leser_jax.prompts import AnswerFormat
 from leser_jax.relevance import RelevanceModel
@@ -67,7 +67,7 @@ def main(argv):
             train_queries=catalog.split("train"), dev_queries=[], catalog=catalog,
             grpo_config=config, tx=tx, schedule=schedule,
             context=ContextConfig(k=FLAGS.context_k, max_tokens=FLAGS.context_max_tokens),
-            answer=AnswerFormat(), loop=LoopConfig(total_steps=total, samples_every=0),
+            answer=AnswerFormat(), loop=GRPOLoopConfig(total_steps=total, samples_every=0),
             configs={})
         records = []
         for step in range(total):
@@ -80,8 +80,8 @@ def main(argv):
         return statistics.median(r[name] for r in records)
 
     R = config.queries_per_step * config.num_rollouts
-    P = batch["prompt_tokens"].shape[1]
-    T = batch["completion_tokens"].shape[1]
+    P = batch.prompt_tokens.shape[1]
+    T = batch.completion_tokens.shape[1]
     print(f"load average: {os.getloadavg()[0]:.2f}; {FLAGS.steps} steps after {FLAGS.warmup}; "
           f"{R} rollouts = {config.queries_per_step} queries x {config.num_rollouts}; prompt "
           f"bucket {P}, completions {median('length'):.0f} tokens on average (max {T}); "
@@ -98,8 +98,8 @@ def main(argv):
 
     # The update alone: group-shared prompts against a prompt per rollout.
     update = grpo_update(trainer.graphdef, tx, schedule, config)
-    tiled = dict(batch, prompt_tokens=np.repeat(batch["prompt_tokens"], config.num_rollouts, 0),
-                 prompt_mask=np.repeat(batch["prompt_mask"], config.num_rollouts, 0))
+    tiled = batch.replace(prompt_tokens=np.repeat(batch.prompt_tokens, config.num_rollouts, 0),
+                          prompt_mask=np.repeat(batch.prompt_mask, config.num_rollouts, 0))
     print("| update alone | s (best of 3) |")
     print("|--------------|--------------:|")
     for name, b in (("prompt once per group", batch), ("prompt per rollout", tiled)):

@@ -37,7 +37,7 @@ from leser_jax import grpo, sampler
 from leser_jax.config import ModelConfig, flops_per_token, param_count
 from leser_jax.grpo import GRPOConfig
 from leser_jax.grpo_trainer import grpo_update, reference_logprobs
-from leser_jax.model import add_lora
+from leser_jax.lora import add_lora
 from leser_jax.optim import OptimConfig, make_optimizer
 from leser_jax.sampler import SamplingConfig
 from leser_jax.train import init_train_state
@@ -106,13 +106,14 @@ def main(argv):
         samples = sampler.finish(s)
         assert int(samples.lengths.min()) == T, "a row stopped early: counts would be wrong"
         rewards = rng.random(R).astype(np.float32)  # [R]
-        batch = {"prompt_tokens": prompts, "prompt_mask": mask,
-                 "completion_tokens": samples.tokens, "completion_mask": samples.mask,
-                 "old_logp": samples.logprobs,
-                 "advantages": grpo.group_advantages(rewards, N)}
+        batch = grpo.RolloutBatch(prompt_tokens=prompts, prompt_mask=mask,
+                                  completion_tokens=samples.tokens,
+                                  completion_mask=samples.mask, old_logp=samples.logprobs,
+                                  advantages=grpo.group_advantages(rewards, N))
         ref = state.params if FLAGS.lora_rank else ref_params
-        batch["ref_logp"], reference_s = timed(
+        ref_logp, reference_s = timed(
             reference_logprobs, graphdef, ref, batch, grpo_config.temperature)
+        batch = batch.replace(ref_logp=ref_logp)
         (state, metrics), update_s = timed(update, state, batch)
         assert np.isfinite(float(metrics["loss"])), metrics
         if step >= FLAGS.warmup:

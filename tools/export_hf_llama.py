@@ -20,7 +20,8 @@ from flax import nnx
 
 from experiments import cli
 from leser_jax.config import ModelConfig
-from leser_jax.model import Llama, merge_lora
+from leser_jax.lora import merge_lora
+from leser_jax.model import Llama
 
 
 def hf_config_dict(config: ModelConfig) -> dict:
@@ -43,7 +44,7 @@ def hf_config_dict(config: ModelConfig) -> dict:
 
 def hf_state_dict(model: Llama) -> dict[str, np.ndarray]:
     """Our parameters under LlamaForCausalLM's names and [out, in] layouts (host numpy); LoRA
-    adapters are merged into their kernels first (model.merge_lora)."""
+    adapters are merged into their kernels first (lora.merge_lora)."""
     model = merge_lora(model)
     c = model.config
     D = c.d_model

@@ -13,7 +13,7 @@ Numerics (issue 10): bf16 parameters and activations, float32 optimizer state.
   dtype (2 B), plus a float32 accumulator (4 B) when micro-batches > 1 (train.make_train_step
   sums micro-batch gradients in float32); AdamW m and v float32 (8 B): 16 B a parameter, 20
   with accumulation. The reference model is a second bf16 copy (2 B), frozen.
-- LoRA (rank r on q, k, v, o, gate, up, down; policy = frozen base + adapters; model.LoRA,
+- LoRA (rank r on q, k, v, o, gate, up, down; policy = frozen base + adapters; lora.LoRA,
   train.trainable_split): the base is bf16 and frozen (no gradient, no optimizer state, no
   master copy) and is also the reference (adapters off, grpo_trainer.reference_logprobs), so
   there is no second copy. Adapters are float32 (4 B), their gradients 4 B, AdamW 8 B.
@@ -116,7 +116,7 @@ class RunShape:
 
 def lora_param_count(config: ModelConfig, rank: int) -> int:
     """Adapter parameters: A [in, r] and B [r, out] on q, k, v, o, gate, up and down (the
-    adapters model.LoRA adds)."""
+    adapters lora.LoRA adds)."""
     return config_lib.lora_param_count(config.replace(lora_rank=rank))
 
 
@@ -262,10 +262,11 @@ def xla_update_bytes(config: ModelConfig, run: RunShape) -> dict[str, float]:
     graphdef, state = abstract_train_state(lambda: Llama(config, rngs=nnx.Rngs(0)), tx)
     Q, R, P, T = run.queries, run.queries * run.rollouts, run.prompt_len, run.new_tokens
     sds = jax.ShapeDtypeStruct
-    batch = {"prompt_tokens": sds((Q, P), jnp.int32), "prompt_mask": sds((Q, P), jnp.bool_),
-             "completion_tokens": sds((R, T), jnp.int32),
-             "completion_mask": sds((R, T), jnp.bool_), "old_logp": sds((R, T), jnp.float32),
-             "ref_logp": sds((R, T), jnp.float32), "advantages": sds((R,), jnp.float32)}
+    batch = grpo.RolloutBatch(
+        prompt_tokens=sds((Q, P), jnp.int32), prompt_mask=sds((Q, P), jnp.bool_),
+        completion_tokens=sds((R, T), jnp.int32), completion_mask=sds((R, T), jnp.bool_),
+        old_logp=sds((R, T), jnp.float32), advantages=sds((R,), jnp.float32),
+        ref_logp=sds((R, T), jnp.float32))
     step = make_train_step(graphdef, tx, optax.constant_schedule(1e-3),
                            lambda model, b, rng: grpo.rollout_loss(model, b, grpo_config),
                            micro_batches=run.micro_batches)
