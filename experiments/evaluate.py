@@ -19,8 +19,8 @@ The worked examples are teacher answers to train queries drawn in a seeded order
 (sft.few_shot_turns): looked up in --teacher_file if given, else written by the teacher baseline
 at start (a few seconds). A zero-shot SmolLM2 with two examples:
 
-    python -m tools.convert_gguf_llama --out=/tmp/smol
-    python -m experiments.evaluate --dataset=synthetic --index=runs/demo/index --relevance=runs/demo/relevance --out=/tmp/smol_eval --context_k=5 --context_max_tokens=128 --teacher_max_expansions=2 --baselines=original --zero_shot=smol_2shot=/tmp/smol --zero_shot_examples=2 --max_new_tokens=128 --reference=smol_2shot
+    python -m tools.convert_gguf_llama --out=runs/smollm2
+    python -m experiments.evaluate --dataset=synthetic --index=runs/demo/index --relevance=runs/demo/relevance --out=runs/smol_eval --context_k=5 --context_max_tokens=128 --teacher_max_expansions=2 --baselines=original --zero_shot=smol_2shot=runs/smollm2 --zero_shot_examples=2 --max_new_tokens=128 --reference=smol_2shot
 
 The context flags must be those the policies were trained with: a policy's run records them in
 its checkpoints, and a mismatch is an error. The teacher flags should be those that wrote the

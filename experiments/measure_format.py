@@ -12,8 +12,8 @@ The paper's format check of the pretrained model before warm-up, zero-shot and w
 examples as earlier chat turns (teacher answers to train queries, sft.few_shot_turns: from
 --teacher_file, else written by the teacher with --relevance):
 
-    python -m tools.convert_gguf_llama --out=/tmp/smol
-    python -m experiments.measure_format --init=/tmp/smol --dataset=synthetic --index=runs/demo/index --split=dev --num_queries=30 --context_k=5 --context_max_tokens=128 --temperature=0 --examples=2 --teacher_file=runs/demo/teacher.jsonl
+    python -m tools.convert_gguf_llama --out=runs/smollm2
+    python -m experiments.measure_format --init=runs/smollm2 --dataset=synthetic --index=runs/demo/index --split=dev --num_queries=30 --context_k=5 --context_max_tokens=128 --temperature=0 --examples=2 --teacher_file=runs/demo/teacher.jsonl
 """
 
 from __future__ import annotations
