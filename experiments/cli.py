@@ -17,8 +17,11 @@ Imports absl only: the tools that need neither a dataset nor JAX use it too.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import re
 import sys
+import typing
 from collections.abc import Callable, Sequence
 
 from absl import app, flags
@@ -81,3 +84,117 @@ def preset_or(value, default):
     """`value` if the flag was given, else `default` (the preset's or the model's): unlike
     `value or default`, an explicit 0 or 0.0 is never replaced."""
     return default if value is None else value
+
+
+# ----------------------------------------------------------------------------- config flags
+
+def field_docs(cls) -> dict[str, str]:
+    """Each field's text in `cls`'s Google-style `Attributes:` docstring section, one line
+    (an entry "a, b: text" documents both; indented lines continue the entry above)."""
+    docs, names, lines = {}, [], (cls.__doc__ or "").splitlines()
+    start = next((i for i, line in enumerate(lines) if line.strip() == "Attributes:"), None)
+    if start is None:
+        return docs
+    indent = None
+    for line in lines[start + 1:]:
+        if not line.strip():
+            continue
+        depth = len(line) - len(line.lstrip())
+        indent = depth if indent is None else indent
+        if depth < indent:
+            break
+        head, colon, text = line.strip().partition(": ")
+        if depth == indent and colon and re.fullmatch(r"\w+(, \w+)*", head):
+            names = head.split(", ")
+            for name in names:
+                docs[name] = text
+        elif depth > indent:
+            for name in names:
+                docs[name] += " " + line.strip()
+    return docs
+
+
+_PARSERS = {int: flags.DEFINE_integer, float: flags.DEFINE_float, bool: flags.DEFINE_bool,
+            str: flags.DEFINE_string}
+
+
+def define_flags(cls, base: Callable[[], object] | None = None, *, exclude: Sequence[str] = (),
+                 from_preset: bool = True, flag_values: flags.FlagValues = FLAGS
+                 ) -> tuple[str, ...]:
+    """A flag per field of the dataclass `cls` but `exclude`, named as the field and typed by
+    its annotation (int, float, bool or str, or one of them | None), its help the field's
+    docstring line (`field_docs`). Every flag defaults to None, meaning `base()`'s value (a
+    preset's stage config, or the dataclass's defaults when `base` is None; the help names the
+    preset if `from_preset`, else the field's default); `override` applies the given ones. Each
+    value is checked when the flags are parsed, by building `base()` with it and the other given
+    flags, so the dataclass's own __post_init__ is the one statement of what is valid (a wrong
+    value stops the launcher there, exit status 1).
+
+    Returns the names defined, for `override`.
+    """
+    base = base or cls
+    docs, hints = field_docs(cls), typing.get_type_hints(cls)
+    # Registered as the caller's flags, so that its --helpshort lists them (absl names the main
+    # module by its path).
+    caller = sys._getframe(1).f_globals["__name__"]
+    caller = sys.argv[0] if caller == "__main__" else caller
+    names = []
+    for field in dataclasses.fields(cls):
+        if field.name in exclude or not field.init:
+            continue
+        kind = next(t for t in (hints[field.name], *typing.get_args(hints[field.name]))
+                    if t in _PARSERS)
+        default = ("the preset's" if from_preset or field.default is dataclasses.MISSING
+                   else repr(field.default))
+        text = docs.get(field.name, field.name)
+        _PARSERS[kind](field.name, None, f"{text[:1].upper()}{text[1:]} (default: "
+                       f"{default})", flag_values=flag_values, module_name=caller)
+        names.append(field.name)
+    for name in names:
+        flags.register_validator(name, _builds(base, name, names, flag_values),
+                                 flag_values=flag_values)
+    return tuple(names)
+
+
+def _builds(base, name, names, flag_values) -> Callable[[object], bool]:
+    """A validator of --name: `base()` must take its value alone, and with every other given
+    flag of `names` (a rule between two fields, e.g. eval_every needs eval_queries); a value
+    wrong by itself is reported by its own flag's validator."""
+
+    def fails(config, **values) -> str | None:
+        try:
+            dataclasses.replace(config, **values)
+        except ValueError as e:
+            return str(e)
+        return None
+
+    def check(value) -> bool:
+        try:
+            config = None if value is None else base()
+        except ValueError:  # another flag that base() reads is wrong: its validator says so
+            return True
+        if config is None:  # unset, or a stage the preset does not have (main() says so)
+            return True
+        if (error := fails(config, **{name: value})) is None:
+            given = {n: flag_values[n].value for n in names
+                     if flag_values[n].value is not None}
+            if any(fails(config, **{n: v}) for n, v in given.items()):
+                return True
+            error = fails(config, **given)
+        if error:
+            raise flags.ValidationError(error)
+        return True
+    return check
+
+
+def override(config, names: Sequence[str], flag_values: flags.FlagValues = FLAGS):
+    """`config` with the fields whose flag (`define_flags`) was given replaced by its value."""
+    given = {n: flag_values[n].value for n in names if flag_values[n].value is not None}
+    return dataclasses.replace(config, **given)
+
+
+def as_flags(config, exclude: Sequence[str] = ()) -> tuple[str, ...]:
+    """The inverse of `override`: --field=value for every field of `config` but `exclude` (the
+    pipeline spells each stage's preset out, so a stage record names every value it ran with)."""
+    return tuple(f"--{f.name}={getattr(config, f.name)}" for f in dataclasses.fields(config)
+                 if f.name not in exclude and getattr(config, f.name) is not None)

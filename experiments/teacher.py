@@ -1,6 +1,6 @@
 """Writes the warm-up's teacher examples: search-guided expansions for TRAIN queries.
 
-    python -m experiments.teacher --dataset=synthetic --index=runs/demo/index --relevance=runs/demo --out=runs/demo/teacher.jsonl --context_k=5 --context_max_tokens=128 --max_expansions=2
+    python -m experiments.teacher --dataset=synthetic --index=runs/demo/index --relevance=runs/demo --out=runs/demo/teacher.jsonl
 
 (The demo's settings: a 5-item context, as warm-up and GRPO must use too, and at most 2
 expansions, which a 5M-parameter model reproduces with fewer format errors at T=0.9.)
@@ -27,6 +27,7 @@ from experiments import cli, common
 from leser_jax.relevance import RelevanceModel
 from leser_jax.teacher import Teacher, TeacherConfig, mean_reward, write_examples
 
+common.define_preset_flag()
 common.define_dataset_flags()
 common.define_context_flags()
 common.define_reward_flags()
@@ -40,7 +41,7 @@ flags.DEFINE_integer("num_examples", 10_000, "Most examples (the paper's ~10,000
 flags.DEFINE_integer("seed", 0, "Order in which train queries are taken.", lower_bound=0)
 flags.DEFINE_integer("max_candidates", TeacherConfig().max_candidates, "Candidates per query.",
                      lower_bound=1)
-flags.DEFINE_integer("max_expansions", None, "Most expansions per answer (default: m_max).",
+flags.DEFINE_integer("max_expansions", None, "Most expansions per answer (default: the preset's, else m_max).",
                      lower_bound=1)
 flags.DEFINE_integer("show", 3, "Examples printed at the end.", lower_bound=0)
 FLAGS = flags.FLAGS
@@ -53,7 +54,8 @@ def main(argv):
     context = common.context_config()
     reward = common.reward_config()
     config = TeacherConfig(max_candidates=FLAGS.max_candidates,
-                           max_expansions=FLAGS.max_expansions)
+                           max_expansions=cli.preset_or(FLAGS.max_expansions,
+                                                          common.preset().teacher_max_expansions))
     for name, c in (("context", context), ("reward", reward), ("teacher", config)):
         common.log_config(name, c)
     catalog = common.load_catalog()

@@ -1,6 +1,6 @@
 """Supervised warm-up: fine-tunes a pretrained policy on teacher examples, then checks its format.
 
-    python -m experiments.warmup --preset=demo --dataset=synthetic --init=runs/demo/pretrain --teacher_file=runs/demo/teacher.jsonl --index=runs/demo/index --run_dir=runs/demo/warmup --context_k=5 --context_max_tokens=128
+    python -m experiments.warmup --preset=demo --dataset=synthetic --init=runs/demo/pretrain --teacher_file=runs/demo/teacher.jsonl --index=runs/demo/index --run_dir=runs/demo/warmup
 
 LESER's warm-up before GRPO, so that the answer format is stable when RL starts. Each example is
 render_prompt(query, context) + render_answer(think, expansions) + eos, with the loss on the
@@ -28,7 +28,7 @@ import time
 from absl import flags, logging
 from flax import nnx
 
-from experiments import cli, common
+from experiments import cli, common, configs
 from leser_jax import checkpoint, lm_data, run_log, sampler, sft
 from leser_jax.model import Llama
 from leser_jax.optim import make_optimizer
@@ -36,36 +36,20 @@ from leser_jax.prompts import prompt_for
 from leser_jax.teacher import read_examples
 from leser_jax.train import masked_lm_loss, train_loop
 
-# demo: 600 steps (3 epochs of the synthetic catalog's 1,575 teacher examples) after the demo
-# pretraining's 400: 400 steps left the parse rate of answers sampled at T=0.9 on dev queries
-# just under the 95% target, 600 reach it (experiments.measure_format, over seeds 0/1/2).
-PRESETS = {
-    "tiny": dict(steps=20, batch_size=4, lr=1e-3),
-    "demo": dict(steps=600, batch_size=8, lr=2e-3),
-    "cpu": dict(steps=400, batch_size=16, lr=3e-4),
-}
-
+common.define_preset_flag()
 common.define_dataset_flags()
 common.define_optim_flags()
 common.define_mesh_flags()
 common.define_lora_flags()
 common.define_context_flags()
-flags.DEFINE_enum("preset", "demo", list(PRESETS), "Run defaults (the model comes from --init).")
+# --steps, --batch_size, --lr, --lora_rank, ...: the preset's warm-up, one by one.
+STAGE_FLAGS = cli.define_flags(configs.Warmup, lambda: common.preset().warmup)
 flags.DEFINE_string("run_dir", None, "Output folder of this stage.", required=True)
 flags.DEFINE_string("init", None, "Pretrained params checkpoint (with tokenizer), or a run dir "
                     "holding one at DIR/params.", required=True)
 flags.DEFINE_string("teacher_file", None, "Teacher examples, JSONL.", required=True)
 flags.DEFINE_string("index", None, "Index folder from experiments.build_index (else built in "
                     "memory).")
-flags.DEFINE_integer("steps", None, "Optimizer steps (default: the preset's).", lower_bound=1)
-flags.DEFINE_integer("batch_size", None, "Examples per step (default: the preset's).",
-                     lower_bound=1)
-flags.DEFINE_float("lr", None, "Peak learning rate (default: the preset's).")
-cli.exclusive_bounds("lr", lower=0)
-flags.DEFINE_float("warmup_fraction", 0.1, "Share of the steps spent in linear warmup.",
-                   lower_bound=0, upper_bound=1)
-flags.DEFINE_float("weight_decay", 0.1, "AdamW decoupled weight decay of the matrices.",
-                   lower_bound=0)
 flags.DEFINE_integer("bucket", 64, "Sequence lengths are padded to a multiple of this.",
                      lower_bound=1)
 flags.DEFINE_integer("max_len", None, "Longest example in tokens (default: the model's "
@@ -73,11 +57,7 @@ flags.DEFINE_integer("max_len", None, "Longest example in tokens (default: the m
 flags.DEFINE_integer("max_examples", 0, "Use at most this many teacher examples (0 = all).",
                      lower_bound=0)
 flags.DEFINE_integer("seed", 0, "Seeds the batch order.", lower_bound=0)
-flags.DEFINE_integer("checkpoint_every", 50, "Steps between checkpoints.", lower_bound=1)
-flags.DEFINE_integer("keep_checkpoints", 2, "Newest checkpoints kept.", lower_bound=1)
 flags.DEFINE_string("profile_dir", None, "Write a jax.profiler trace of 3 steps here.")
-flags.DEFINE_integer("eval_queries", 0, "Dev queries sampled for the format check (0 = all).",
-                     lower_bound=0)
 flags.DEFINE_float("temperature", 0.9, "Sampling temperature of the format check (0 = greedy).",
                    lower_bound=0)
 flags.DEFINE_integer("max_new_tokens", 192, "Longest sampled answer.", lower_bound=1)
@@ -103,16 +83,15 @@ def main(argv):
     run_log.quiet_library_logs()
     mesh = common.setup_mesh()  # None on one device
     start = time.perf_counter()
-    preset = PRESETS[FLAGS.preset]
-    steps = cli.preset_or(FLAGS.steps, preset["steps"])
-    batch_size = cli.preset_or(FLAGS.batch_size, preset["batch_size"])
-    optim, loop = common.optim_and_loop(steps, cli.preset_or(FLAGS.lr, preset["lr"]))
+    stage = cli.override(common.preset().warmup, STAGE_FLAGS)
+    steps, batch_size = stage.steps, stage.batch_size
+    optim, loop = common.optim_and_loop(stage)
     context = common.context_config()
     for name, c in (("optim", optim), ("loop", loop), ("context", context)):
         common.log_config(name, c)
 
     init_model, _, tokenizer = checkpoint.load_init(FLAGS.init)
-    init_model = common.training_model(init_model)
+    init_model = common.training_model(init_model, stage.lora_rank)
     model_config = init_model.config
     common.log_config("model", model_config)
     max_len = cli.preset_or(FLAGS.max_len, model_config.max_seq_len)
@@ -159,7 +138,7 @@ def main(argv):
     train_s = time.perf_counter() - start
 
     dev = [q.text for q in catalog.split("dev")]
-    dev = dev[:FLAGS.eval_queries] if FLAGS.eval_queries else dev
+    dev = dev[:stage.eval_queries] if stage.eval_queries else dev
     result, texts = check_format(model, tokenizer, engine, dev, context,
                                  temperature=FLAGS.temperature,
                                  max_new_tokens=FLAGS.max_new_tokens,

@@ -34,18 +34,18 @@ def launch(module: str, *argv: str) -> subprocess.CompletedProcess:
 CASES = {
     "pretrain --steps=0": (
         "experiments.pretrain", ["--preset=tiny", "--run_dir=RUN", "--steps=0"],
-        "flag --steps=0: 0 is not a positive integer"),
+        "flag --steps=0: steps must be >= 1, got 0"),
     "pretrain --steps=-5": (
         "experiments.pretrain", ["--preset=tiny", "--run_dir=RUN", "--steps=-5"],
-        "flag --steps=-5: -5 is not a positive integer"),
+        "flag --steps=-5: steps must be >= 1, got -5"),
     "warmup --batch_size=0": (
         "experiments.warmup", ["--preset=tiny", "--run_dir=RUN", "--init=MISSING",
                                "--teacher_file=MISSING", "--batch_size=0"],
-        "flag --batch_size=0: 0 is not a positive integer"),
+        "flag --batch_size=0: batch_size must be >= 1, got 0"),
     "grpo --lr=0": (
         "experiments.grpo", ["--preset=tiny", "--run_dir=RUN", "--init=MISSING",
                              "--relevance=MISSING", "--lr=0"],
-        "flag --lr=0.0: --lr must be > 0"),
+        "flag --lr=0.0: lr must be > 0, got 0.0"),
     "evaluate positional": (
         "experiments.evaluate", ["--out=RUN", "--relevance=MISSING", "steps=5"],
         "unexpected positional argument(s): 'steps=5' (flags are written --name=value)"),

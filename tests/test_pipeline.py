@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from experiments import pipeline
+from experiments import cli, configs, pipeline
 from experiments.pipeline import Settings, Stage, plan, run_all, run_stage, stage_state
 
 
@@ -113,15 +113,15 @@ def test_plan_runs_every_stage_with_one_context(tmp_path):
     assert names == ["dataset", "index", "relevance", "pretrain", "teacher", "warmup", "grpo",
                      "grpo_no_warmup", "evaluate"]
     by = {s.name: s.command for s in stages}
-    p = pipeline.PRESETS["demo"]
+    p = configs.get("demo")
     for name in ("teacher", "warmup", "grpo", "grpo_no_warmup", "evaluate"):
-        assert flag(by[name], "context_k") == str(p["context_k"])
-        assert flag(by[name], "context_max_tokens") == str(p["context_max_tokens"])
+        assert flag(by[name], "context_k") == str(p.context.k)
+        assert flag(by[name], "context_max_tokens") == str(p.context.max_tokens)
     assert flag(by["teacher"], "max_expansions") == flag(by["evaluate"], "teacher_max_expansions")
     assert flag(by["grpo"], "max_new_tokens") == flag(by["evaluate"], "max_new_tokens")
     assert flag(by["grpo"], "init").endswith("warmup/params")
     assert flag(by["grpo_no_warmup"], "init").endswith("pretrain/params")
-    assert flag(by["grpo"], "steps") == str(pipeline.DEMO_GRPO_STEPS)
+    assert flag(by["grpo"], "steps") == str(p.grpo.steps)
     assert [c for c in by["evaluate"] if c.startswith("--policy=")] == [
         f"--policy={n}={tmp_path / 'run' / n}" for n in ("warmup", "grpo", "grpo_no_warmup")]
     # Every later stage reads the catalog the dataset stage wrote.
@@ -152,9 +152,7 @@ def test_smol_plan_converts_checks_the_format_and_shows_examples_where_untrained
     assert flag(by["evaluate"], "zero_shot_examples") == "2"
     assert flag(by["evaluate"], "num_queries") == "150"
     assert "--policy=small=runs/hd_cpu/warmup" in by["evaluate"]
-    # The launchers have no smol preset: they run their cpu defaults with the stage's flags.
-    assert all(flag(by[n], "preset") == "cpu" for n in ("warmup", "grpo", "grpo_no_warmup"))
-    assert all(flag(by[n], "lora_rank") for n in ("warmup", "grpo", "grpo_no_warmup"))
+    assert all(flag(by[n], "lora_rank") == "16" for n in ("warmup", "grpo", "grpo_no_warmup"))
     # Without the teacher, the untrained systems' examples come from the teacher at start.
     by = {s.name: s.command for s in plan(Settings(preset="smol", run_dir=run,
                                                    shared_dir=shared, dataset="hd",
@@ -212,3 +210,51 @@ def test_ablations_pass_through_and_reuse_the_shared_stages(tmp_path):
     by = {s.name: s.command for s in stages}
     assert flag(by["warmup"], "context_k") == "0" and flag(by["grpo"], "context_k") == "0"
     assert flag(by["teacher"], "context_k") == "5"
+
+
+@pytest.mark.parametrize("name", ["demo", "cpu", "smol"])
+def test_every_stage_gets_its_presets_values(name, tmp_path):
+    """Issue 22: a preset's values exist once (experiments/configs/NAME.py); the pipeline passes
+    each launcher the preset's name and its section spelled out, so a launcher run by hand with
+    --preset=NAME runs what the pipeline runs, and a stage record names every value."""
+    p = configs.get(name)
+    run = str(tmp_path / "run")
+    by = {s.name: s.command for s in plan(Settings(preset=name, run_dir=run, shared_dir=run,
+                                                   dataset="synthetic"))}
+    sections = {"warmup": p.warmup, "grpo": p.grpo, "grpo_no_warmup": p.grpo}
+    if p.pretrain is not None:
+        sections["pretrain"] = p.pretrain
+    for stage, section in sections.items():
+        for field in dataclasses.fields(section):
+            assert flag(by[stage], field.name) == str(getattr(section, field.name)), (stage, field)
+    launchers = [n for n in by if n not in ("dataset", "index", "relevance", "convert")]
+    assert all(flag(by[n], "preset") == name for n in launchers)
+    for n in set(launchers) - {"pretrain"}:  # each renders the prompt
+        assert flag(by[n], "context_k") == str(p.context.k)
+        assert flag(by[n], "context_max_tokens") == str(p.context.max_tokens)
+    for n in ("grpo", "grpo_no_warmup", "evaluate"):
+        assert flag(by[n], "max_new_tokens") == str(p.max_new_tokens)
+    assert flag(by["teacher"], "max_expansions") == str(p.teacher_max_expansions)
+    assert flag(by["evaluate"], "teacher_max_expansions") == str(p.teacher_max_expansions)
+    assert flag(by["evaluate"], "num_queries") == (str(p.eval_queries) if p.eval_queries
+                                                    else None)
+    assert ("--drop_duplicates" in by["evaluate"]) == p.drop_duplicates
+    assert ("convert" in by) == p.init_gguf
+    # Nothing else sets a stage's value: each section flag appears once in its command.
+    for stage, section in sections.items():
+        names = [c.split("=")[0] for c in by[stage]]
+        assert all(names.count(f"--{f.name}") == 1 for f in dataclasses.fields(section))
+
+
+def test_as_flags_and_override_are_inverse(tmp_path):
+    """The pipeline's spelled-out section, parsed by a launcher's generated flags, is the
+    preset's section again."""
+    from absl import flags
+
+    for name in configs.NAMES:
+        for section in (configs.get(name).warmup, configs.get(name).grpo):
+            fv = flags.FlagValues()
+            names = cli.define_flags(type(section), lambda: section, flag_values=fv)
+            fv(["prog", *cli.as_flags(section)])
+            assert cli.override(dataclasses.replace(section, steps=section.steps + 1), names,
+                                fv) == section

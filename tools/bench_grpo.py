@@ -1,9 +1,9 @@
 """Benchmark: one GRPO step by phase (rollout, reward, update), steady state.
 
-    taskset -c 0,1 .venv/bin/python -m tools.bench_grpo --dataset=synthetic --init=runs/demo/warmup/params --relevance=runs/demo/relevance --context_k=5 --context_max_tokens=128
+    taskset -c 0,1 .venv/bin/python -m tools.bench_grpo --preset=demo --dataset=synthetic --init=runs/demo/warmup/params --relevance=runs/demo/relevance
 
 Runs --warmup steps (they compile) and then --steps measured steps of GRPOTrainer.train_step in a
-scratch run directory, with experiments.grpo's preset (B queries x N rollouts, max_new_tokens).
+scratch run directory, with --preset's B queries, max_new_tokens and context (N rollouts).
 Prints seconds by phase (rollout split into prefill and decode), rollouts/s, sampled tokens/s
 and the reward's share of the step. A warmed-up --init gives realistic completion lengths and
 valid answers (the reward phase does nothing for answers that do not parse).
@@ -25,7 +25,6 @@ from absl import flags
 
 from experiments import cli, common
 from leser_jax import checkpoint
-from leser_jax.context import ContextConfig
 from leser_jax.grpo import GRPOConfig
 from leser_jax.grpo_trainer import GRPOLoopConfig, GRPOTrainer, grpo_update
 from leser_jax.optim import OptimConfig, make_optimizer
@@ -34,17 +33,17 @@ from leser_jax.relevance import RelevanceModel
 from leser_jax.reward import RewardConfig, RewardFunction, SearchFeedback
 from tools.timing import timed
 
+common.define_preset_flag()
 common.define_dataset_flags()
+common.define_context_flags()
 flags.DEFINE_string("init", None, "Policy params checkpoint (with tokenizer).", required=True)
 flags.DEFINE_string("relevance", None, "Relevance model folder.", required=True)
 flags.DEFINE_string("index", None, "Index folder (else built in memory).")
-flags.DEFINE_integer("queries_per_step", 8, "Queries per step [B] (the demo preset's).",
+flags.DEFINE_integer("queries_per_step", None, "Queries per step [B] (default: the preset's).",
                      lower_bound=1)
 flags.DEFINE_integer("num_rollouts", 4, "Rollouts per query [N].", lower_bound=2)
-flags.DEFINE_integer("max_new_tokens", 96, "Longest completion (the demo preset's).", lower_bound=1)
-flags.DEFINE_integer("context_k", 5, "Context products (as in the warm-up).", lower_bound=0)
-flags.DEFINE_integer("context_max_tokens", 128, "Context token budget (as in the warm-up).",
-                     lower_bound=0)
+flags.DEFINE_integer("max_new_tokens", None, "Longest completion (default: the preset's).",
+                     lower_bound=1)
 flags.DEFINE_integer("warmup", 2, "Steps run first and not measured (compiles).", lower_bound=0)
 flags.DEFINE_integer("steps", 5, "Measured steps.", lower_bound=1)
 FLAGS = flags.FLAGS
@@ -57,8 +56,11 @@ def main(argv):
     engine = common.open_engine(catalog, FLAGS.index)
     reward_fn = RewardFunction(SearchFeedback(engine, RelevanceModel.load(FLAGS.relevance, engine),
                                               RewardConfig()))
-    config = GRPOConfig(queries_per_step=FLAGS.queries_per_step, num_rollouts=FLAGS.num_rollouts,
-                        max_new_tokens=FLAGS.max_new_tokens)
+    preset = common.preset()
+    config = GRPOConfig(
+        queries_per_step=cli.preset_or(FLAGS.queries_per_step, preset.grpo.queries_per_step),
+        num_rollouts=FLAGS.num_rollouts,
+        max_new_tokens=cli.preset_or(FLAGS.max_new_tokens, preset.max_new_tokens))
     total = FLAGS.warmup + FLAGS.steps
     tx, schedule = make_optimizer(OptimConfig(lr=1e-5, total_steps=total, warmup_steps=0))
     with tempfile.TemporaryDirectory() as run_dir:
@@ -66,7 +68,7 @@ def main(argv):
             run_dir, init_model=model, tokenizer=tokenizer, reward_fn=reward_fn,
             train_queries=catalog.split("train"), dev_queries=[], catalog=catalog,
             grpo_config=config, tx=tx, schedule=schedule,
-            context=ContextConfig(k=FLAGS.context_k, max_tokens=FLAGS.context_max_tokens),
+            context=common.context_config(),
             answer=AnswerFormat(), loop=GRPOLoopConfig(total_steps=total, samples_every=0),
             configs={})
         records = []
