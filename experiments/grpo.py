@@ -13,10 +13,11 @@ penalty towards the --init model, which stays frozen as the reference (leser_jax
 (tools/convert_hf_llama.py, tools/convert_gguf_llama.py). --few_shot=K shows K worked examples
 (teacher answers to train queries, from --teacher_file or written at start) before every prompt:
 GRPO without warm-up from an instruction-tuned model, which then parses some answers before any
-fine-tuning; the run records them, and evaluation shows them again. The context flags must be those the warm-up used: the policy was
-taught to read that prompt. --lora_rank=R trains LoRA adapters on the frozen --init model
-instead of all its weights (the reference is then that same base, adapters off: one copy of the
-weights, for LLaMA 3.2 3B on one accelerator; tools/memory_plan.py).
+fine-tuning; the run records them, and evaluation shows them again. The context flags must be
+those the warm-up used (the preset's): the policy was taught to read that prompt. --lora_rank=R
+trains LoRA adapters on the frozen --init model instead of all its weights (the reference is then
+that same base, adapters off: one copy of the weights, for LLaMA 3.2 3B on one accelerator;
+tools/memory_plan.py).
 
 Writes into --run_dir: metrics.jsonl and tb/ (one record per step: reward and its parts, format
 validity and rejection reasons, KL, clip fraction, entropy, completion length, seconds by phase;

@@ -36,8 +36,10 @@ wall time.
 Every value comes from the preset, experiments/configs/NAME.py: each launcher gets --preset=NAME
 and its section of the preset spelled out (so its record names every value), and the prompt's
 context (k, token budget), the teacher's answer length and the longest answer go to every stage
-that renders a prompt: the teacher, warm-up, GRPO and evaluation see the same prompt. Ablations of issue 9, one command each
-(--shared_dir reuses the main run's dataset, index, relevance model and pretraining):
+that renders a prompt: the teacher, warm-up, GRPO and evaluation see the same prompt.
+
+Ablations of issue 9, one command each (--shared_dir reuses the main run's dataset, index,
+relevance model and pretraining):
 
     --reward_lambda=0|0.1|0.5|1   the coverage weight [lambda] of the teacher's and GRPO's reward
     --reward_version=1|2          the reward's formulas (version 1 reproduces the earlier runs)
@@ -90,8 +92,8 @@ from leser_jax.reward import SIZE_MODES, RewardConfig
 common.define_dataset_flags()
 flags.DEFINE_enum("preset", "demo", list(configs.NAMES),
                   "Every stage's settings: experiments/configs/NAME.py (demo: synthetic catalog, "
-                  "minutes on a laptop; cpu: Home Depot, about an hour; smol: SmolLM2-135M-Instruct "
-                  "on Home Depot, about 2 hours; tiny: the tests').")
+                  "minutes on a laptop; cpu: Home Depot, about an hour; smol: "
+                  "SmolLM2-135M-Instruct on Home Depot, about 2 hours; tiny: the tests').")
 flags.DEFINE_string("run_dir", None, "Where every stage writes its output.", required=True)
 flags.DEFINE_string("shared_dir", None, "Where the dataset, index, relevance model and "
                     "pretraining go (default: --run_dir); point ablation runs at the main run.")
@@ -358,7 +360,8 @@ def plan(s: Settings) -> list[Stage]:
             format_stages.append(stage(f"format_{shots}_shot", (
                 "experiments.measure_format", *preset, *dataset, f"--init={base}",
                 f"--index={index}", *context, "--split=dev", "--num_queries=64", max_new_tokens,
-                f"--examples={shots}", *(examples or (f"--relevance={relevance}",) if shots else ()),
+                f"--examples={shots}",
+                *(examples or (f"--relevance={relevance}",) if shots else ()),
                 *teacher_max, f"--out={out}"), out))
         zero_shot = (f"--zero_shot=zero_shot={base}", f"--zero_shot_examples={few_shot}",
                      *(examples if few_shot else ()))

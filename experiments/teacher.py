@@ -41,7 +41,8 @@ flags.DEFINE_integer("num_examples", 10_000, "Most examples (the paper's ~10,000
 flags.DEFINE_integer("seed", 0, "Order in which train queries are taken.", lower_bound=0)
 flags.DEFINE_integer("max_candidates", TeacherConfig().max_candidates, "Candidates per query.",
                      lower_bound=1)
-flags.DEFINE_integer("max_expansions", None, "Most expansions per answer (default: the preset's, else m_max).",
+flags.DEFINE_integer("max_expansions", None, "Most expansions per answer (default: the "
+                     "preset's, else m_max).",
                      lower_bound=1)
 flags.DEFINE_integer("show", 3, "Examples printed at the end.", lower_bound=0)
 FLAGS = flags.FLAGS

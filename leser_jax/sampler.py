@@ -223,15 +223,38 @@ class Samples:
     lengths: jax.Array  # [B] int32: mask.sum(axis=1)
 
 
-def _record(state: SamplerState, logits: jax.Array, temperature, stop_ids, *, top_k: int,
-            top_p: float, pad_id: int) -> SamplerState:
+@dataclasses.dataclass(frozen=True)
+class _Static:
+    """Everything the jitted programs are specialised on, as one hashable value (the jit's cache
+    key): a SamplingConfig's shape-giving fields, the rows per prompt, the pad id and where the
+    rows live. The temperature is not in it: it is traced, so a new one does not recompile."""
+
+    max_new_tokens: int
+    prefill_chunk: int
+    top_k: int
+    top_p: float
+    pad_id: int
+    num_rollouts: int = 1
+    row_sharding: jax.sharding.NamedSharding | None = None
+
+    @classmethod
+    def of(cls, config: SamplingConfig, *, pad_id: int, num_rollouts: int = 1,
+           row_sharding: jax.sharding.NamedSharding | None = None) -> _Static:
+        return cls(max_new_tokens=config.max_new_tokens, prefill_chunk=config.prefill_chunk,
+                   top_k=config.top_k, top_p=float(config.top_p), pad_id=int(pad_id),
+                   num_rollouts=int(num_rollouts), row_sharding=row_sharding)
+
+
+def _record(state: SamplerState, logits: jax.Array, temperature, stop_ids,
+            static: _Static) -> SamplerState:
     """Samples column `state.step` from logits [B, V] and writes it for the rows still running."""
     with jax.named_scope("sample"):
         key = jax.random.fold_in(state.key, state.step)
-        token = sample_tokens(logits, key, temperature, top_k=top_k, top_p=top_p)  # [B]
+        token = sample_tokens(logits, key, temperature, top_k=static.top_k,
+                              top_p=static.top_p)  # [B]
         logprob = token_logprobs(logits, token, temperature)  # [B]
         live = ~state.done  # [B]
-        token = jnp.where(live, token, pad_id)
+        token = jnp.where(live, token, static.pad_id)
         logprob = jnp.where(live, logprob, 0.0)
         stopped = jnp.any(token[:, None] == stop_ids[None, :], axis=-1)  # [B]; -1 never matches
         column = (0, state.step)
@@ -261,25 +284,21 @@ def _shard_rows(state: SamplerState,
     return state.replace(cache=state.cache.replace(prefix=prefix))
 
 
-_DECODE_STATIC = ("top_k", "top_p", "pad_id", "row_sharding")
-_STATIC = ("max_new_tokens", "num_rollouts", "prefill_chunk") + _DECODE_STATIC  # prefill's
-
-
-@functools.partial(jax.jit, static_argnums=0, static_argnames=_STATIC)
-def _prefill(graphdef, params, prompt_tokens, prompt_mask, key, temperature, stop_ids, *,
-             max_new_tokens: int, num_rollouts: int, prefill_chunk: int, top_k: int,
-             top_p: float, pad_id: int,
-             row_sharding: jax.sharding.NamedSharding | None = None) -> SamplerState:
-    """Prefill prompts [Q, P], fork each into its N = num_rollouts rows (B = Q * N, row b
+@functools.partial(jax.jit, static_argnums=(0, 7))
+def _prefill(graphdef, params, prompt_tokens, prompt_mask, key, temperature, stop_ids,
+             static: _Static) -> SamplerState:
+    """Prefill prompts [Q, P], fork each into its N = static.num_rollouts rows (B = Q * N, row b
     continues prompt b // N), and sample column 0.
 
     Rollouts of one prompt share its prefill: the prompt runs once, its keys and values become
     the shared prefix of its N rows (`model.fork_cache`) and its last logits are repeated for
     them. The cache is made here, inside the jit (an XLA allocation, nothing to transfer or
-    donate). row_sharding: where the B sampled rows live on a mesh (sharding.row_sharding;
-    None = one device); the parameters keep the sharding they arrive with.
+    donate). static.row_sharding: where the B sampled rows live on a mesh
+    (sharding.row_sharding; None = one device); the parameters keep the sharding they arrive with.
     """
     model = nnx.merge(graphdef, params)
+    max_new_tokens, num_rollouts, pad_id = (static.max_new_tokens, static.num_rollouts,
+                                            static.pad_id)
     Q, P = prompt_tokens.shape
     B = Q * num_rollouts
     if P + max_new_tokens > model.config.max_seq_len:
@@ -290,7 +309,7 @@ def _prefill(graphdef, params, prompt_tokens, prompt_mask, key, temperature, sto
         # T_new empty slots a decode needs (T_new / (P + T_new) of the attention's work),
         # chunk by chunk (SamplingConfig.prefill_chunk): the chunk ending at slot e reads e.
         cache = init_cache(model.config, Q, P)
-        chunk = prefill_chunk or P
+        chunk = static.prefill_chunk or P
         for start in range(0, P, chunk):
             end = min(start + chunk, P)
             logits, cache = model.prefill(prompt_tokens[:, start:end], prompt_mask[:, start:end],
@@ -306,16 +325,14 @@ def _prefill(graphdef, params, prompt_tokens, prompt_mask, key, temperature, sto
             lengths=jnp.zeros((B,), jnp.int32),  # [B]
             step=jnp.zeros((), jnp.int32),  # []
             key=key)
-        state = _record(state, logits, temperature, stop_ids, top_k=top_k, top_p=top_p,
-                        pad_id=pad_id)
-        return _shard_rows(state, row_sharding)
+        state = _record(state, logits, temperature, stop_ids, static)
+        return _shard_rows(state, static.row_sharding)
 
 
 # The state (KV cache included) is replaced by the loop: donating it lets XLA update it in place.
-@functools.partial(jax.jit, static_argnums=0, static_argnames=_DECODE_STATIC, donate_argnums=2)
-def _decode(graphdef, params, state: SamplerState, temperature, stop_ids, *, top_k: int,
-            top_p: float, pad_id: int,
-            row_sharding: jax.sharding.NamedSharding | None = None) -> SamplerState:
+@functools.partial(jax.jit, static_argnums=(0, 5), donate_argnums=2)
+def _decode(graphdef, params, state: SamplerState, temperature, stop_ids,
+            static: _Static) -> SamplerState:
     """Decodes columns state.step .. T_new - 1 in one while_loop; stops when all rows are done."""
     model = nnx.merge(graphdef, params)
     max_new_tokens = state.tokens.shape[1]
@@ -327,9 +344,8 @@ def _decode(graphdef, params, state: SamplerState, temperature, stop_ids, *, top
         last = jax.lax.dynamic_index_in_dim(s.tokens, s.step - 1, axis=1, keepdims=False)  # [B]
         with jax.named_scope("decode_step"):
             logits, cache = model.decode_step(last, s.cache)  # [B, V]
-        s = _record(s.replace(cache=cache), logits, temperature, stop_ids, top_k=top_k,
-                    top_p=top_p, pad_id=pad_id)
-        return _shard_rows(s, row_sharding)  # the loop carry keeps the rows where they are
+        s = _record(s.replace(cache=cache), logits, temperature, stop_ids, static)
+        return _shard_rows(s, static.row_sharding)  # the loop carry keeps the rows in place
 
     with jax.named_scope("decode"):
         return jax.lax.while_loop(running, step, state)
@@ -349,19 +365,18 @@ def prefill(graphdef, params, prompt_tokens, prompt_mask, key, config: SamplingC
     return _prefill(graphdef, params, jnp.asarray(prompt_tokens, jnp.int32),
                     jnp.asarray(prompt_mask, jnp.bool_), key,
                     jnp.asarray(config.temperature, jnp.float32), _stop_array(stop_ids),
-                    max_new_tokens=config.max_new_tokens, num_rollouts=int(num_rollouts),
-                    prefill_chunk=config.prefill_chunk, top_k=config.top_k,
-                    top_p=float(config.top_p), pad_id=int(pad_id),
-                    row_sharding=row_sharding)
+                    _Static.of(config, pad_id=pad_id, num_rollouts=num_rollouts,
+                               row_sharding=row_sharding))
 
 
 def decode(graphdef, params, state: SamplerState, config: SamplingConfig, *,
            stop_ids: jax.Array | Sequence[int], pad_id: int,
            row_sharding: jax.sharding.NamedSharding | None = None) -> SamplerState:
     """The second half of `generate`: the decode loop. `state` is donated (do not reuse it)."""
+    # The decode is specialised on the rows' count through the state's shapes, not num_rollouts.
     return _decode(graphdef, params, state, jnp.asarray(config.temperature, jnp.float32),
-                   _stop_array(stop_ids), top_k=config.top_k, top_p=float(config.top_p),
-                   pad_id=int(pad_id), row_sharding=row_sharding)
+                   _stop_array(stop_ids), _Static.of(config, pad_id=pad_id,
+                                                     row_sharding=row_sharding))
 
 
 def finish(state: SamplerState) -> Samples:
