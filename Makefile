@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 RUN_DIR ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test test-fast clean
 
 setup: $(VENV)/.installed
 
@@ -22,6 +22,10 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q tests $(PYTEST_ARGS)
+
+# Daily work: the suite without the tests marked slow (tests/conftest.py); `make test` runs all.
+test-fast: setup
+	$(BIN)/python -m pytest -q tests -m "not slow" $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .hypothesis

@@ -15,6 +15,13 @@ DATA_DIR = os.environ.get("LESER_DATA_DIR", os.path.join(REPO, "..", "shared", "
 HOMEDEPOT = "homedepot-search-relevance"
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "slow: a test of ~5 s or more, or one that loads SmolLM2, runs a launcher in "
+        "a subprocess or compares against transformers; `make test-fast` (-m \"not slow\") "
+        "skips them, `make test` runs them")
+
+
 def dataset_path(name: str) -> str:
     """The folder of shared dataset `name`; skips (or fails under LESER_REQUIRE_DATA) if absent."""
     path = os.path.join(DATA_DIR, name)

@@ -196,6 +196,7 @@ def test_few_shot_turns_are_seeded_teacher_answers(tiny_world):
             == sft.few_shot_turns(2, queries, engine, CONTEXT, examples=written, seed=0))
 
 
+@pytest.mark.slow
 def test_zero_shot_system_answers_every_query(tiny_world):
     catalog, engine, init = tiny_world
     model, _, tokenizer = load_policy(init)
@@ -255,6 +256,7 @@ def smollm2_world():
     return engine, examples
 
 
+@pytest.mark.slow
 def test_smollm2_reads_the_prompt_as_transformers_templates_it(smollm2_world):
     """The real SmolLM2 tokenizer: our ids == transformers' apply_chat_template (its Jinja
     template, its tokenizer) of the same conversation, one bos."""

@@ -151,6 +151,7 @@ def tiny(tmp_path_factory):
     return catalog, engine, run
 
 
+@pytest.mark.slow
 def test_every_system_side_by_side_on_a_tiny_catalog(tiny, tmp_path):
     catalog, engine, run = tiny
     relevance = CategoryRelevance(catalog)
@@ -192,6 +193,7 @@ def test_every_system_side_by_side_on_a_tiny_catalog(tiny, tmp_path):
         assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_dedup_twin_parses_the_same_completions_leniently(tiny):
     """NAME+dedup re-parses the completions its policy wrote for the same queries (sampled at
     T > 0, so a second sampling would differ): the same texts, duplicates dropped."""

@@ -9,7 +9,12 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from leser_jax import checkpoint
+
+# Both run the pretraining launcher in a subprocess (~15 s each): `make test-fast` skips them.
+pytestmark = pytest.mark.slow
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL_CATALOG = ("--synthetic_products=600", "--synthetic_queries=150")

@@ -61,6 +61,7 @@ PROMPT = "<|im_start|>user\nExpand: 3/4 in. oak plywood<|im_end|>\n<|im_start|>a
 
 # ----------------------------------------------------------------------------- the real file
 
+@pytest.mark.slow
 def test_config_from_metadata(smollm2):
     file, model, config, _ = smollm2
     assert file.metadata["general.architecture"] == "llama"
@@ -77,6 +78,7 @@ def test_config_from_metadata(smollm2):
     assert kinds == {"Q4_1": 210, "F32": 61, "Q8_0": 1}  # 7 projections x 30; 2 norms x 30 + 1
 
 
+@pytest.mark.slow
 def test_logits_equal_transformers(smollm2, hf):
     import torch
 
@@ -111,6 +113,7 @@ STRINGS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("text", STRINGS)
 def test_token_ids_equal_transformers(smollm2, hf, text):
     tokenizer = smollm2[3]
@@ -119,6 +122,7 @@ def test_token_ids_equal_transformers(smollm2, hf, text):
     assert tokenizer._decode(want) == text
 
 
+@pytest.mark.slow
 def test_non_ascii_numerals_split_like_llama_cpp(smollm2):
     """llama.cpp's "smollm" splitting puts every numeric character alone, so " ①" is " " then
     "①"; transformers (which ignores "smollm") keeps " ①" together and merges differently."""
@@ -128,6 +132,7 @@ def test_non_ascii_numerals_split_like_llama_cpp(smollm2):
                                                       + tokenizer.encode(numeral))
 
 
+@pytest.mark.slow
 def test_special_tokens_and_chat_markers(smollm2, tmp_path):
     tokenizer = smollm2[3]
     assert (tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id) == (1, 2, 2)
@@ -147,6 +152,7 @@ def test_special_tokens_and_chat_markers(smollm2, tmp_path):
     assert loaded.encode(STRINGS[2]) == tokenizer.encode(STRINGS[2])
 
 
+@pytest.mark.slow
 def test_greedy_sampler_equals_stepwise_argmax(smollm2):
     _, model, config, tokenizer = smollm2
     prompt = tokenizer.encode(PROMPT)
@@ -319,6 +325,7 @@ def test_unsupported_quant_type_is_a_clear_error(tmp_path):
         load_gguf_llama(tmp_path / "q4_0.gguf")
 
 
+@pytest.mark.slow
 def test_convert_tool_writes_an_init(tmp_path):
     """python -m tools.convert_gguf_llama: a params checkpoint with the tokenizer beside it,
     which `checkpoint.load_init` (what --init=DIR runs) reads back whole."""

@@ -116,6 +116,7 @@ def test_bad_options_fail():
         grpo_loss(LOGP, OLD, REF, ADV, MASK, kl_estimator="k2")
 
 
+@pytest.mark.slow
 def test_completion_logprobs_equal_the_samplers():
     """The loss recomputes exactly what the sampler recorded: ratio = 1 before any update."""
     from flax import nnx
@@ -140,6 +141,7 @@ def test_completion_logprobs_equal_the_samplers():
                  rtol=FORWARD_RTOL)
 
 
+@pytest.mark.slow
 def test_group_shared_prompts_give_the_per_rollout_forward_and_the_samplers_logprobs():
     """Rollouts of a group share their prompt's prefill, in the sampler and in the loss; both
     must equal running [prompt, completion] for every rollout on its own."""

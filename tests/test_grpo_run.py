@@ -126,11 +126,14 @@ class Setup:
         return float(np.mean([b.reward for b in rewards]))
 
 
+# Setup() fits the relevance model and fine-tunes a tiny policy (~40 s on 2 busy cores): every test
+# that uses it is marked slow, the quick ones too, so that `make test-fast` never builds it.
 @pytest.fixture(scope="module")
 def setup():
     return Setup()
 
 
+@pytest.mark.slow
 def test_grpo_raises_mean_reward_by_more_than_the_spread_across_seeds(setup, tmp_path):
     before = setup.mean_reward(*nnx.split(setup.model))
     after = []
@@ -152,6 +155,7 @@ def test_grpo_raises_mean_reward_by_more_than_the_spread_across_seeds(setup, tmp
     assert gains.mean() > spread, (before, after)
 
 
+@pytest.mark.slow
 def test_killed_and_resumed_grpo_run_equals_the_uninterrupted_run(setup, tmp_path):
     straight = setup.trainer(tmp_path / "straight", seed=5, steps=2, checkpoint_every=1)
     straight.run()
@@ -182,6 +186,7 @@ class ConstantReward:
         return [_breakdown(0.0, "bad_json") for _ in completions]
 
 
+@pytest.mark.slow
 def test_a_step_without_signal_makes_no_update(setup, tmp_path):
     trainer = setup.trainer(tmp_path / "flat", seed=1, steps=2)
     trainer.reward_fn = ConstantReward(trainer.reward_fn)
@@ -199,6 +204,7 @@ def test_a_step_without_signal_makes_no_update(setup, tmp_path):
 LONG_QUERY = Query(query_id="long", text="ergonomic office chair with lumbar support " * 120)
 
 
+@pytest.mark.slow
 def test_a_long_query_is_cut_in_its_prompt_instead_of_stopping_the_run(setup, tmp_path):
     """A 5,160-character train query used to stop GRPO at the step that drew it (its prompt
     does not fit the window), at that step again on every resume."""
@@ -210,6 +216,7 @@ def test_a_long_query_is_cut_in_its_prompt_instead_of_stopping_the_run(setup, tm
     assert f"<query>{shown}</query>" in trainer.prompt(LONG_QUERY.text)
 
 
+@pytest.mark.slow
 def test_a_prompt_that_cannot_fit_stops_the_run_before_its_first_step(setup, tmp_path):
     uncut = dataclasses.replace(CONTEXT, max_query_chars=len(LONG_QUERY.text))
     trainer = setup.trainer(tmp_path, seed=0, steps=2, context=uncut,
@@ -222,6 +229,7 @@ def test_a_prompt_that_cannot_fit_stops_the_run_before_its_first_step(setup, tmp
     assert checkpoint.list_checkpoints(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_worked_examples_come_before_every_rollout_prompt(setup, tmp_path):
     """Few-shot GRPO: the examples are in what the policy samples from and what the update
     scores (the batch's prompt rows), and in the length check of every prompt."""
@@ -242,6 +250,7 @@ def test_worked_examples_come_before_every_rollout_prompt(setup, tmp_path):
         trainer.check_prompts()
 
 
+@pytest.mark.slow
 def test_best_dev_checkpoint_moves_only_when_the_dev_reward_improves(setup, tmp_path):
     trainer = setup.trainer(tmp_path, seed=0, steps=1)
     for step, value in ((4, 0.5), (8, 0.4), (12, 0.6), (16, 0.6)):
@@ -263,6 +272,7 @@ class NaNReward:
         return [dataclasses.replace(out[0], reward=float("nan")), *out[1:]]
 
 
+@pytest.mark.slow
 def test_nonfinite_rewards_or_policy_stop_grpo_before_its_checkpoint(setup, tmp_path):
     trainer = setup.trainer(tmp_path / "reward", seed=0, steps=2, checkpoint_every=1)
     trainer.reward_fn = NaNReward(trainer.reward_fn)
@@ -278,6 +288,7 @@ def test_nonfinite_rewards_or_policy_stop_grpo_before_its_checkpoint(setup, tmp_
         trainer.run()
 
 
+@pytest.mark.slow
 def test_a_run_dir_saved_with_other_settings_is_refused(setup, tmp_path):
     trainer = setup.trainer(tmp_path, seed=0, steps=1, configs={"reward": {"lam": 0.1}})
     checkpoint.save_checkpoint(tmp_path, trainer.state, step=1, configs=trainer.configs)
@@ -300,6 +311,7 @@ def _rollout_batch(Q=4, N=2, P=6, T=5, V=64, seed=0):
                              advantages=rng.normal(0, 1, R).astype(np.float32))
 
 
+@pytest.mark.slow
 def test_micro_batched_update_equals_the_full_batch_update():
     config = ModelConfig.tiny().replace(vocab_size=64, num_layers=1)
     batch = _rollout_batch()
@@ -374,6 +386,7 @@ def _step_records(run_dir) -> list[dict]:
     return [r for r in records if "text" not in r]
 
 
+@pytest.mark.slow
 def test_launcher_on_an_8_device_mesh_matches_one_device(setup, tmp_path):
     """The same launcher on 8 simulated CPU devices (--mesh_data=2 --mesh_fsdp=4: FSDP params,
     rollout rows split) samples the same rollouts and makes the same updates as on one."""
@@ -400,6 +413,7 @@ def test_launcher_on_an_8_device_mesh_matches_one_device(setup, tmp_path):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-4)
 
 
+@pytest.mark.slow
 def test_launcher_trains_and_writes_params(setup, tmp_path):
     """experiments.grpo end to end in a subprocess (resuming is tested in-process above), with
     one worked example before every prompt (--few_shot: the teacher answers a train query)."""
@@ -433,6 +447,7 @@ def test_launcher_trains_and_writes_params(setup, tmp_path):
     assert config == setup.model.config and tokenizer.vocab_size == setup.tokenizer.vocab_size
 
 
+@pytest.mark.slow
 def test_launcher_trains_lora_adapters_with_remat(setup, tmp_path):
     """--lora_rank with --remat: the rematerialised blocks sample (the sampler runs them plain)
     and differentiate the adapters past the frozen base (both once failed: tests/test_remat.py);

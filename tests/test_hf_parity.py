@@ -78,6 +78,7 @@ def _tokens(B=2, T=48, seed=0):
 
 
 @pytest.mark.parametrize("tie", [True, False])
+@pytest.mark.slow
 def test_parity_with_transformers(tmp_path, tie):
     hf = _hf_model(tie=tie)
     hf.save_pretrained(tmp_path)
@@ -101,6 +102,7 @@ def test_parity_with_transformers(tmp_path, tie):
     assert np.abs(forward(unscaled, tokens) - want).max() > 0.1 * np.abs(want).max()
 
 
+@pytest.mark.slow
 def test_parity_sharded_checkpoint_and_legacy_config(tmp_path):
     hf = _hf_model(tie=False, seed=1)
     hf.save_pretrained(tmp_path, max_shard_size="60KB")
@@ -121,6 +123,7 @@ def test_parity_sharded_checkpoint_and_legacy_config(tmp_path):
     assert_close(forward(model, tokens), _hf_logits(hf, tokens), rtol=FORWARD_RTOL)
 
 
+@pytest.mark.slow
 def test_bf16_checkpoint_loads_exactly(tmp_path):
     """safetensors.numpy cannot read BF16; our reader must, bit for bit."""
     torch, _ = _require_torch()

@@ -63,6 +63,7 @@ def _lora_model(seed=0, config=CONFIG) -> Llama:
 TOKENS = np.random.default_rng(0).integers(1, CONFIG.vocab_size, (2, 9)).astype(np.int32)
 
 
+@pytest.mark.slow
 def test_fresh_adapters_compute_exactly_what_the_base_does():
     base = tiny_model()
     expected = np.asarray(forward(base, TOKENS))
@@ -106,6 +107,7 @@ def _merged_reference(model: Llama) -> Llama:
     return nnx.merge(graphdef, state)
 
 
+@pytest.mark.slow
 def test_adapted_forward_equals_the_merged_kernels_and_cached_decode():
     model = _random_b(_lora_model())
     adapted = np.asarray(forward(model, TOKENS))
@@ -136,6 +138,7 @@ def _buffers(params) -> list[int]:
     return [x.unsafe_buffer_pointer() for x in jax.tree.leaves(params)]
 
 
+@pytest.mark.slow
 def test_only_the_adapters_train_and_the_frozen_base_stays_in_place():
     model = _lora_model()
     base_before = jax.tree.map(lambda x: np.array(x), nnx.state(model, nnx.Param))
@@ -162,6 +165,7 @@ def test_only_the_adapters_train_and_the_frozen_base_stays_in_place():
     assert all(moved)  # every A and B moved (A from the second step: B = 0 at the first)
 
 
+@pytest.mark.slow
 def test_grpo_reference_with_adapters_off_is_the_base_model():
     config = CONFIG.replace(vocab_size=64)
     batch = _rollout_batch(V=64)
@@ -209,6 +213,7 @@ def _sft_run(run_dir, rows, *, crash_at=None, compiled=None):
                       configs={}, compiled=compiled)
 
 
+@pytest.mark.slow
 def test_killed_and_resumed_lora_run_equals_the_uninterrupted_run(tmp_path):
     rows = np.random.default_rng(0).integers(4, CONFIG.vocab_size, (10, 17)).astype(np.int32)
     compiled = {}
@@ -264,6 +269,7 @@ def _grpo_optimizer():  # one object: the trainers share one compiled update
     return make_optimizer(OptimConfig(lr=1e-2, total_steps=2, warmup_steps=0, weight_decay=0.0))
 
 
+@pytest.mark.slow
 def test_killed_and_resumed_lora_grpo_run_equals_the_uninterrupted_run(grpo_setup, tmp_path):
     straight = _grpo_trainer(grpo_setup, tmp_path / "straight")
     assert straight.ref_params is None  # the reference is the train state's own base
@@ -295,6 +301,7 @@ def sharded_report():
     return run_on_8_devices(__file__)
 
 
+@pytest.mark.slow
 def test_sharded_lora_grpo_update_equals_the_single_device_update(sharded_report):
     r = sharded_report
     assert r["devices"] == 8

@@ -83,6 +83,7 @@ def test_plan_table_and_shape_checks():
         RunShape(queries=6, micro_batches=4)
 
 
+@pytest.mark.slow
 def test_xla_check_compiles_the_update():
     tiny = ModelConfig.tiny().replace(vocab_size=64, num_layers=1)
     xla = xla_update_bytes(tiny, RunShape(queries=2, rollouts=2, prompt_len=8, new_tokens=4,

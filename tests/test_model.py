@@ -79,6 +79,7 @@ def test_cached_decode_matches_full_forward(tiny):
     assert int(cache.index) == 12 and cache.pos.tolist() == [12, 12]
 
 
+@pytest.mark.slow
 def test_left_padded_rows_match_unpadded_rows(tiny):
     """Row 0 has 4 left pads, row 1 none; each row's real-token logits == that row run alone,
     through the full forward, through prefill, and through the decode steps that follow it."""
@@ -124,6 +125,7 @@ def test_prefill_last_only_and_cache_is_a_pytree(tiny):
     assert_close(last, full[:, -1], rtol=FORWARD_RTOL)
 
 
+@pytest.mark.slow
 def test_forked_cache_equals_each_row_alone_forward_and_gradient(tiny):
     """fork_cache: N rows sharing a prompt's keys give, for every row, the logits of running
     [prompt, row] on its own, through prefill of right-padded continuations and a decode step
@@ -224,6 +226,7 @@ def test_flops_per_token_golden():
     assert flops_per_token(config, 10) == 3 * (2 * 131072 + 5120)
 
 
+@pytest.mark.slow
 def test_bf16_params_give_float32_logits(tiny):
     config, model = tiny
     bf16 = config.replace(dtype="bfloat16", param_dtype="bfloat16")

@@ -267,6 +267,7 @@ BF16 = ModelConfig.tiny().replace(num_layers=1, vocab_size=128, ffn_dim=64,
                                   param_dtype="bfloat16", dtype="bfloat16")
 
 
+@pytest.mark.slow
 def test_bf16_llama_train_steps_checkpoint_and_resume(tmp_path):
     """End to end through train.make_train_step: bf16 params stay the rounded float32 master
     after every step, and the state restores (into its own types) and continues bitwise."""

@@ -293,6 +293,7 @@ def test_saved_tables_round_trip_and_refuse_another_catalog(synthetic, tmp_path)
 # What they are for
 # ---------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_associations_tell_exact_from_substitute_on_problem_queries():
     """"chair for a sore lower back": exact products have lumbar support, substitutes are chairs
     without it; no word of the query names it, only the train judgments link the two. Held-out

@@ -13,6 +13,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from leser_jax import grpo, sampler
@@ -70,6 +71,7 @@ def _loss_and_grads(remat: bool, loss_fn, batch):
     return float(loss), grads, jaxpr
 
 
+@pytest.mark.slow
 def test_remat_changes_no_loss_and_no_gradient():
     # One objective through both entry points, so each graph compiles once: the uncached
     # forward (warm-up's loss) and the GRPO loss, which prefills each group's prompt into a
@@ -97,6 +99,7 @@ def _graphdefs(config):
                  for r in (False, True))
 
 
+@pytest.mark.slow
 def test_a_remat_model_samples_like_the_plain_one():
     # The sampler never differentiates, so it runs the plain blocks (a remat block inside the
     # decode while_loop once failed with a trace-level error).
@@ -109,6 +112,7 @@ def test_a_remat_model_samples_like_the_plain_one():
     assert_close(out[1].logprobs, out[0].logprobs, rtol=FORWARD_RTOL)
 
 
+@pytest.mark.slow
 def test_remat_with_lora_gives_the_adapters_the_same_gradient():
     # The trained adapters and the frozen base enter the gradient apart (train.trainable_split),
     # which nnx.remat could not handle; the blocks are now checkpointed as pure functions.

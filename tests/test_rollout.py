@@ -87,6 +87,7 @@ def _rollouts(split, tokenizer, prompts=PROMPTS, step=0, **kwargs):
     return generate_rollouts(*split, tokenizer, prompts, **kwargs)
 
 
+@pytest.mark.slow
 def test_generate_rollouts_layout_keys_and_texts(split, tokenizer):
     out = _rollouts(split, tokenizer)  # 6 rows padded to 8, then cut
     R = 3 * 2
@@ -125,6 +126,7 @@ def test_texts_end_at_the_stop_token(split, tokenizer):
     assert (stopped.completion_tokens[0, 1:] == tokenizer.pad_id).all()
 
 
+@pytest.mark.slow
 def test_steps_with_other_prompts_in_one_bucket_compile_once(split, tokenizer):
     words = "drill paint chair lamp rug sofa desk shelf hose rake".split()
     _rollouts(split, tokenizer, prompt_buckets=(64,))

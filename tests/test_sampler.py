@@ -66,6 +66,7 @@ def _sample(split, rows, P=16, key=0, stop=NEVER, **config):
 # Every test samples 4 rows of a 16-token bucket (one compiled program per static setting), which
 # keeps the file at a few compiles; rows of different lengths exercise the left padding.
 
+@pytest.mark.slow
 def test_greedy_equals_stepwise_argmax_of_uncached_forward(split):
     rows = _rows([5, 11, 1, 16])
     out = _sample(split, rows, temperature=0.0)
@@ -109,6 +110,7 @@ def test_token_logprobs_golden():
     np.testing.assert_allclose(token_logprobs(logits, tokens, 0.5), [np.log(9 / 10)], rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_top_k_1_and_tiny_top_p_equal_greedy(split):
     rows = _rows([4, 12, 2, 7], seed=2)
     greedy = _sample(split, rows, temperature=0.0)
@@ -169,6 +171,7 @@ def test_all_rows_stopped_exits_loop_early(split):
     assert bool(state.done.all()) and int(state.step) <= 2 < 8  # did not run 8 steps
 
 
+@pytest.mark.slow
 def test_row_alone_equals_row_in_batch(split):
     """Rows that stop early, and rows of other lengths, do not change a row's greedy output."""
     rows = _rows([3, 8, 13, 16], seed=6)
@@ -182,6 +185,7 @@ def test_row_alone_equals_row_in_batch(split):
     assert batch.lengths[0] == 2 and batch.lengths[1] > 2
 
 
+@pytest.mark.slow
 def test_one_compile_per_bucket(split):
     """Ten calls with other prompts, lengths, keys, temperatures and stop ids: no recompile."""
     _sample(split, _rows([5, 5, 5, 5]), temperature=0.9)
@@ -238,6 +242,7 @@ def test_prompt_plus_new_tokens_beyond_max_seq_len_is_refused(split):
         _sample(split, _rows([5]), max_new_tokens=CONFIG.max_seq_len - 15)
 
 
+@pytest.mark.slow
 def test_chunked_prefill_equals_whole_prompt_prefill(split):
     # P = 16 in chunks of 5: 5, 5, 5, 1 tokens; the 3-token row's first chunks are all padding.
     rows = _rows([3, 9, 16, 12], seed=3)

@@ -76,6 +76,7 @@ def report():
     return run_on_8_devices(__file__)
 
 
+@pytest.mark.slow
 def test_sharded_grpo_update_equals_the_single_device_update(report):
     r = report["update"]
     assert r["devices"] == 8
@@ -93,6 +94,7 @@ def test_sharded_grpo_update_equals_the_single_device_update(report):
     assert r["ref_logp_rel_diff"] <= FORWARD_RTOL  # the frozen reference's forward, sharded
 
 
+@pytest.mark.slow
 def test_sharded_sampling_equals_unsharded_sampling(report):
     # Parameters split over fsdp=4, the 8 sampled rows over data x fsdp: each device decodes
     # one row with all-gathered weights.
