@@ -111,9 +111,10 @@ def define_context_flags() -> None:
 
 
 def context_config() -> ContextConfig:
-    return dataclasses.replace(
-        preset().context, k=cli.preset_or(FLAGS.context_k, preset().context.k),
-        max_tokens=cli.preset_or(FLAGS.context_max_tokens, preset().context.max_tokens))
+    context = preset().context
+    return dataclasses.replace(context, k=cli.preset_or(FLAGS.context_k, context.k),
+                               max_tokens=cli.preset_or(FLAGS.context_max_tokens,
+                                                        context.max_tokens))
 
 
 def define_reward_flags() -> None:
