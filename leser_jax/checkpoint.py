@@ -351,17 +351,42 @@ def load_params(path: str | os.PathLike) -> tuple[Llama, ModelConfig]:
     return nnx.merge(graphdef, state), config
 
 
+def init_dir(path: str | os.PathLike) -> Path:
+    """The params checkpoint that `--init=DIR` names: DIR, or DIR/params for a run directory."""
+    path = Path(path)
+    if not (path / _CONFIG_FILE).exists() and (path / _PARAMS_DIR / _CONFIG_FILE).exists():
+        return path / _PARAMS_DIR
+    return path
+
+
+def params_digest(path: str | os.PathLike) -> str:
+    """A SHA-256 that names what `load_init(path)` loads (weights, config, tokenizer): over the
+    SHA-256 of every file that its COMPLETE.json records (no weight is read again), or, for a
+    checkpoint saved before checksums, over every file's bytes. Two copies of a checkpoint share
+    it; another checkpoint, or a changed file, has another (the expansion cache's policy
+    identity)."""
+    path = init_dir(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"no checkpoint directory at {path}")
+    files = verify_files(path, checksums=False)["files"] if (path / _COMPLETE_FILE).exists() else {}
+    if files and all(isinstance(e, dict) and "sha256" in e for e in files.values()):
+        digests = {rel: e["sha256"] for rel, e in files.items()}
+    else:
+        digests = {str(f.relative_to(path)): _sha256(f) for f in sorted(path.rglob("*"))
+                   if f.is_file() and f.name != _COMPLETE_FILE}
+    return hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()
+
+
 def load_init(path: str | os.PathLike):
     """What `--init=DIR` names -> (model, config, tokenizer).
 
     DIR is a params checkpoint with the tokenizer's files beside it (pretraining's export,
-    tools/convert_hf_llama.py's output), or a run directory holding one at DIR/params.
+    tools/convert_hf_llama.py's output), or a run directory holding one at DIR/params
+    (`init_dir`).
     """
     from leser_jax.tokenizer import load_tokenizer
 
-    path = Path(path)
-    if not (path / _CONFIG_FILE).exists() and (path / _PARAMS_DIR / _CONFIG_FILE).exists():
-        path = path / _PARAMS_DIR
+    path = init_dir(path)
     model, config = load_params(path)
     try:
         tokenizer = load_tokenizer(path)

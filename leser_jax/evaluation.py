@@ -123,7 +123,6 @@ def make_systems(baselines: Sequence[str], policies: Mapping[str, str], engine: 
         raise ValueError(f"unknown baselines {unknown} (known: {BASELINES}) or system names "
                          f"used twice {taken}")
     systems = {name: known[name]() for name in baselines}
-    expected = dataclasses.asdict(context)
     sampling = SamplingConfig(temperature=temperature, max_new_tokens=max_new_tokens)
     for name, path in zero_shot.items():
         model, _, tokenizer = load_policy(path)
@@ -131,14 +130,8 @@ def make_systems(baselines: Sequence[str], policies: Mapping[str, str], engine: 
         systems[name] = PolicySystem(graphdef, params, tokenizer, engine, context=context,
                                      sampling=sampling, examples=examples)
     for name, path in policies.items():
-        trained = trained_context(path)
-        if trained is not None and trained != expected:
-            raise ValueError(f"policy {name} ({path}) was trained with context {trained}, not "
-                             f"{expected}")
-        model, _, tokenizer = checkpoint.load_init(path)
-        graphdef, params = nnx.split(model)
-        systems[name] = PolicySystem(graphdef, params, tokenizer, engine, context=context,
-                                     sampling=sampling, examples=trained_examples(path))
+        systems[name] = policy_system(path, engine, context=context, sampling=sampling,
+                                      name=name)
     if drop_duplicates:
         lenient = AnswerFormat(drop_duplicates=True)
         with_twins = {}
@@ -148,6 +141,25 @@ def make_systems(baselines: Sequence[str], policies: Mapping[str, str], engine: 
                 with_twins[f"{name}+dedup"] = Reparsed(system, lenient)
         systems = with_twins
     return systems
+
+
+def policy_system(path: str | os.PathLike, engine: SearchEngine, *, context: ContextConfig,
+                  sampling: SamplingConfig, answer: AnswerFormat = AnswerFormat(),
+                  seed: int = 0, batch_buckets: tuple[int, ...] = (8, 16, 32, 64),
+                  name: str = "policy") -> PolicySystem:
+    """A trained policy (a params checkpoint or its run dir) as a PolicySystem, shown the prompt
+    it was trained on: `context`, checked against what its run recorded (ValueError if another),
+    and the worked examples of its GRPO run (`trained_examples`). Evaluation, the expansion
+    cache (experiments.expand) and the search service load policies through here."""
+    trained = trained_context(path)
+    if trained is not None and trained != dataclasses.asdict(context):
+        raise ValueError(f"policy {name} ({path}) was trained with context {trained}, not "
+                         f"{dataclasses.asdict(context)}")
+    model, _, tokenizer = checkpoint.load_init(path)
+    graphdef, params = nnx.split(model)
+    return PolicySystem(graphdef, params, tokenizer, engine, context=context, answer=answer,
+                        sampling=sampling, seed=seed, batch_buckets=batch_buckets,
+                        examples=trained_examples(path))
 
 
 class Timed:

@@ -60,15 +60,21 @@ class PolicySystem:
         self.last_texts: list[str] = []  # the raw completions of the last call, for inspection
         self.texts: dict[tuple[str, ...], list[str]] = {}  # each call's queries -> completions
 
-    def __call__(self, queries: list[str]) -> list[ParsedAnswer]:
+    def complete(self, queries: Sequence[str], *, step: int) -> list[str]:
+        """The raw completion of each query, sampled with key fold_in(seed's key, step): a caller
+        that names the step (experiments.expand: the batch's index) gets the same samples
+        whatever ran before. Nothing is recorded."""
         prompts = [prompt_for(q, self.engine, self.context, self.answer) for q in queries]
-        rollouts = generate_rollouts(self.graphdef, self.params, self.tokenizer, prompts,
-                                     num_rollouts=1, sampling=self.sampling, base_key=self._key,
-                                     step=self._calls, batch_buckets=self.batch_buckets,
-                                     examples=self.examples)
+        return generate_rollouts(self.graphdef, self.params, self.tokenizer, prompts,
+                                 num_rollouts=1, sampling=self.sampling, base_key=self._key,
+                                 step=step, batch_buckets=self.batch_buckets,
+                                 examples=self.examples).texts
+
+    def __call__(self, queries: list[str]) -> list[ParsedAnswer]:
+        texts = self.complete(queries, step=self._calls)
         self._calls += 1
-        self.last_texts = self.texts[tuple(queries)] = rollouts.texts
-        return [parse_answer(t, self.answer) for t in rollouts.texts]
+        self.last_texts = self.texts[tuple(queries)] = texts
+        return [parse_answer(t, self.answer) for t in texts]
 
 
 class Reparsed:

@@ -35,6 +35,11 @@ disagree:
 - the original query's results and their relevance are cached across calls;
 - relevance is scored with one model call per step (`score_many`), over the union of what all
   of each query's rollouts retrieved that is not cached yet.
+
+The searches themselves are `search_texts` (by `search_key`), and `ranked_lists` makes one
+query's lists outside a step the same way: `merged_ranking(ranked_lists(...))` is the M(Y) that
+the search service returns (leser_jax/search_service.py), equal to what the reward and
+evaluation rank for the same expansions.
 """
 
 from __future__ import annotations
@@ -147,6 +152,29 @@ def merged_ranking(lists: Sequence[np.ndarray]) -> list[int]:
     return merged
 
 
+def search_key(engine: SearchEngine, text: str) -> str:
+    """Texts with the same key get the same hits: the engine searches only these words."""
+    return " ".join(query_terms(text, engine.config.max_query_terms))
+
+
+def search_texts(engine: SearchEngine, texts: Sequence[str], k: int) -> dict[str, np.ndarray]:
+    """{search key: ranked rows S_k} for each distinct key among `texts`, each searched once;
+    the empty key (a wordless text) retrieves nothing, unsearched."""
+    keys = list(dict.fromkeys(key for key in (search_key(engine, t) for t in texts) if key))
+    found = {key: hits.rows for key, hits in zip(keys, engine.search_many(keys, k))}
+    found[""] = np.zeros(0, np.int64)
+    return found
+
+
+def ranked_lists(engine: SearchEngine, query: str, expansions: Sequence[str],
+                 k: int) -> tuple[np.ndarray, ...]:
+    """(S_K(q), S_K(y1), ..., S_K(ym)) for one query, searched as `SearchFeedback.measure`
+    searches them (its Measurement.lists): `merged_ranking` of it is M(Y), the ranking that the
+    reward pays for, evaluation measures and the search service (search_service.py) returns."""
+    found = search_texts(engine, [query, *expansions], k)
+    return tuple(found[search_key(engine, t)] for t in (query, *expansions))
+
+
 def _terms(m: Measurement, c: RewardConfig) -> tuple[tuple[float, float, float], ...]:
     """((x(Y), x({}), floor) of r_rel, (s(Y), s({}), floor) of r_size) by version and size."""
     if c.version == 1:
@@ -202,15 +230,13 @@ class SearchFeedback:
             collections.OrderedDict())
 
     def search_key(self, text: str) -> str:
-        """Texts with the same key get the same hits: the engine searches only these words."""
-        return " ".join(query_terms(text, self.engine.config.max_query_terms))
+        """Texts with the same key get the same hits (module-level `search_key`)."""
+        return search_key(self.engine, text)
 
     def _search(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
-        """Ranked rows for each distinct key among `texts`, each searched once."""
-        keys = list(dict.fromkeys(k for k in map(self.search_key, texts) if k))
-        self.num_searches += len(keys)
-        found = {key: hits.rows for key, hits in zip(keys, self.engine.search_many(keys, self.config.k))}
-        found[""] = np.zeros(0, np.int64)  # a wordless text retrieves nothing, unsearched
+        """Ranked rows for each distinct key among `texts`, each searched once (`search_texts`)."""
+        found = search_texts(self.engine, texts, self.config.k)
+        self.num_searches += len(found) - 1  # every key but the unsearched empty one
         return found
 
     def measure(self, queries: Sequence[str], expansions: Sequence[Sequence[str]]) -> list[Measurement]:
