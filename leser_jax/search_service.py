@@ -185,7 +185,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     default_request_version = "HTTP/1.0"
     timeout = 60  # seconds an idle keep-alive connection holds its thread
     # Headers and body are two writes: with Nagle's algorithm the body waits for the client's
-    # delayed ACK of the headers (tens of ms on every keep-alive response).
+    # delayed ACK of the headers, on every keep-alive response.
     disable_nagle_algorithm = True
     service: SearchService  # set by make_server's subclass
 

@@ -275,7 +275,8 @@ def launch(module: str, *argv: str, **kwargs) -> subprocess.Popen:
 @pytest.mark.slow
 def test_launchers_expand_a_split_then_serve_it_with_the_policy_online(tmp_path):
     """experiments.expand of the tiny synthetic catalog's test split with a random tiny policy,
-    then experiments.serve of that cache with the policy online, over HTTP."""
+    then experiments.serve of that cache with the policy online, over HTTP, and
+    tools.bench_serve against it (its --verify: the rankings equal evaluation's)."""
     run = tmp_path / "policy"
     tokenizer = train_sentencepiece([INSTRUCTION.format(m_max=5)] * 20 + ["chair lamp desk"] * 5,
                                     vocab_size=400)
@@ -311,6 +312,14 @@ def test_launchers_expand_a_split_then_serve_it_with_the_policy_online(tmp_path)
         assert (status, body["source"]) == (200, "generated") and body["status"] != "budget"
         assert get(url + "/search", q="")[0] == 400
         assert get(url + "/health")[1]["online"]["calls"] >= 1
+        bench = launch("tools.bench_serve", *data[1:3], f"--url={url}", f"--cache={cache}",
+                       "--verify", "--hit_rates=1,0.5", "--concurrency=1,4", "--requests=6",
+                       "--duration=60", "--warmup=1")
+        out, _ = bench.communicate(timeout=300)
+        assert bench.returncode == 0, out
+        assert "verify: the rankings of all" in out
+        table = [line for line in out.splitlines() if line.startswith("| ")]
+        assert len(table) == 1 + 4 and all(line.endswith("| 0 |") for line in table[1:]), out
     finally:
         serve.terminate()
         serve.wait(timeout=30)
