@@ -107,7 +107,10 @@ def main(argv):
     context = common.context_config()
     config = ServiceConfig(search_k=FLAGS.reward_k, default_k=FLAGS.k, max_k=FLAGS.max_k,
                            latency_budget_ms=FLAGS.latency_budget_ms)
-    cache = ExpansionCache.open(FLAGS.cache)
+    try:
+        cache = ExpansionCache.open(FLAGS.cache)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"experiments.serve: --cache={FLAGS.cache}: {e}")  # no traceback
     settings = cache.settings()
     if settings.get("context") != dataclasses.asdict(context):
         logging.warning("the cache's expansions were made with context %s, this service's is %s",

@@ -52,6 +52,10 @@ CASES = {
     "pipeline positional": (
         "experiments.pipeline", ["--run_dir=RUN", "demo", "--dry_run"],
         "unexpected positional argument(s): 'demo'"),
+    "expand --queries and --split": (
+        "experiments.expand", ["--policy=MISSING", "--out=RUN", "--queries=MISSING",
+                               "--split=test"],
+        "give exactly one of --queries=FILE and --split=NAME"),
     "memory_plan positional": (
         "tools.memory_plan", ["--queries=4", "now", "--", "--rollouts=2"],
         "unexpected positional argument(s): 'now', '--rollouts=2'"),
