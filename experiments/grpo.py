@@ -58,9 +58,9 @@ common.define_few_shot_flags()
 # --steps, --queries_per_step, --lr, --lora_rank, --eval_every, ...: the preset's GRPO run.
 STAGE_FLAGS = cli.define_flags(configs.GRPO, lambda: common.preset().grpo)
 # --num_rollouts, --temperature, --clip_eps, --kl_coef, ...: the algorithm (GRPOConfig's
-# defaults); B and the answer length come from the stage and the preset.
+# defaults); B, its micro-batches and the answer length come from the stage and the preset.
 ALGORITHM_FLAGS = cli.define_flags(GRPOConfig, lambda: _algorithm(), from_preset=False,
-                                   exclude=("queries_per_step", "max_new_tokens"))
+                                   exclude=("queries_per_step", "micro_batches", "max_new_tokens"))
 flags.DEFINE_integer("max_new_tokens", None, "Longest completion (default: the preset's).",
                      lower_bound=1)
 flags.DEFINE_string("run_dir", None, "Output folder of this stage.", required=True)
@@ -79,9 +79,11 @@ FLAGS = flags.FLAGS
 
 
 def _algorithm() -> GRPOConfig:
-    """GRPOConfig's defaults with the run's B and answer length (the algorithm flags' base)."""
+    """GRPOConfig's defaults with the run's B, micro-batches and answer length (the algorithm
+    flags' base)."""
+    stage = cli.override(common.preset().grpo, STAGE_FLAGS)
     return GRPOConfig(
-        queries_per_step=cli.override(common.preset().grpo, STAGE_FLAGS).queries_per_step,
+        queries_per_step=stage.queries_per_step, micro_batches=stage.micro_batches,
         max_new_tokens=cli.preset_or(FLAGS.max_new_tokens, common.preset().max_new_tokens))
 
 

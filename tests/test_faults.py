@@ -13,7 +13,7 @@ import pytest
 
 from leser_jax import checkpoint
 
-# Both run the pretraining launcher in a subprocess (~15 s each): `make test-fast` skips them.
+# Both run the pretraining launcher in a subprocess: `make test-fast` skips them.
 pytestmark = pytest.mark.slow
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -126,7 +126,7 @@ class Setup:
         return float(np.mean([b.reward for b in rewards]))
 
 
-# Setup() fits the relevance model and fine-tunes a tiny policy (~40 s on 2 busy cores): every test
+# Setup() fits the relevance model and fine-tunes a tiny policy, the costliest fixture: every test
 # that uses it is marked slow, the quick ones too, so that `make test-fast` never builds it.
 @pytest.fixture(scope="module")
 def setup():

@@ -118,6 +118,8 @@ class GRPO:
     Attributes:
       steps: GRPO steps.
       queries_per_step: train queries per step [B]; each is sampled num_rollouts times.
+      micro_batches: the update's gradient accumulation: B queries in this many parts, each of
+        whole groups (the same update in less memory; B must be a multiple).
       lr: peak learning rate.
       lora_rank: train LoRA adapters of this rank, the --init model frozen (0: all weights).
       warmup_steps: linear learning-rate warmup, in optimizer updates.
@@ -132,6 +134,7 @@ class GRPO:
     steps: int
     queries_per_step: int
     lr: float
+    micro_batches: int = 1
     lora_rank: int = 0
     warmup_steps: int = 5
     weight_decay: float = 0.0
@@ -141,10 +144,13 @@ class GRPO:
     keep_checkpoints: int = 2
 
     def __post_init__(self):
-        _at_least(self, steps=1, queries_per_step=1, lora_rank=0, warmup_steps=0,
+        _at_least(self, steps=1, queries_per_step=1, micro_batches=1, lora_rank=0, warmup_steps=0,
                   weight_decay=0, eval_every=0, eval_queries=0, checkpoint_every=1,
                   keep_checkpoints=1)
         _positive(self, "lr")
+        if self.queries_per_step % self.micro_batches:
+            raise ValueError(f"{self.queries_per_step} queries (groups) do not split into "
+                             f"{self.micro_batches} micro-batches")
         if self.eval_every and not self.eval_queries:
             raise ValueError("eval_queries=0 evaluates no query: turn the evaluation off with "
                              "eval_every=0")

@@ -18,8 +18,10 @@ PRESET = dataclasses.replace(
     init_gguf=True,
     warmup=Warmup(steps=80, batch_size=8, lr=5e-4, lora_rank=16, checkpoint_every=20,
                   eval_queries=64),
-    grpo=GRPO(steps=12, queries_per_step=4, lr=1e-4, lora_rank=16, eval_every=6,
-              eval_queries=24, checkpoint_every=3),
+    # One query's group per micro-batch: with the 2-shot prompts of GRPO without warm-up, a
+    # whole-batch update does not fit a 2-core machine's memory.
+    grpo=GRPO(steps=12, queries_per_step=4, micro_batches=4, lr=1e-4, lora_rank=16,
+              eval_every=6, eval_queries=24, checkpoint_every=3),
     few_shot=2,
     eval_queries=150,
     drop_duplicates=True,
