@@ -3,24 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 
 import numpy as np
 import pytest
-from flax import nnx
 
-from leser_jax import checkpoint, evaluation, plots
-from leser_jax.config import ModelConfig
+from leser_jax import evaluation, plots
 from leser_jax.context import ContextConfig
 from leser_jax.metrics import METRICS, Estimate, Evaluation
-from leser_jax.model import Llama
-from leser_jax.prompts import INSTRUCTION
 from leser_jax.reward import RewardConfig, SearchFeedback
-from leser_jax.search import SearchEngine
 from leser_jax.teacher import TeacherConfig
-from leser_jax.tokenizer import train_sentencepiece
-from tests.test_teacher import PRODUCTS, CategoryRelevance, make_catalog
+from tests._tiny_policy import tiny_policy_run
+from tests.test_teacher import CategoryRelevance
 
 NAN = float("nan")
 
@@ -135,20 +129,10 @@ REWARD = RewardConfig(k=3)
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """A tiny catalog and engine, and a random tiny policy saved with its tokenizer in a run
-    dir whose checkpoint records the context it was trained with."""
-    catalog = make_catalog()
-    engine = SearchEngine.build(catalog)
-    texts = [title for _, title, _ in PRODUCTS] + [INSTRUCTION.format(m_max=5)] * 20
-    tokenizer = train_sentencepiece(texts, vocab_size=600)
-    config = ModelConfig.tiny().replace(vocab_size=tokenizer.vocab_size, max_seq_len=1024)
-    run = tmp_path_factory.mktemp("policy")
-    checkpoint.save_params(run / "params", Llama(config, rngs=nnx.Rngs(0)), tokenizer=tokenizer)
-    record = run / "checkpoints" / "step_00000002"
-    record.mkdir(parents=True)
-    (record / "configs.json").write_text(json.dumps({"context": dataclasses.asdict(
-        ContextConfig(k=3, max_tokens=64, max_attributes=3))}))
-    return catalog, engine, run
+    """A tiny catalog and engine, and a random tiny policy in a run dir whose checkpoint
+    records the context it was trained with (tests/_tiny_policy.py)."""
+    return tiny_policy_run(tmp_path_factory.mktemp("policy"),
+                           ContextConfig(k=3, max_tokens=64, max_attributes=3))
 
 
 @pytest.mark.slow

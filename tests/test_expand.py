@@ -3,26 +3,20 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import shutil
 import sqlite3
 
 import pytest
-from flax import nnx
 
 from leser_jax import checkpoint, evaluation
-from leser_jax.config import ModelConfig
 from leser_jax.context import ContextConfig
 from leser_jax.expand import LoggedQuery, expand_log, order_queries, read_query_log
 from leser_jax.expansion_cache import ExpansionCache, SettingsMismatch, normalise
-from leser_jax.model import Llama
-from leser_jax.prompts import INSTRUCTION, render_answer
+from leser_jax.prompts import render_answer
 from leser_jax.sampler import SamplingConfig
-from leser_jax.search import SearchEngine
-from leser_jax.tokenizer import train_sentencepiece
-from tests.test_teacher import PRODUCTS, make_catalog
+from tests._tiny_policy import tiny_policy_run
 
 CONTEXT = ContextConfig(k=3, max_tokens=64)
 SETTINGS = {"policy_sha256": "abc", "policy_path": "/somewhere", "temperature": 0.0}
@@ -30,19 +24,8 @@ SETTINGS = {"policy_sha256": "abc", "policy_path": "/somewhere", "temperature": 
 
 @pytest.fixture(scope="module")
 def tiny_policy(tmp_path_factory):
-    """(catalog, engine, run dir): the teacher tests' 10-product catalog, and a random tiny
-    policy saved with its tokenizer, its run recording the context CONTEXT."""
-    catalog = make_catalog()
-    engine = SearchEngine.build(catalog)
-    texts = [title for _, title, _ in PRODUCTS] + [INSTRUCTION.format(m_max=5)] * 20
-    tokenizer = train_sentencepiece(texts, vocab_size=600)
-    config = ModelConfig.tiny().replace(vocab_size=tokenizer.vocab_size, max_seq_len=1024)
-    run = tmp_path_factory.mktemp("policy")
-    checkpoint.save_params(run / "params", Llama(config, rngs=nnx.Rngs(0)), tokenizer=tokenizer)
-    record = run / "checkpoints" / "step_00000002"
-    record.mkdir(parents=True)
-    (record / "configs.json").write_text(json.dumps({"context": dataclasses.asdict(CONTEXT)}))
-    return catalog, engine, run
+    """(catalog, engine, run dir): tests/_tiny_policy.py's, its run recording CONTEXT."""
+    return tiny_policy_run(tmp_path_factory.mktemp("policy"), CONTEXT)
 
 
 def scripted(query: str) -> str:
