@@ -645,12 +645,13 @@ _UNSET = "(not set)"
 _PARAMS_IGNORED = ("model.lora_rank", "model.lora_alpha", "model.remat")
 
 
-def _flatten(tree: Mapping, prefix: str = "") -> dict[str, object]:
-    """{"a": {"b": 1}} -> {"a.b": 1}; lists and scalars are values."""
+def flatten_settings(tree: Mapping, prefix: str = "") -> dict[str, object]:
+    """{"a": {"b": 1}} -> {"a.b": 1}; lists and scalars are values (so that a refusal names the
+    one field that differs: check_run_configs, expansion_cache)."""
     out = {}
     for key, value in tree.items():
         if isinstance(value, Mapping):
-            out.update(_flatten(value, f"{prefix}{key}."))
+            out.update(flatten_settings(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value
     return out
@@ -686,8 +687,8 @@ def check_run_configs(run_dir: str | os.PathLike, configs: Mapping[str, object],
     saved, source = _saved_configs(run_dir)
     if saved is None:
         return
-    old = _flatten(saved)
-    new = _flatten(json.loads(json.dumps(dict(configs))))  # tuples -> lists, as saved
+    old = flatten_settings(saved)
+    new = flatten_settings(json.loads(json.dumps(dict(configs))))  # tuples -> lists, as saved
     skip = set(may_differ)
     if not source.endswith(_CONFIGS_FILE):  # params/config.json: the model, merged
         new = {k: v for k, v in new.items() if k.startswith("model.")}

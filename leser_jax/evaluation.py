@@ -185,13 +185,19 @@ class Timed:
 
     def latency_ms(self) -> float:
         """Milliseconds per query over repeated batch sizes (all calls if none repeats)."""
-        seen, calls = set(), []
-        for size, seconds in self.calls:
-            if size in seen:
-                calls.append((size, seconds))
-            seen.add(size)
-        calls = calls or self.calls
+        calls = steady_calls(self.calls)
         return 1000 * sum(s for _, s in calls) / max(sum(n for n, _ in calls), 1)
+
+
+def steady_calls(calls: Sequence[tuple[int, float]]) -> list[tuple[int, float]]:
+    """The (batch size, seconds) calls after the first of each batch size, which compiles the
+    sampler; all of them if no size repeats."""
+    seen, steady = set(), []
+    for size, seconds in calls:
+        if size in seen:
+            steady.append((size, seconds))
+        seen.add(size)
+    return steady or list(calls)
 
 
 def evaluate_systems(systems: Mapping[str, System], queries: Sequence[Query], catalog: Catalog,

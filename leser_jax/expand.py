@@ -28,6 +28,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 
+from leser_jax.evaluation import steady_calls
 from leser_jax.expansion_cache import Entry, ExpansionCache, normalise
 from leser_jax.prompts import AnswerFormat, parse_answer
 
@@ -115,13 +116,8 @@ class ExpandStats:
     @property
     def steady_queries_per_s(self) -> float:
         """Queries/s of the calls after the first of each batch size (which compiles the
-        sampler; evaluation.Timed's rule); all calls if none repeats."""
-        seen, steady = set(), []
-        for n, seconds in self.calls:
-            if n in seen:
-                steady.append((n, seconds))
-            seen.add(n)
-        steady = steady or self.calls
+        sampler; evaluation.steady_calls); all calls if none repeats."""
+        steady = steady_calls(self.calls)
         seconds = sum(s for _, s in steady)
         return sum(n for n, _ in steady) / seconds if seconds else 0.0
 

@@ -39,6 +39,8 @@ import threading
 import unicodedata
 from collections.abc import Iterable, Mapping
 
+from leser_jax.checkpoint import flatten_settings
+
 CACHE_FORMAT = 1
 SETTINGS_INFO = ("policy_path",)  # recorded, never compared: a moved checkpoint is the same one
 
@@ -102,7 +104,7 @@ class ExpansionCache:
                 db.executescript(_SCHEMA)
                 saved = _read_meta(db)
                 new = {"format": CACHE_FORMAT, **json.loads(json.dumps(dict(settings)))}
-                old_flat, new_flat = _flatten(saved), _flatten(new)
+                old_flat, new_flat = flatten_settings(saved), flatten_settings(new)
                 differ = [f"{name}: {old_flat.get(name, '(not set)')!r} there, "
                           f"{new_flat.get(name, '(not set)')!r} now"
                           for name in sorted(old_flat.keys() | new_flat.keys())
@@ -177,15 +179,3 @@ class ExpansionCache:
 
 def _read_meta(db: sqlite3.Connection) -> dict:
     return {name: json.loads(value) for name, value in db.execute("SELECT name, value FROM meta")}
-
-
-def _flatten(tree: Mapping, prefix: str = "") -> dict:
-    """{"sampling": {"temperature": 0.9}} -> {"sampling.temperature": 0.9}, so that a refusal
-    names the one field that differs."""
-    out = {}
-    for name, value in tree.items():
-        if isinstance(value, Mapping):
-            out.update(_flatten(value, f"{prefix}{name}."))
-        else:
-            out[f"{prefix}{name}"] = value
-    return out
