@@ -24,8 +24,10 @@ at start (a few seconds). A zero-shot SmolLM2 with two examples:
 
 The context flags must be those the policies were trained with: a policy's run records them in
 its checkpoints, and a mismatch is an error. The teacher flags should be those that wrote the
-warm-up data. Writes OUT/results.json, OUT/results.md, OUT/gains.png and, when a policy's run
-dir has GRPO metrics, OUT/grpo_training.png (reward, KL and validity over steps); prints the table.
+warm-up data. Writes OUT/results.json, OUT/results.md, OUT/answers.jsonl (every system's
+expansions per query, with the judged numbers they scored: `python -m tools.show_answers
+--results=OUT` prints them by query kind), OUT/gains.png and, when a policy's run dir has GRPO
+metrics, OUT/grpo_training.png (reward, KL and validity over steps); prints the table.
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ common.define_preset_flag()
 common.define_dataset_flags()
 common.define_context_flags()
 common.define_reward_flags()
-flags.DEFINE_string("out", None, "Output folder: results.json, results.md, *.png.", required=True)
+flags.DEFINE_string("out", None, "Output folder: results.json, results.md, answers.jsonl, *.png.",
+                    required=True)
 flags.DEFINE_string("index", None, "Index folder from experiments.build_index (else built in "
                     "memory).")
 flags.DEFINE_string("relevance", None, "Folder of a model from experiments.train_relevance.",
@@ -156,6 +159,7 @@ def main(argv):
     table = evaluation.write_results(FLAGS.out, evaluation.results_dict(
         results, reference=FLAGS.reference, reasons=reasons, info=info,
         seed_group=FLAGS.seed_group, bootstrap_samples=FLAGS.bootstrap_samples, seed=FLAGS.seed))
+    evaluation.write_answers(FLAGS.out, queries, results)
     written = [plots.plot_gains(evaluation.read_results(FLAGS.out),
                                 os.path.join(FLAGS.out, "gains.png"))]
     curves = {}
@@ -167,7 +171,7 @@ def main(argv):
     if curves:
         written.append(plots.plot_training(curves, os.path.join(FLAGS.out, "grpo_training.png")))
     print("\n" + table)
-    print(f"wrote {os.path.join(FLAGS.out, 'results.json')}, results.md, "
+    print(f"wrote {os.path.join(FLAGS.out, 'results.json')}, results.md, answers.jsonl, "
           f"{', '.join(os.path.basename(w) for w in written)} in "
           f"{time.perf_counter() - start:.0f} s")
 

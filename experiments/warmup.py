@@ -115,12 +115,14 @@ def main(argv):
           f"{time.perf_counter() - t:.1f} s)")
     data = {"teacher_file": FLAGS.teacher_file, "examples": len(encoded), "bad_lines":
             len(report.bad), "dropped_long": dropped, "batch_size": batch_size,
-            "bucket": FLAGS.bucket, "max_len": max_len, "seed": FLAGS.seed, "init": FLAGS.init}
+            "bucket": FLAGS.bucket, "max_len": max_len, "seed": FLAGS.seed, "init": FLAGS.init,
+            "prompt_weight": stage.prompt_weight}
     logging.info("data: %s", json.dumps(data))
 
     def batch_fn(step):
         batch, tokens = lm_data.example_batch(encoded, batch_size, FLAGS.seed, step,
-                                              bucket=FLAGS.bucket, pad_id=tokenizer.pad_id)
+                                              bucket=FLAGS.bucket, pad_id=tokenizer.pad_id,
+                                              prompt_weight=stage.prompt_weight)
         return batch, {"tokens": tokens, "seq_len": batch["inputs"].shape[1]}
 
     tx, schedule = make_optimizer(optim)
@@ -132,7 +134,8 @@ def main(argv):
                  "loop": dataclasses.asdict(loop), "context": dataclasses.asdict(context),
                  "data": data},
         tokenizer=tokenizer, mesh=mesh,
-        line=("loss", "lr", "grad_norm", "seq_len", "tok_s", "step_s"))
+        line=("loss",) + ("target_loss",) * bool(stage.prompt_weight) + (
+            "lr", "grad_norm", "seq_len", "tok_s", "step_s"))
     checkpoint.save_params(os.path.join(FLAGS.run_dir, "params"), model, overwrite=True,
                            tokenizer=tokenizer)
     train_s = time.perf_counter() - start

@@ -395,6 +395,39 @@ def write_results(out_dir: str | os.PathLike, results: Mapping) -> str:
     return table
 
 
+ANSWERS_FILE = "answers.jsonl"
+
+
+def write_answers(out_dir: str | os.PathLike, queries: Sequence[Query],
+                  evaluations: Mapping[str, Evaluation]) -> str:
+    """Writes OUT/answers.jsonl (atomically): one line per query, in the evaluated order, with
+    its kind and, per system, the expansions, the rejection reason (null if valid), judged
+    recall and judged nDCG@10 (null where undefined). What a policy wrote, beside the numbers
+    it scored: tools/show_answers.py reads it."""
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, ANSWERS_FILE)
+    with open(path + ".tmp", "w") as f:
+        for i, q in enumerate(queries):
+            systems = {name: {"expansions": list(e.answers[i].expansions),
+                              "reason": e.answers[i].reason,
+                              "judged_recall": e.per_query["judged_recall"][i],
+                              "ndcg10": e.per_query["ndcg10"][i]}
+                       for name, e in evaluations.items()}
+            row = {"query": q.text, "kind": q.kind, "systems": systems}
+            f.write(json.dumps(_finite(row), ensure_ascii=False) + "\n")
+    os.replace(path + ".tmp", path)
+    return path
+
+
+def read_answers(path: str | os.PathLike) -> list[dict]:
+    """answers.jsonl as written by `write_answers` (a directory holding it, or the file)."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        path = os.path.join(path, ANSWERS_FILE)
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
 def _finite(x):
     """NaN (a metric no query defines) as null: JSON has no NaN."""
     if isinstance(x, float) and not math.isfinite(x):

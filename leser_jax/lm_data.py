@@ -9,7 +9,8 @@ Batch layout, both stages (what train.masked_lm_loss reads):
 
     inputs   [B, T] int32    tokens the model reads
     targets  [B, T] int32    the next token of each input (inputs shifted left by one)
-    weights  [B, T] float32  1 where the target is trained on
+    weights  [B, T] float32  the target's loss weight: 1 where it is trained on, 0 where not
+                             (a warm-up may give its prompt a weight between)
     pad_mask [B, T] bool     True at real input tokens (padding is on the right)
 
 Determinism. The batch of step s is a function of (seed, s) only, never of an iterator's state:
@@ -173,9 +174,14 @@ def grouped_batch_indices(lengths: Sequence[int], batch_size: int, seed: int, st
 
 
 def example_batch(examples: Sequence[Encoded], batch_size: int, seed: int, step: int, *,
-                  bucket: int, pad_id: int, group: int = 16) -> tuple[dict[str, np.ndarray], int]:
+                  bucket: int, pad_id: int, group: int = 16, prompt_weight: float = 0.0
+                  ) -> tuple[dict[str, np.ndarray], int]:
     """The warm-up batch of `step` (`grouped_batch_indices`; group=1 draws batches at random),
     right-padded to the bucket of its longest example.
+
+    The answer's targets weigh 1, the prompt's `prompt_weight` (0: the answer only). A prompt
+    repeats words of its context (the query is mostly words of the products above it), so its
+    targets teach the copying that the answer needs, at no extra compute.
 
     Returns the batch and its number of real input tokens.
     """
@@ -191,6 +197,7 @@ def example_batch(examples: Sequence[Encoded], batch_size: int, seed: int, step:
         n = len(e) - 1
         inputs[b, :n] = e.tokens[:-1]
         targets[b, :n] = e.tokens[1:]
+        weights[b, :e.prompt_len - 1] = prompt_weight  # the prompt's tokens after bos
         weights[b, e.prompt_len - 1:n] = 1.0  # targets from the answer's first token to eos
         pad_mask[b, :n] = True
     batch = {"inputs": inputs, "targets": targets, "weights": weights, "pad_mask": pad_mask}

@@ -75,6 +75,7 @@ class Evaluation:
     latency_ms: float  # the system's wall time per query
     per_query: dict[str, np.ndarray]
     kinds: np.ndarray | None = None  # [Q] each query's kind ("" where the dataset has none)
+    answers: tuple[ParsedAnswer, ...] = ()  # [Q] what the system answered, in query order
 
     def as_dict(self) -> dict:
         return {"latency_ms": self.latency_ms,
@@ -143,4 +144,5 @@ def evaluate(system: System, queries: Sequence[Query], catalog: Catalog, feedbac
         per_query["searches"][i] = 1 + len(served) + own_searches[i]
     metrics = {name: bootstrap(v, samples=bootstrap_samples, seed=seed) for name, v in per_query.items()}
     return Evaluation(metrics=metrics, latency_ms=latency_ms, per_query=per_query,
-                      kinds=np.array([q.kind for q in queries], dtype=object))
+                      kinds=np.array([q.kind for q in queries], dtype=object),
+                      answers=tuple(answers))

@@ -107,12 +107,14 @@ def abstract_train_state(abstract_fn: Callable[[], nnx.Module],
 
 def masked_lm_loss(model: nnx.Module, batch: Mapping[str, jax.Array], rng: jax.Array
                    ) -> tuple[jax.Array, dict]:
-    """Next-token cross-entropy, averaged over the target tokens whose weight is 1.
+    """Next-token cross-entropy, the weighted mean over the target tokens.
 
     batch: inputs [B, T] int32, targets [B, T] int32 (inputs shifted by one), weights [B, T]
     float32 (1 where the target is trained on: every token in pretraining, the answer and its
-    eos in the warm-up), pad_mask [B, T] bool (True at real input tokens). Padding is on the
-    right, so masking it changes nothing at the real tokens before it.
+    eos in the warm-up; a prompt may weigh less, 0 for none), pad_mask [B, T] bool (True at
+    real input tokens). Padding is on the right, so masking it changes nothing at the real
+    tokens before it. aux: target_tokens (of weight 1) and target_loss, their mean loss: the
+    answer's loss in the warm-up whatever the prompt weighs.
     """
     del rng  # deterministic: no dropout
     logits = model(batch["inputs"], batch["pad_mask"])  # [B, T, V] float32
@@ -121,8 +123,10 @@ def masked_lm_loss(model: nnx.Module, batch: Mapping[str, jax.Array], rng: jax.A
     target_logit = jnp.take_along_axis(logits, batch["targets"][..., None], axis=-1)[..., 0]
     nll = jax.nn.logsumexp(logits, axis=-1) - target_logit  # [B, T]
     weights = batch["weights"].astype(jnp.float32)  # [B, T]
-    n = jnp.maximum(weights.sum(), 1.0)
-    return (nll * weights).sum() / n, {"target_tokens": weights.sum()}
+    full = (weights == 1.0).astype(jnp.float32)  # [B, T]
+    loss = (nll * weights).sum() / jnp.maximum(weights.sum(), 1.0)
+    return loss, {"target_tokens": full.sum(),
+                  "target_loss": (nll * full).sum() / jnp.maximum(full.sum(), 1.0)}
 
 
 def _split_micro_batches(batch: Batch, micro_batches: int) -> Batch:

@@ -168,6 +168,19 @@ def test_every_system_side_by_side_on_a_tiny_catalog(tiny, tmp_path):
                                                                reasons=reasons))
     saved = evaluation.read_results(tmp_path)
     assert saved["systems"]["policy"]["rejected"] == reasons["policy"]
+    # answers.jsonl: what each system wrote per query, with the judged recall it scored.
+    evaluation.write_answers(tmp_path, catalog.queries, results)
+    rows = evaluation.read_answers(tmp_path)
+    assert [r["query"] for r in rows] == [q.text for q in catalog.queries]
+    for i, row in enumerate(rows):
+        for name, e in results.items():
+            written = row["systems"][name]
+            assert written["expansions"] == list(e.answers[i].expansions)
+            assert written["reason"] == e.answers[i].reason
+            assert written["judged_recall"] == pytest.approx(e.per_query["judged_recall"][i],
+                                                             nan_ok=True) or (
+                written["judged_recall"] is None and math.isnan(e.per_query["judged_recall"][i]))
+    assert all(row["systems"]["policy"]["reason"] for row in rows)  # untrained: all rejected
     assert list(saved["paired"]["minus"]) == ["original", "rm3", "policy"]
     png = plots.plot_gains(saved, tmp_path / "gains.png")
     curves = plots.plot_training({"grpo": [{"step": 1, "reward": 0.5, "kl": 0.0, "valid": 0.5},

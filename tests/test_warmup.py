@@ -169,3 +169,35 @@ def test_length_grouped_batches_cover_the_epoch_and_pad_less():
                    for s in range(per_epoch))
 
     assert padded(4) < 0.8 * padded(1)  # grouping cuts padding
+
+
+def test_prompt_weight_trains_the_prompt_and_target_loss_stays_the_answers():
+    rng = np.random.default_rng(4)
+    examples = [lm_data.Encoded(rng.integers(4, 11, n).astype(np.int32), p)
+                for n, p in ((20, 12), (15, 9), (9, 4))]
+    plain, _ = lm_data.example_batch(examples, 3, seed=0, step=0, bucket=8, pad_id=0)
+    weighted, _ = lm_data.example_batch(examples, 3, seed=0, step=0, bucket=8, pad_id=0,
+                                        prompt_weight=0.25)
+    prompt = (plain["weights"] == 0) & plain["pad_mask"]  # real targets outside the answer
+    assert prompt.sum() == 11 + 8 + 3  # each prompt's tokens after bos
+    assert np.all(weighted["weights"][prompt] == 0.25)
+    assert np.array_equal(weighted["weights"][~prompt], plain["weights"][~prompt])
+
+    logits = jnp.asarray(rng.normal(size=(*plain["inputs"].shape, 11)), jnp.float32)
+    x = np.asarray(logits, np.float64)
+    nll = np.log(np.exp(x).sum(-1)) - np.take_along_axis(x, plain["targets"][..., None], -1)[..., 0]
+    loss, aux = masked_lm_loss(lambda inputs, pad_mask: logits, weighted, None)
+    w = weighted["weights"]
+    assert float(loss) == pytest.approx((nll * w).sum() / w.sum(), rel=1e-6)
+    answer = plain["weights"] == 1
+    assert float(aux["target_loss"]) == pytest.approx(nll[answer].mean(), rel=1e-6)
+    assert float(aux["target_tokens"]) == answer.sum()
+    assert float(masked_lm_loss(lambda inputs, pad_mask: logits, plain, None)[1]["target_loss"]
+                 ) == pytest.approx(float(aux["target_loss"]), rel=1e-6)
+
+
+@pytest.mark.parametrize("weight", [-0.1, 1.0])
+def test_prompt_weight_below_the_answers(weight):
+    from experiments.configs import Warmup
+    with pytest.raises(ValueError, match="prompt_weight"):
+        Warmup(steps=1, batch_size=1, lr=1e-3, prompt_weight=weight)

@@ -92,6 +92,8 @@ class Warmup:
       checkpoint_every: steps between checkpoints.
       keep_checkpoints: newest checkpoints kept.
       eval_queries: dev queries sampled for the format check at the end (0: all).
+      prompt_weight: loss weight of the prompt's tokens, below the answer's 1 (0: the answer
+        only, the paper's warm-up): the prompt's copying of its context, learned as well.
     """
 
     steps: int
@@ -103,12 +105,15 @@ class Warmup:
     checkpoint_every: int = 50
     keep_checkpoints: int = 2
     eval_queries: int = 0
+    prompt_weight: float = 0.0
 
     def __post_init__(self):
         _at_least(self, steps=1, batch_size=1, lora_rank=0, checkpoint_every=1,
                   keep_checkpoints=1, eval_queries=0, weight_decay=0)
         _positive(self, "lr")
         _fraction(self, "warmup_fraction")
+        if not 0 <= self.prompt_weight < 1:
+            raise ValueError(f"prompt_weight must be in [0, 1), got {self.prompt_weight}")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -1,0 +1,121 @@
+"""What the policies wrote, by query kind: the diagnosis beside an evaluation's numbers.
+
+    python -m tools.show_answers --results=runs/demo --systems=warmup,grpo,teacher --per_kind=3
+
+Reads an evaluation's output folder (experiments.evaluate: results.json and answers.jsonl) and
+prints, for every query kind and for all queries together:
+- each system's mean gain over the original query in judged recall, and its share of the
+  teacher's gain (the warm-up's target: issue 21 asks for 75%, RM3's share is the bar to beat);
+- a few queries with each system's expansions and the judged recall they reached. `--order=differ`
+  picks the queries on which the first two systems differ most (where a change of policy
+  showed), `first` the first ones evaluated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from absl import app, flags
+
+from leser_jax import evaluation
+
+flags.DEFINE_string("results", None, "An evaluation's output folder (experiments.evaluate --out).",
+                    required=True)
+flags.DEFINE_list("systems", [], "Systems to show, in order (default: every system).")
+flags.DEFINE_string("metric", "judged_recall", "The metric of the share table.")
+flags.DEFINE_integer("per_kind", 3, "Queries shown per kind (0: the share table only).",
+                     lower_bound=0)
+flags.DEFINE_enum("order", "differ", ["differ", "first"], "Which queries are shown: where the "
+                  "first two systems differ most in judged recall, or the first evaluated.")
+FLAGS = flags.FLAGS
+
+
+def _mean(cell) -> float:
+    return cell["mean"] if isinstance(cell, Mapping) else float("nan")
+
+
+def kind_shares(results: Mapping, systems: Sequence[str], *, metric: str = "judged_recall",
+                base: str = "original", target: str = "teacher") -> dict[str, dict]:
+    """{kind: {"queries": n, "gain": {system: mean minus base}, "share": {system: gain / the
+    target's gain}}}, kind "all" first, from results.json's systems and by_kind (means; the
+    paired intervals are in results.md)."""
+    everything = results.get("queries", results["systems"][base][metric]["n"])
+    groups = {"all": (everything, results["systems"])}
+    groups.update({kind: (v["queries"], v["systems"])
+                   for kind, v in results.get("by_kind", {}).items()})
+    out = {}
+    for kind, (n, by_system) in groups.items():
+        gain = {s: _mean(by_system[s][metric]) - _mean(by_system[base][metric])
+                for s in systems if s in by_system}
+        reach = gain.get(target, float("nan"))
+        share = {s: g / reach if reach > 0 else float("nan") for s, g in gain.items()}
+        out[kind] = {"queries": n, "gain": gain, "share": share}
+    return out
+
+
+def pick(rows: Sequence[Mapping], systems: Sequence[str], per_kind: int, order: str
+         ) -> dict[str, list[Mapping]]:
+    """Up to `per_kind` rows of each kind: the first ones, or those where systems[0] and
+    systems[1] differ most in judged recall (ties in evaluated order)."""
+    by_kind: dict[str, list[Mapping]] = {}
+    for row in rows:
+        by_kind.setdefault(row["kind"] or "all", []).append(row)
+    if order == "differ" and len(systems) >= 2:
+        a, b = systems[:2]
+
+        def gap(row):
+            x, y = row["systems"][a]["judged_recall"], row["systems"][b]["judged_recall"]
+            return -abs(x - y) if x is not None and y is not None else 0.0
+
+        by_kind = {k: sorted(v, key=gap) for k, v in by_kind.items()}
+    return {k: v[:per_kind] for k, v in sorted(by_kind.items())}
+
+
+def share_table(shares: Mapping[str, Mapping], systems: Sequence[str], metric: str) -> str:
+    lines = [f"{metric} minus the original query's (share of the teacher's gain):", "",
+             "| kind | queries | " + " | ".join(systems) + " |",
+             "|---|---|" + "---|" * len(systems)]
+    for kind, v in shares.items():
+        cells = [f"{v['gain'][s]:+.3f} ({v['share'][s]:.0%})"
+                 if np.isfinite(v['share'].get(s, np.nan)) else f"{v['gain'].get(s, np.nan):+.3f}"
+                 for s in systems]
+        lines.append(f"| {kind} | {v['queries']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def show_rows(picked: Mapping[str, Sequence[Mapping]], systems: Sequence[str]) -> str:
+    width = max(len(s) for s in systems)
+    lines = []
+    for kind, rows in picked.items():
+        lines.append(f"\n## {kind}")
+        for row in rows:
+            lines.append(f"\n{row['query']!r}")
+            for s in systems:
+                a = row["systems"][s]
+                recall = a["judged_recall"]
+                what = (", ".join(repr(y) for y in a["expansions"]) or "(none)") + (
+                    f"  [rejected: {a['reason']}]" if a["reason"] else "")
+                lines.append(f"  {s:<{width}}  "
+                             f"{'  -  ' if recall is None else f'{recall:.3f}'}  {what}")
+    return "\n".join(lines)
+
+
+def main(argv):
+    del argv
+    results = evaluation.read_results(FLAGS.results)
+    systems = FLAGS.systems or list(results["systems"])
+    unknown = [s for s in systems if s not in results["systems"]]
+    if unknown:
+        raise app.UsageError(f"not in {FLAGS.results}: {', '.join(unknown)}; it has "
+                             f"{', '.join(results['systems'])}")
+    shown = [s for s in systems if s not in ("original", "teacher")]
+    print(share_table(kind_shares(results, ["teacher", *shown], metric=FLAGS.metric),
+                      ["teacher", *shown], FLAGS.metric))
+    if FLAGS.per_kind:
+        rows = evaluation.read_answers(FLAGS.results)
+        print(show_rows(pick(rows, systems, FLAGS.per_kind, FLAGS.order), systems))
+
+
+if __name__ == "__main__":
+    app.run(main)
