@@ -387,10 +387,12 @@ class GRPOTrainer:
             for step in range(start, loop.total_steps):
                 with profiler.step(step), stop_at_nonfinite(self.run_dir):
                     metrics, _, samples = self.train_step(step)
+                line = LINE
                 if loop.eval_every and (step + 1) % loop.eval_every == 0:
                     metrics.update(self.evaluate_dev())
                     self.keep_if_best(step + 1, metrics)
-                run_log.log(step + 1, metrics, line=LINE)
+                    line = LINE + DEV_LINE  # the dev curve's point, printed with the step
+                run_log.log(step + 1, metrics, line=line)
                 if loop.samples_every and (step + 1) % loop.samples_every == 0:
                     # One group: its N rollouts of one query, side by side.
                     shown = "\n\n".join(
