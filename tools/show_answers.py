@@ -109,6 +109,9 @@ def main(argv):
     if unknown:
         raise app.UsageError(f"not in {FLAGS.results}: {', '.join(unknown)}; it has "
                              f"{', '.join(results['systems'])}")
+    if "original" not in results["systems"]:
+        raise app.UsageError("the gains are over the original query: evaluate with "
+                             "--baselines=original,teacher")
     shown = [s for s in systems if s not in ("original", "teacher")]
     print(share_table(kind_shares(results, ["teacher", *shown], metric=FLAGS.metric),
                       ["teacher", *shown], FLAGS.metric))
