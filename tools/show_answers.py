@@ -8,17 +8,25 @@ prints, for every query kind and for all queries together:
   teacher's gain (the warm-up's target: issue 21 asks for 75%, RM3's share is the bar to beat);
 - a few queries with each system's expansions and the judged recall they reached. `--order=differ`
   picks the queries on which the first two systems differ most (where a change of policy
-  showed), `first` the first ones evaluated.
+  showed), `first` the first ones evaluated;
+- with `--brands` (synthetic catalog only), where the brand goes. A brand query ("weavecraft
+  throw pillow") is judged by the brand: another brand's pillow is a substitute (grade 2), so an
+  expansion that swaps the brand retrieves the wrong products and one that drops it retrieves them
+  mixed in. Over the valid expansions of every brand query: the share that holds the query's
+  brand, only other brands, or no brand, matched as whole words against the generator's brand
+  tables (data/synthetic_vocab.py).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 from absl import app, flags
 
 from leser_jax import evaluation
+from leser_jax.data import synthetic_vocab
 
 flags.DEFINE_string("results", None, "An evaluation's output folder (experiments.evaluate --out).",
                     required=True)
@@ -28,6 +36,8 @@ flags.DEFINE_integer("per_kind", 3, "Queries shown per kind (0: the share table 
                      lower_bound=0)
 flags.DEFINE_enum("order", "differ", ["differ", "first"], "Which queries are shown: where the "
                   "first two systems differ most in judged recall, or the first evaluated.")
+flags.DEFINE_bool("brands", False, "Also count where the brand of each brand query goes "
+                  "(synthetic catalog only): kept, swapped for another, dropped.")
 FLAGS = flags.FLAGS
 
 
@@ -101,6 +111,52 @@ def show_rows(picked: Mapping[str, Sequence[Mapping]], systems: Sequence[str]) -
     return "\n".join(lines)
 
 
+OUTCOMES = ("query brand", "other brand", "no brand")
+
+
+def brand_names() -> tuple[str, ...]:
+    """Every brand of the synthetic catalog, lower-cased (attribute 0 of each category)."""
+    return tuple(sorted({b.lower() for c in synthetic_vocab.CATEGORIES
+                         for b in c.attributes[0][1]}))
+
+
+def brands_in(text: str, names: Sequence[str]) -> set[str]:
+    """The brands that occur in `text` as whole words ("linden home" but not "lindenhome")."""
+    padded = " " + " ".join(re.findall(r"[a-z0-9]+", text.lower())) + " "
+    return {b for b in names if f" {b} " in padded}
+
+
+def brand_copies(rows: Sequence[Mapping], systems: Sequence[str], names: Sequence[str]
+                 ) -> dict[str, dict]:
+    """{system: {"expansions": n, outcome: share of the n}} over the brand queries' valid
+    expansions (a query whose text names no known brand is skipped)."""
+    counts = {s: dict.fromkeys(OUTCOMES, 0) for s in systems}
+    for row in rows:
+        wanted = brands_in(row["query"], names) if row["kind"] == "brand" else set()
+        if not wanted:
+            continue
+        for s in systems:
+            for expansion in row["systems"][s]["expansions"]:
+                found = brands_in(expansion, names)
+                counts[s][OUTCOMES[0] if found & wanted else OUTCOMES[1] if found
+                          else OUTCOMES[2]] += 1
+    out = {}
+    for s, c in counts.items():
+        n = sum(c.values())
+        out[s] = {"expansions": n, **{k: v / n if n else float("nan") for k, v in c.items()}}
+    return out
+
+
+def brand_table(copies: Mapping[str, Mapping]) -> str:
+    lines = ["| system | expansions | " + " | ".join(OUTCOMES) + " |",
+             "|---|---|" + "---|" * len(OUTCOMES)]
+    for s, v in copies.items():
+        lines.append(f"| {s} | {v['expansions']} | "
+                     + " | ".join(f"{v[k]:.0%}" if v["expansions"] else "-" for k in OUTCOMES)
+                     + " |")
+    return "\n".join(lines)
+
+
 def main(argv):
     del argv
     results = evaluation.read_results(FLAGS.results)
@@ -118,6 +174,10 @@ def main(argv):
     if FLAGS.per_kind:
         rows = evaluation.read_answers(FLAGS.results)
         print(show_rows(pick(rows, systems, FLAGS.per_kind, FLAGS.order), systems))
+    if FLAGS.brands:
+        copies = brand_copies(evaluation.read_answers(FLAGS.results), systems, brand_names())
+        print("\nWhere the brand of a brand query goes (valid expansions):\n")
+        print(brand_table(copies))
 
 
 if __name__ == "__main__":
