@@ -126,6 +126,13 @@ def brands_in(text: str, names: Sequence[str]) -> set[str]:
     return {b for b in names if f" {b} " in padded}
 
 
+def brand_outcome(wanted: set[str], found: set[str]) -> str:
+    """One of OUTCOMES for an expansion naming brands `found`, of a query naming `wanted`."""
+    if found & wanted:
+        return "query brand"
+    return "other brand" if found else "no brand"
+
+
 def brand_copies(rows: Sequence[Mapping], systems: Sequence[str], names: Sequence[str]
                  ) -> dict[str, dict]:
     """{system: {"expansions": n, outcome: share of the n}} over the brand queries' valid
@@ -137,9 +144,7 @@ def brand_copies(rows: Sequence[Mapping], systems: Sequence[str], names: Sequenc
             continue
         for s in systems:
             for expansion in row["systems"][s]["expansions"]:
-                found = brands_in(expansion, names)
-                counts[s][OUTCOMES[0] if found & wanted else OUTCOMES[1] if found
-                          else OUTCOMES[2]] += 1
+                counts[s][brand_outcome(wanted, brands_in(expansion, names))] += 1
     out = {}
     for s, c in counts.items():
         n = sum(c.values())
@@ -171,11 +176,11 @@ def main(argv):
     shown = [s for s in systems if s not in ("original", "teacher")]
     print(share_table(kind_shares(results, ["teacher", *shown], metric=FLAGS.metric),
                       ["teacher", *shown], FLAGS.metric))
+    rows = evaluation.read_answers(FLAGS.results) if FLAGS.per_kind or FLAGS.brands else []
     if FLAGS.per_kind:
-        rows = evaluation.read_answers(FLAGS.results)
         print(show_rows(pick(rows, systems, FLAGS.per_kind, FLAGS.order), systems))
     if FLAGS.brands:
-        copies = brand_copies(evaluation.read_answers(FLAGS.results), systems, brand_names())
+        copies = brand_copies(rows, systems, brand_names())
         print("\nWhere the brand of a brand query goes (valid expansions):\n")
         print(brand_table(copies))
 
