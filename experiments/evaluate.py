@@ -22,6 +22,13 @@ at start (a few seconds). A zero-shot SmolLM2 with two examples:
     python -m tools.convert_gguf_llama --out=runs/smollm2
     python -m experiments.evaluate --dataset=synthetic --index=runs/demo/index --relevance=runs/demo/relevance --out=runs/smol_eval --baselines=original --zero_shot=smol_2shot=runs/smollm2 --zero_shot_examples=2 --max_new_tokens=128 --reference=smol_2shot
 
+A policy need decode its answers once: --recorded NAME=DIR[:SYSTEM] replays what SYSTEM wrote
+in an earlier evaluation's DIR/answers.jsonl, measured again here (latency n/a; a warning if a
+query's judged recall differs from the recorded one). A GRPO seed trained later joins the
+earlier ones, summarised over seeds by --seed_group:
+
+    python -m experiments.evaluate --dataset=synthetic --index=runs/demo/index --relevance=runs/demo/relevance --out=runs/demo_seeds --baselines=original,rm3 --recorded=warmup=runs/demo:warmup --recorded=grpo=runs/demo:grpo --policy=grpo_seed1=runs/demo/grpo_seed1 --reference=grpo --seed_group=grpo,grpo_seed1
+
 The context flags must be those the policies were trained with: a policy's run records them in
 its checkpoints, and a mismatch is an error. The teacher flags should be those that wrote the
 warm-up data. Writes OUT/results.json, OUT/results.md, OUT/answers.jsonl (every system's
@@ -36,7 +43,7 @@ import dataclasses
 import os
 import time
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from experiments import cli, common
 from leser_jax import evaluation, plots, run_log
@@ -58,6 +65,10 @@ flags.DEFINE_multi_string("policy", [], "NAME=DIR: a policy checkpoint to evalua
 flags.DEFINE_multi_string("zero_shot", [], "NAME=PATH: a model never fine-tuned (a GGUF file or a "
                           "converted params dir) prompted with the LESER prompt in its chat "
                           "template, after --zero_shot_examples worked examples (repeatable).")
+flags.DEFINE_multi_string("recorded", [], "NAME=DIR[:SYSTEM]: the answers SYSTEM (default NAME) "
+                          "wrote in an earlier evaluation's DIR/answers.jsonl, measured again "
+                          "here without decoding, e.g. the warm-up and GRPO seed 0 beside a new "
+                          "seed (repeatable; same --split and --num_queries).")
 common.define_few_shot_flags("zero_shot_examples")
 flags.DEFINE_bool("drop_duplicates", False, "Also report each model as NAME+dedup: its same "
                   "answers with repeated expansions dropped instead of rejected (how a deployed "
@@ -100,12 +111,23 @@ def parse_policies(specs: list[str], flag: str = "policy") -> dict[str, str]:
     return policies
 
 
+def parse_recorded(specs: list[str]) -> dict[str, evaluation.Recorded]:
+    """{name: Recorded} from --recorded NAME=DIR[:SYSTEM] specs."""
+    recorded = {}
+    for name, spec in parse_policies(specs, "recorded").items():
+        path, sep, system = spec.rpartition(":")
+        recorded[name] = evaluation.read_recorded(path, system) if sep else \
+            evaluation.read_recorded(spec, name)
+    return recorded
+
+
 def main(argv):
     del argv
     run_log.quiet_library_logs()
     start = time.perf_counter()
     policies = parse_policies(FLAGS.policy)
     zero_shot = parse_policies(FLAGS.zero_shot, "zero_shot")
+    recorded = parse_recorded(FLAGS.recorded)
     context = common.context_config()
     reward = common.reward_config()
     preset = common.preset()
@@ -128,12 +150,20 @@ def main(argv):
                                       context=context, reward=reward, teacher=teacher_config,
                                       max_new_tokens=max_new_tokens,
                                       temperature=FLAGS.temperature, zero_shot=zero_shot,
-                                      examples=examples, drop_duplicates=FLAGS.drop_duplicates)
+                                      examples=examples, recorded=recorded,
+                                      drop_duplicates=FLAGS.drop_duplicates)
     feedback = SearchFeedback(engine, relevance, reward)
     results, reasons = evaluation.evaluate_systems(systems, queries, catalog, feedback,
                                           batch_size=FLAGS.batch_size,
                                           bootstrap_samples=FLAGS.bootstrap_samples,
                                           seed=FLAGS.seed)
+    for name, system in recorded.items():
+        changed = system.disagreements([q.text for q in queries],
+                                       results[name].per_query["judged_recall"])
+        if changed:
+            logging.warning("recorded %s: %d of %d queries score another judged recall than "
+                            "when recorded (another catalog, index or --reward_k?)", name,
+                            changed, len(queries))
     # Judged recall is defined where a query has a judged-relevant product: the same queries for
     # every system.
     judged = next(iter(results.values())).metrics["judged_recall"].n
@@ -153,7 +183,7 @@ def main(argv):
             "reward": dataclasses.asdict(reward), "teacher": dataclasses.asdict(teacher_config),
             "max_new_tokens": max_new_tokens, "temperature": FLAGS.temperature,
             "batch_size": FLAGS.batch_size,
-            "policies": policies, "zero_shot": zero_shot,
+            "policies": policies, "zero_shot": zero_shot, "recorded": FLAGS.recorded,
             "zero_shot_examples": [{"prompt": t.prompt, "answer": t.answer} for t in examples],
             "seconds": round(time.perf_counter() - start, 1)}
     table = evaluation.write_results(FLAGS.out, evaluation.results_dict(

@@ -50,7 +50,7 @@ from leser_jax.catalog import Catalog, Query
 from leser_jax.context import ContextConfig
 from leser_jax.metrics import Estimate, Evaluation, System, bootstrap, evaluate
 from leser_jax.policy import PolicySystem, Reparsed, load_policy
-from leser_jax.prompts import AnswerFormat, ExampleTurn
+from leser_jax.prompts import AnswerFormat, ExampleTurn, ParsedAnswer
 from leser_jax.reward import Relevance, RewardConfig, SearchFeedback
 from leser_jax.sampler import SamplingConfig
 from leser_jax.search import SearchEngine
@@ -100,10 +100,13 @@ def make_systems(baselines: Sequence[str], policies: Mapping[str, str], engine: 
                  max_new_tokens: int = 96, temperature: float = 0.0,
                  zero_shot: Mapping[str, str] = {},
                  examples: Sequence[ExampleTurn] = (),
+                 recorded: Mapping[str, Recorded] = {},
                  drop_duplicates: bool = False) -> dict[str, System]:
     """{name: system}: the named `baselines` (of BASELINES) in that order, then each zero-shot
     model {name: GGUF file or params checkpoint} with the worked `examples` before every query,
-    then each policy {name: params checkpoint or its run dir}; all decode greedily
+    then the `recorded` systems (answers replayed from an earlier evaluation, which has no
+    completions to re-parse: no +dedup twin), then each policy {name: params checkpoint or its
+    run dir}; all decode greedily
     (temperature 0) or sample at `temperature` (GRPO optimises the T = 0.9 distribution; its
     greedy answers can differ in kind, e.g. repeat one expansion, which parse_answer rejects).
     A policy is shown the prompt it was trained on: with the worked examples its GRPO run showed
@@ -117,7 +120,7 @@ def make_systems(baselines: Sequence[str], policies: Mapping[str, str], engine: 
              "teacher": lambda: Teacher(engine, relevance, context=context, reward=reward,
                                         config=teacher)}
     unknown = [b for b in baselines if b not in known]
-    names = [*baselines, *zero_shot, *policies]
+    names = [*baselines, *zero_shot, *recorded, *policies]
     taken = sorted({n for n in names if names.count(n) > 1})
     if unknown or taken:
         raise ValueError(f"unknown baselines {unknown} (known: {BASELINES}) or system names "
@@ -129,6 +132,7 @@ def make_systems(baselines: Sequence[str], policies: Mapping[str, str], engine: 
         graphdef, params = nnx.split(model)
         systems[name] = PolicySystem(graphdef, params, tokenizer, engine, context=context,
                                      sampling=sampling, examples=examples)
+    systems.update(recorded)
     for name, path in policies.items():
         systems[name] = policy_system(path, engine, context=context, sampling=sampling,
                                       name=name)
@@ -160,6 +164,54 @@ def policy_system(path: str | os.PathLike, engine: SearchEngine, *, context: Con
     return PolicySystem(graphdef, params, tokenizer, engine, context=context, answer=answer,
                         sampling=sampling, seed=seed, batch_buckets=batch_buckets,
                         examples=trained_examples(path))
+
+
+class Recorded:
+    """A system's answers from an earlier evaluation's answers.jsonl, replayed (`read_recorded`):
+    the same expansions measured again by this run's searches, relevance model and judgments,
+    with no decoding. A GRPO seed evaluated on its own joins the other seeds' table this way
+    (a SmolLM2 policy decodes 220 queries in minutes on 2 cores), and recorded answers can be
+    scored under another reward. Its latency would be a lookup's, so `evaluate_systems` leaves
+    it out."""
+
+    def __init__(self, answers: Mapping[str, ParsedAnswer],
+                 judged_recall: Mapping[str, float | None] = {}):
+        self.answers = dict(answers)
+        self.judged_recall = dict(judged_recall)  # what each query scored when recorded
+
+    def __call__(self, queries: Sequence[str]) -> list[ParsedAnswer]:
+        missing = [q for q in queries if q not in self.answers]
+        if missing:
+            raise ValueError(f"no recorded answer for {len(missing)} of {len(queries)} queries, "
+                             f"e.g. {missing[0]!r}: record the same --split and --num_queries")
+        return [self.answers[q] for q in queries]
+
+    def disagreements(self, queries: Sequence[str], judged_recall: np.ndarray) -> int:
+        """Queries whose judged recall [Q] now differs from the recorded one: nonzero when this
+        run's catalog, index or search depth is not the recorded run's."""
+        def same(then, now):
+            return (then is None and math.isnan(now)) or (
+                then is not None and math.isclose(then, now, rel_tol=1e-9, abs_tol=1e-12))
+        return sum(not same(self.judged_recall.get(q), float(r))
+                   for q, r in zip(queries, judged_recall))
+
+
+def read_recorded(path: str | os.PathLike, system: str) -> Recorded:
+    """The answers of `system` in an evaluation's answers.jsonl (`write_answers`; a directory
+    holding it, or the file) as a `Recorded` system. ValueError if a row lacks the system, or
+    one query text has two different answers (sampled answers to repeated queries)."""
+    answers, recall = {}, {}
+    for row in read_answers(path):
+        s = row["systems"].get(system)
+        if s is None:
+            raise ValueError(f"{os.fspath(path)} records no system {system!r} for "
+                             f"{row['query']!r} (it has {sorted(row['systems'])})")
+        answer = ParsedAnswer(expansions=tuple(s["expansions"]), reason=s["reason"])
+        if answers.setdefault(row["query"], answer) != answer:
+            raise ValueError(f"{os.fspath(path)}: {system} answered {row['query']!r} twice, "
+                             "differently")
+        recall[row["query"]] = s["judged_recall"]
+    return Recorded(answers, recall)
 
 
 class Timed:
@@ -204,14 +256,15 @@ def evaluate_systems(systems: Mapping[str, System], queries: Sequence[Query], ca
                      feedback: SearchFeedback, *, batch_size: int = 32,
                      bootstrap_samples: int = 1000, seed: int = 0,
                      log=print) -> tuple[dict[str, Evaluation], dict[str, dict[str, int]]]:
-    """metrics.evaluate for each system on the same queries, with `Timed` latency; also each
-    system's rejection reasons {name: {reason: answers}}."""
+    """metrics.evaluate for each system on the same queries, with `Timed` latency (NaN for a
+    `Recorded` one); also each system's rejection reasons {name: {reason: answers}}."""
     out, reasons = {}, {}
     for name, system in systems.items():
         timed = Timed(system)
         result = evaluate(timed, queries, catalog, feedback, batch_size=batch_size,
                           bootstrap_samples=bootstrap_samples, seed=seed)
-        out[name] = dataclasses.replace(result, latency_ms=timed.latency_ms())
+        latency = float("nan") if isinstance(system, Recorded) else timed.latency_ms()
+        out[name] = dataclasses.replace(result, latency_ms=latency)
         reasons[name] = dict(timed.reasons.most_common())
         m = result.metrics
         log(f"[evaluate] {name}: relevance gain {m['relevance_gain']}, retrieval gain "
@@ -327,7 +380,9 @@ def _systems_table(systems: Mapping[str, Mapping], latency: bool = True) -> list
              "|---" * (len(COLUMNS) + 1 + latency) + "|"]
     for name, s in systems.items():
         cells = [_cell(s.get(m), signed) for m, _, signed in COLUMNS]
-        tail = f" | {s['latency_ms']:.1f} |" if latency else " |"
+        ms = s.get("latency_ms")  # None or NaN: a recorded system's, never measured
+        tail = (f" | {ms:.1f} |" if ms is not None and math.isfinite(ms) else " | n/a |"
+                if latency else " |")
         lines.append(f"| {name} | " + " | ".join(cells) + tail)
     return lines
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import numpy as np
@@ -213,6 +214,44 @@ def test_dedup_twin_parses_the_same_completions_leniently(tiny):
     assert policy._calls == 1  # nothing sampled again
     twin(["a query it never saw"])  # unseen queries are asked of the policy
     assert policy._calls == 2
+
+
+def test_recorded_answers_score_as_they_did_when_recorded(tiny, tmp_path):
+    """A system replayed from answers.jsonl is measured again to the same per-query numbers,
+    with no latency; a query it never answered, or a system it never recorded, is an error."""
+    catalog, engine, _ = tiny
+    feedback = SearchFeedback(engine, CategoryRelevance(catalog), REWARD)
+    opts = dict(batch_size=4, bootstrap_samples=50, log=lambda _: None)
+    live = evaluation.make_systems(["original", "rm3"], {}, engine, CategoryRelevance(catalog),
+                                   context=CONTEXT, reward=REWARD)
+    first, _ = evaluation.evaluate_systems(live, catalog.queries, catalog, feedback, **opts)
+    evaluation.write_answers(tmp_path, catalog.queries, first)
+    recorded = evaluation.read_recorded(tmp_path, "rm3")
+    systems = evaluation.make_systems(["original"], {}, engine, CategoryRelevance(catalog),
+                                      context=CONTEXT, reward=REWARD,
+                                      recorded={"rm3_then": recorded})
+    assert list(systems) == ["original", "rm3_then"]
+    again, _ = evaluation.evaluate_systems(systems, catalog.queries, catalog, feedback, **opts)
+    assert first["rm3"].metrics["n_expansions"].mean == 2  # RM3 expanded: a real replay
+    for m in METRICS:
+        np.testing.assert_array_equal(again["rm3_then"].per_query[m], first["rm3"].per_query[m])
+    assert math.isnan(again["rm3_then"].latency_ms)
+    table = evaluation.write_results(tmp_path, evaluation.results_dict(again))
+    assert "| rm3_then |" in table and table.count("| n/a |") == 1
+    texts = [q.text for q in catalog.queries]
+    recall = again["rm3_then"].per_query["judged_recall"]
+    assert recorded.disagreements(texts, recall) == 0
+    shifted = np.where(np.isnan(recall), 0.5, recall + 0.5)  # every query scores otherwise
+    assert recorded.disagreements(texts, shifted) == len(texts)
+    with pytest.raises(ValueError, match="no recorded answer for 1 of 2"):
+        recorded([texts[0], "a query never evaluated"])
+    with pytest.raises(ValueError, match="records no system 'grpo'"):
+        evaluation.read_recorded(tmp_path, "grpo")
+    rows = evaluation.read_answers(tmp_path)
+    rows[1] = {**rows[0], "systems": {"rm3": {**rows[0]["systems"]["rm3"], "expansions": ["x"]}}}
+    (tmp_path / "twice.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ValueError, match="twice, differently"):
+        evaluation.read_recorded(tmp_path / "twice.jsonl", "rm3")
 
 
 def test_a_policy_trained_with_another_context_is_refused(tiny):

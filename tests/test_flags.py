@@ -49,6 +49,9 @@ CASES = {
     "evaluate positional": (
         "experiments.evaluate", ["--out=RUN", "--relevance=MISSING", "steps=5"],
         "unexpected positional argument(s): 'steps=5' (flags are written --name=value)"),
+    "evaluate --recorded without a name": (
+        "experiments.evaluate", ["--out=RUN", "--relevance=MISSING", "--recorded=grpo"],
+        "--recorded=grpo: expected NAME=PATH"),
     "pipeline positional": (
         "experiments.pipeline", ["--run_dir=RUN", "demo", "--dry_run"],
         "unexpected positional argument(s): 'demo'"),
