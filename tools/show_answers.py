@@ -173,9 +173,10 @@ def main(argv):
     if "original" not in results["systems"]:
         raise app.UsageError("the gains are over the original query: evaluate with "
                              "--baselines=original,teacher")
-    shown = [s for s in systems if s not in ("original", "teacher")]
-    print(share_table(kind_shares(results, ["teacher", *shown], metric=FLAGS.metric),
-                      ["teacher", *shown], FLAGS.metric))
+    # Without the teacher there is no share to give, only the gains (its column would be NaN).
+    columns = ["teacher"] * ("teacher" in results["systems"]) + [
+        s for s in systems if s not in ("original", "teacher")]
+    print(share_table(kind_shares(results, columns, metric=FLAGS.metric), columns, FLAGS.metric))
     rows = evaluation.read_answers(FLAGS.results) if FLAGS.per_kind or FLAGS.brands else []
     if FLAGS.per_kind:
         print(show_rows(pick(rows, systems, FLAGS.per_kind, FLAGS.order), systems))
