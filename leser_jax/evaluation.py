@@ -381,8 +381,8 @@ def _systems_table(systems: Mapping[str, Mapping], latency: bool = True) -> list
     for name, s in systems.items():
         cells = [_cell(s.get(m), signed) for m, _, signed in COLUMNS]
         ms = s.get("latency_ms")  # None or NaN: a recorded system's, never measured
-        tail = (f" | {ms:.1f} |" if ms is not None and math.isfinite(ms) else " | n/a |"
-                if latency else " |")
+        measured = ms is not None and math.isfinite(ms)
+        tail = (f" | {ms:.1f} |" if measured else " | n/a |") if latency else " |"
         lines.append(f"| {name} | " + " | ".join(cells) + tail)
     return lines
 
