@@ -22,7 +22,7 @@ at start (a few seconds). A zero-shot SmolLM2 with two examples:
     python -m tools.convert_gguf_llama --out=runs/smollm2
     python -m experiments.evaluate --dataset=synthetic --index=runs/demo/index --relevance=runs/demo/relevance --out=runs/smol_eval --baselines=original --zero_shot=smol_2shot=runs/smollm2 --zero_shot_examples=2 --max_new_tokens=128 --reference=smol_2shot
 
-A policy need decode its answers once: --recorded NAME=DIR[:SYSTEM] replays what SYSTEM wrote
+A policy needs to decode its answers only once: --recorded NAME=DIR[:SYSTEM] replays what SYSTEM wrote
 in an earlier evaluation's DIR/answers.jsonl, measured again here (latency n/a; a warning if a
 query's judged recall differs from the recorded one). A GRPO seed trained later joins the
 earlier ones, summarised over seeds by --seed_group:
@@ -116,8 +116,9 @@ def parse_recorded(specs: list[str]) -> dict[str, evaluation.Recorded]:
     recorded = {}
     for name, spec in parse_policies(specs, "recorded").items():
         path, sep, system = spec.rpartition(":")
-        recorded[name] = evaluation.read_recorded(path, system) if sep else \
-            evaluation.read_recorded(spec, name)
+        if not sep:  # NAME=DIR: the system of the same name
+            path, system = spec, name
+        recorded[name] = evaluation.read_recorded(path, system)
     return recorded
 
 

@@ -267,10 +267,10 @@ def evaluate_systems(systems: Mapping[str, System], queries: Sequence[Query], ca
         out[name] = dataclasses.replace(result, latency_ms=latency)
         reasons[name] = dict(timed.reasons.most_common())
         m = result.metrics
+        speed = "replayed" if math.isnan(latency) else f"{latency:.1f} ms/query"
         log(f"[evaluate] {name}: relevance gain {m['relevance_gain']}, retrieval gain "
             f"{m['retrieval_gain']}, validity {m['validity'].mean:.3f} "
-            f"{reasons[name] or ''}, {out[name].latency_ms:.1f} ms/query "
-            f"({sum(s for _, s in timed.calls):.1f} s)")
+            f"{reasons[name] or ''}, {speed} ({sum(s for _, s in timed.calls):.1f} s)")
     return out, reasons
 
 
