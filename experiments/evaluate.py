@@ -118,7 +118,10 @@ def parse_recorded(specs: list[str]) -> dict[str, evaluation.Recorded]:
         path, sep, system = spec.rpartition(":")
         if not sep:  # NAME=DIR: the system of the same name
             path, system = spec, name
-        recorded[name] = evaluation.read_recorded(path, system)
+        try:
+            recorded[name] = evaluation.read_recorded(path, system)
+        except (OSError, ValueError) as e:  # before any work: a usage error, not a traceback
+            raise app.UsageError(f"--recorded={name}={spec}: {e}") from e
     return recorded
 
 

@@ -52,6 +52,9 @@ CASES = {
     "evaluate --recorded without a name": (
         "experiments.evaluate", ["--out=RUN", "--relevance=MISSING", "--recorded=grpo"],
         "--recorded=grpo: expected NAME=PATH"),
+    "evaluate --recorded from a missing folder": (
+        "experiments.evaluate", ["--out=RUN", "--relevance=MISSING", "--recorded=warmup=MISSING"],
+        "No such file or directory"),
     "pipeline positional": (
         "experiments.pipeline", ["--run_dir=RUN", "demo", "--dry_run"],
         "unexpected positional argument(s): 'demo'"),
