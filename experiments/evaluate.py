@@ -22,10 +22,10 @@ at start (a few seconds). A zero-shot SmolLM2 with two examples:
     python -m tools.convert_gguf_llama --out=runs/smollm2
     python -m experiments.evaluate --dataset=synthetic --index=runs/demo/index --relevance=runs/demo/relevance --out=runs/smol_eval --baselines=original --zero_shot=smol_2shot=runs/smollm2 --zero_shot_examples=2 --max_new_tokens=128 --reference=smol_2shot
 
-A policy needs to decode its answers only once: --recorded NAME=DIR[:SYSTEM] replays what SYSTEM wrote
-in an earlier evaluation's DIR/answers.jsonl, measured again here (latency n/a; a warning if a
-query's judged recall differs from the recorded one). A GRPO seed trained later joins the
-earlier ones, summarised over seeds by --seed_group:
+A policy needs to decode its answers only once: --recorded NAME=DIR[:SYSTEM] replays what
+SYSTEM wrote in an earlier evaluation's DIR/answers.jsonl, measured again here (latency n/a; a
+warning if a query's judged recall differs from the recorded one). A GRPO seed trained later
+joins the earlier ones, summarised over seeds by --seed_group:
 
     python -m experiments.evaluate --dataset=synthetic --index=runs/demo/index --relevance=runs/demo/relevance --out=runs/demo_seeds --baselines=original,rm3 --recorded=warmup=runs/demo:warmup --recorded=grpo=runs/demo:grpo --policy=grpo_seed1=runs/demo/grpo_seed1 --reference=grpo --seed_group=grpo,grpo_seed1
 
