@@ -62,6 +62,8 @@ CASES = {
         "experiments.expand", ["--policy=MISSING", "--out=RUN", "--queries=MISSING",
                                "--split=test"],
         "give exactly one of --queries=FILE and --split=NAME"),
+    "reward_fidelity --relevance without a name": (
+        "tools.reward_fidelity", ["--relevance=MISSING"], "expected NAME=DIR"),
     "memory_plan positional": (
         "tools.memory_plan", ["--queries=4", "now", "--", "--rollouts=2"],
         "unexpected positional argument(s): 'now', '--rollouts=2'"),

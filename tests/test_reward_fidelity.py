@@ -1,0 +1,97 @@
+"""The reward's agreement with the human labels over a query's answer sets (reward_fidelity.py)."""
+
+import math
+
+import numpy as np
+import pytest
+
+from leser_jax.context import ContextConfig
+from leser_jax.data.synthetic import SyntheticConfig, generate
+from leser_jax.reward import RewardConfig, SearchFeedback
+from leser_jax.reward_fidelity import (LabelRelevance, agreement, answer_sets, column, measure,
+                                       taken)
+from leser_jax.search import SearchEngine
+
+
+def test_agreement_counts_pairs_the_labels_tell_apart():
+    judged = np.array([0.2, 0.5, 0.5, 0.9])  # the pair (1, 2) is tied: not counted
+    assert agreement(np.array([1.0, 2.0, 7.0, 3.0]), judged) == pytest.approx(4 / 5)
+    assert agreement(judged * 10, judged) == 1.0
+    assert agreement(-judged, judged) == 0.0
+    assert agreement(np.zeros(4), judged) == 0.5  # a constant signal: every pair a tie
+    assert math.isnan(agreement(np.array([1.0, 2.0]), np.array([0.4, 0.4])))
+
+
+def test_taken_is_the_judged_gain_of_the_signal_best_sets():
+    judged = np.array([0.5, 0.9, 0.7])
+    assert taken(np.array([0.0, 1.0, 0.5]), judged, 0.5) == pytest.approx(0.4)
+    assert taken(np.array([0.0, 1.0, 1.0]), judged, 0.5) == pytest.approx(0.3)  # tie: the mean
+
+
+class Zero:
+    """A relevance model that finds nothing relevant."""
+
+    def score_many(self, requests):
+        return [np.zeros(len(rows), np.float32) for _, rows in requests]
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    catalog = generate(SyntheticConfig(num_products=1500, num_queries=150, seed=0))
+    return catalog, SearchEngine.build(catalog)
+
+
+def test_label_relevance_reads_labels_where_judged_and_the_model_elsewhere(synthetic):
+    catalog, _ = synthetic
+    query = next(q for q in catalog.queries if catalog.judgments.get(q.query_id))
+    judged = {catalog.row_of[p]: catalog.scale.is_relevant(g)
+              for p, g in catalog.judgments[query.query_id].items()}
+    unjudged = next(r for r in range(len(catalog.products)) if r not in judged)
+
+    class Half(Zero):
+        def score_many(self, requests):
+            return [np.full(len(rows), 0.5, np.float32) for _, rows in requests]
+
+    rows = np.array([*judged, unjudged])
+    scores = LabelRelevance(Half(), catalog, [query]).score(query.text, rows)
+    np.testing.assert_array_equal(scores, [*map(float, judged.values()), 0.5])
+
+
+def test_a_reward_that_counts_judged_relevant_products_agrees_with_judged_recall(synthetic):
+    # Labels where judged, 0 elsewhere: r_size(Y) = |U(Y) & R| / max(|S_K(q) & R|, floor), a
+    # constant times judged recall, so it must order every pair as judged recall does and its
+    # best set must take all the gain the pool offers. Every piece of the pipeline is on the way.
+    catalog, engine = synthetic
+    queries = catalog.split("train")[:60]
+    pools = [answer_sets(q.text, engine, ContextConfig(k=5, max_tokens=128)) for q in queries]
+    assert sum(len(p) for p in pools) > 5 * len(queries)
+    feedback = SearchFeedback(engine, LabelRelevance(Zero(), catalog, queries), RewardConfig())
+    results = measure(queries, pools, catalog, feedback, chunk=16)
+    target = "judged_recall"
+    informative = column(results, "agreement", target, "r_size")
+    informative = informative[~np.isnan(informative)]
+    assert len(informative) >= 10
+    np.testing.assert_array_equal(informative, 1.0)
+    np.testing.assert_allclose(column(results, "taken", target, "r_size"),
+                               column(results, "reachable", target), atol=1e-12)
+    # The chunking is bookkeeping only: one query at a time gives the same numbers.
+    again = measure(queries, pools, catalog, feedback, chunk=1)
+    np.testing.assert_array_equal(column(again, "agreement", target, "reward"),
+                                  column(results, "agreement", target, "reward"))
+
+
+@pytest.mark.slow
+def test_the_tool_prints_each_scorer_and_the_paired_difference(tmp_path):
+    from leser_jax.relevance import RelevanceConfig, RelevanceModel
+    from tests.test_flags import launch
+
+    catalog = generate(SyntheticConfig(num_products=1500, num_queries=150, seed=0))
+    RelevanceModel.train(SearchEngine.build(catalog), RelevanceConfig(max_rounds=20)).save(
+        str(tmp_path / "rel"))
+    out = launch("tools.reward_fidelity", "--dataset=synthetic", "--synthetic_products=1500",
+                 "--synthetic_queries=150", f"--relevance=a={tmp_path / 'rel'}",
+                 f"--relevance=b={tmp_path / 'rel'}", "--num_queries=40", "--split=train")
+    assert out.returncode == 0, out.stderr[-2000:]
+    for name in ("a", "b", "labels"):
+        assert out.stdout.count(f"| {name} |") == 2, out.stdout  # one row per target
+    assert "b minus a, reward agreement: +0.000 [+0.000, +0.000]" in out.stdout
