@@ -9,9 +9,10 @@ model or a reward constant can be judged by what GRPO will learn from it before 
 The pool. Per query, answer sets built from the search-guided teacher's candidates
 (teacher.propose over the query's context, the answers a warmed-up policy writes): each of the
 first `singles` candidates alone, and every pair of the first `pairs_of`. Each set Y is measured
-once (reward.SearchFeedback) and scored by each signal: the reward r(Y) and its two terms,
-r_rel(Y) and r_size(Y) (reward.reward_terms), against judged recall and judged nDCG@10
-(metrics.judged_metrics).
+once (reward.SearchFeedback) and scored by each signal: the reward r(Y) = r_rel(Y) + lambda *
+r_size(Y) for each lambda asked (`reward_signal` names them) and its two terms alone
+(reward.reward_terms), against judged recall and judged nDCG@10 (metrics.judged_metrics). The
+terms do not depend on lambda, so one measurement compares every lambda, paired by query.
 
 Per query (ours; the paper reports no such measurement):
   agreement  over the pairs of sets whose judged value differs, the share that the signal orders
@@ -45,8 +46,13 @@ from leser_jax.reward import Relevance, RewardConfig, SearchFeedback, reward_ter
 from leser_jax.search import SearchEngine
 from leser_jax.teacher import TeacherConfig, propose
 
-SIGNALS = ("reward", "r_rel", "r_size")
+TERMS = ("r_rel", "r_size")
 TARGETS = ("judged_recall", "ndcg10")
+
+
+def reward_signal(lam: float) -> str:
+    """The name of r_rel + lam * r_size among the signals: 'reward (lambda 0.1)'."""
+    return f"reward (lambda {lam:g})"
 
 
 class LabelRelevance:
@@ -114,12 +120,15 @@ class QueryFidelity:
 
 
 def measure(queries: Sequence[Query], pools: Sequence[Sequence[tuple[str, ...]]],
-            catalog: Catalog, feedback: SearchFeedback, *, chunk: int = 64) -> list[QueryFidelity]:
+            catalog: Catalog, feedback: SearchFeedback, *, lambdas: Sequence[float] = (),
+            chunk: int = 64) -> list[QueryFidelity]:
     """Each query's pool measured by `feedback` (its relevance and reward config) and labels.
 
+    Signals: the reward for each of `lambdas` (default: feedback.config.lam), r_rel and r_size.
     `chunk` queries share one `feedback.measure` call (one relevance-model call). Queries with
     fewer than two sets, or without a judged-relevant product, are left out.
     """
+    lambdas = tuple(lambdas) or (feedback.config.lam,)
     kept = [(q, pool) for q, pool in zip(queries, pools) if len(pool) >= 2]
     out = []
     for start in range(0, len(kept), chunk):
@@ -128,20 +137,20 @@ def measure(queries: Sequence[Query], pools: Sequence[Sequence[tuple[str, ...]]]
         measured = iter(feedback.measure(texts, [y for _, pool in part for y in [(), *pool]]))
         for query, pool in part:
             one = [next(measured) for _ in range(len(pool) + 1)]  # q alone, then the pool
-            result = _fidelity(query, one, catalog, feedback.config)
+            result = _fidelity(query, one, catalog, feedback.config, lambdas)
             if result is not None:
                 out.append(result)
     return out
 
 
-def _fidelity(query: Query, measured, catalog: Catalog, config: RewardConfig
-              ) -> QueryFidelity | None:
+def _fidelity(query: Query, measured, catalog: Catalog, config: RewardConfig,
+              lambdas: Sequence[float]) -> QueryFidelity | None:
     judged = np.asarray([judged_metrics(catalog, query, m) for m in measured])  # [S + 1, 2]
     if np.isnan(judged[0, 0]):
         return None
     terms = np.asarray([reward_terms(m, config) for m in measured[1:]])  # [S, 2]
-    signals = {"reward": terms[:, 0] + config.lam * terms[:, 1], "r_rel": terms[:, 0],
-               "r_size": terms[:, 1]}
+    signals = {**{reward_signal(lam): terms[:, 0] + lam * terms[:, 1] for lam in lambdas},
+               **dict(zip(TERMS, terms.T))}
     return QueryFidelity(
         sets=len(measured) - 1,
         agreement={t: {s: agreement(v, judged[1:, j]) for s, v in signals.items()}

@@ -76,8 +76,14 @@ def test_a_reward_that_counts_judged_relevant_products_agrees_with_judged_recall
                                column(results, "reachable", target), atol=1e-12)
     # The chunking is bookkeeping only: one query at a time gives the same numbers.
     again = measure(queries, pools, catalog, feedback, chunk=1)
-    np.testing.assert_array_equal(column(again, "agreement", target, "reward"),
-                                  column(results, "agreement", target, "reward"))
+    np.testing.assert_array_equal(column(again, "agreement", target, "reward (lambda 0.1)"),
+                                  column(results, "agreement", target, "reward (lambda 0.1)"))
+    # Lambdas weigh the same terms: lambda 0 is r_rel's order, a large lambda r_size's.
+    both = measure(queries, pools, catalog, feedback, lambdas=(0.0, 1e9))
+    np.testing.assert_array_equal(column(both, "agreement", target, "reward (lambda 0)"),
+                                  column(both, "agreement", target, "r_rel"))
+    np.testing.assert_array_equal(column(both, "agreement", target, "reward (lambda 1e+09)"),
+                                  column(both, "agreement", target, "r_size"))
 
 
 @pytest.mark.slow
@@ -90,8 +96,12 @@ def test_the_tool_prints_each_scorer_and_the_paired_difference(tmp_path):
         str(tmp_path / "rel"))
     out = launch("tools.reward_fidelity", "--dataset=synthetic", "--synthetic_products=1500",
                  "--synthetic_queries=150", f"--relevance=a={tmp_path / 'rel'}",
-                 f"--relevance=b={tmp_path / 'rel'}", "--num_queries=40", "--split=train")
+                 f"--relevance=b={tmp_path / 'rel'}", "--num_queries=40", "--split=train",
+                 "--lambdas=0.1,1")
     assert out.returncode == 0, out.stderr[-2000:]
-    for name in ("a", "b", "labels"):
-        assert out.stdout.count(f"| {name} |") == 2, out.stdout  # one row per target
-    assert "b minus a, reward agreement: +0.000 [+0.000, +0.000]" in out.stdout
+    for name in ("a", "b", "labels"):  # a row per signal: two rewards, two terms
+        assert out.stdout.count(f"| {name} |") == 4, out.stdout
+    zero = "+0.000 [+0.000, +0.000]"
+    assert (f"b, reward (lambda 0.1) minus a, reward (lambda 0.1): {zero}; {zero} | {zero}; "
+            f"{zero}") in out.stdout
+    assert "a, reward (lambda 1) minus a, reward (lambda 0.1):" in out.stdout

@@ -1,15 +1,15 @@
 """Does the reward order a group's answers as the human judgments do? (leser_jax/reward_fidelity.py)
 
-    python -m tools.reward_fidelity --dataset=PATH --index=I --preset=smol \
-        --relevance=now=R1 --relevance=new=R2 --split=dev
+    python -m tools.reward_fidelity --dataset=PATH --index=I --preset=smol --context_k=5 \
+        --context_max_tokens=128 --relevance=now=R1 --relevance=new=R2 --lambdas=0.1,1
 
 For each relevance model NAME=DIR, and for the label ceiling built on the first one (the human
-label where a pair is judged, that model elsewhere), prints per target (judged recall, judged
-nDCG@10): the agreement of the reward and of each of its terms with the labels over pairs of a
-query's answer sets, and the judged gain over the query alone that the reward's best set takes
-(beside the best the pool offers), with bootstrap 95% intervals over queries; then each scorer
-minus the first, paired by query.
-Every scorer sees the same pools (teacher candidates over the --preset's context) and searches.
+label where a pair is judged, that model elsewhere), prints one row per signal (the reward at
+each --lambdas value, r_rel and r_size alone) with, for judged recall and judged nDCG@10, the
+agreement with the labels over pairs of a query's answer sets and the judged gain over the
+query alone that the signal's best set takes (bootstrap 95% intervals over queries); then, paired
+by query, each other lambda minus the first and each other scorer minus the first. Every scorer
+sees the same pools (teacher candidates over the preset's context) and the same searches.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from leser_jax import run_log
 from leser_jax.metrics import bootstrap
 from leser_jax.relevance import RelevanceModel
 from leser_jax.reward import SearchFeedback
-from leser_jax.reward_fidelity import (SIGNALS, TARGETS, LabelRelevance, answer_sets, column,
-                                       measure)
+from leser_jax.reward_fidelity import (TARGETS, TERMS, LabelRelevance, answer_sets, column,
+                                       measure, reward_signal)
 
 common.define_dataset_flags()
 common.define_preset_flag()
@@ -38,6 +38,8 @@ flags.DEFINE_bool("labels", True, "Add the label ceiling (LabelRelevance on the 
 flags.DEFINE_enum("split", "dev", ["train", "dev", "test"], "Queries measured.")
 flags.DEFINE_integer("num_queries", 0, "The first this many queries of the split (0 = all).",
                      lower_bound=0)
+flags.DEFINE_list("lambdas", [], "Weights of r_size whose rewards are compared (default: "
+                  "--reward_lambda).")
 flags.DEFINE_integer("singles", 12, "Candidates measured alone per query.", lower_bound=1)
 flags.DEFINE_integer("pairs_of", 4, "Every pair of this many first candidates is measured too.",
                      lower_bound=0)
@@ -62,33 +64,35 @@ def main(argv):
     pools = [answer_sets(q.text, engine, context, singles=FLAGS.singles,
                          pairs_of=FLAGS.pairs_of) for q in queries]
     reward = common.reward_config()
-    results = {name: measure(queries, pools, catalog, SearchFeedback(engine, scorer, reward))
-               for name, scorer in scorers.items()}
+    lambdas = [float(v) for v in FLAGS.lambdas] or [reward.lam]
+    results = {name: measure(queries, pools, catalog, SearchFeedback(engine, scorer, reward),
+                             lambdas=lambdas) for name, scorer in scorers.items()}
     reference = next(iter(results))
-    n = len(results[reference])
-    print(f"{catalog.name}, {FLAGS.split}: {n} of {len(queries)} queries with a judged-relevant "
-          f"product and 2+ answer sets, {np.mean([r.sets for r in results[reference]]):.1f} sets a "
-          f"query; {reward.describe()}, lambda {reward.lam}; {time.perf_counter() - start:.0f} s")
+    first = reward_signal(lambdas[0])
+    signals = [*map(reward_signal, lambdas), *TERMS]
+    ref = results[reference]
+    print(f"{catalog.name}, {FLAGS.split}: {len(ref)} of {len(queries)} queries with a "
+          f"judged-relevant product and 2+ answer sets, {np.mean([r.sets for r in ref]):.1f} sets "
+          f"a query; {reward.describe()}; {time.perf_counter() - start:.0f} s")
     for target in TARGETS:
-        reachable = bootstrap(column(results[reference], "reachable", target))
-        print(f"\n{target}: agreement over answer pairs (0.5 = chance); gain over q alone taken "
-              f"by the reward's best set (the pool's best: {reachable})\n")
-        print("| scorer | informative queries | " + " | ".join(
-            f"agreement {s}" for s in SIGNALS) + " | taken by reward | share of reachable |")
-        print("|---|---|" + "---|" * (len(SIGNALS) + 2))
-        for name, res in results.items():
-            cells = [share(column(res, "agreement", target, s)) for s in SIGNALS]
-            informative = int(np.sum(~np.isnan(column(res, "agreement", target, "reward"))))
-            took = bootstrap(column(res, "taken", target, "reward"))
-            print(f"| {name} | {informative} | " + " | ".join(cells)
-                  + f" | {took} | {took.mean / reachable.mean:.2f} |")
-        for name, res in results.items():
-            if name == reference:
-                continue
-            for what in ("agreement", "taken"):
-                diff = (column(res, what, target, "reward")
-                        - column(results[reference], what, target, "reward"))
-                print(f"\n{name} minus {reference}, reward {what}: {bootstrap(diff)}")
+        informative = int(np.sum(~np.isnan(column(ref, "agreement", target, first))))
+        print(f"  {target}: the labels tell some answers apart for {informative} queries; the "
+              f"pool's best gain over q alone {bootstrap(column(ref, 'reachable', target))}")
+    print("\n| scorer | signal | " + " | ".join(
+        f"agreement, {t} | taken, {t}" for t in TARGETS) + " |\n|---|---|" + "---|---|" * 2)
+    for name, res in results.items():
+        for signal in signals:
+            cells = [f"{share(column(res, 'agreement', t, signal))} | "
+                     f"{bootstrap(column(res, 'taken', t, signal))}" for t in TARGETS]
+            print(f"| {name} | {signal} | " + " | ".join(cells) + " |")
+    print("\nPaired by query, agreement; taken, for " + " | ".join(TARGETS) + ":")
+    pairs = [(reference, reward_signal(lam), reference) for lam in lambdas[1:]]
+    pairs += [(name, first, name) for name in results if name != reference]
+    for name, signal, label in pairs:
+        cells = [f"{bootstrap(column(results[name], what, t, signal) - column(ref, what, t, first))}"
+                 for t in TARGETS for what in ("agreement", "taken")]
+        print(f"  {label}, {signal} minus {reference}, {first}: {cells[0]}; {cells[1]} | "
+              f"{cells[2]}; {cells[3]}")
 
 
 def parse_relevance(spec: str) -> tuple[str, str]:
