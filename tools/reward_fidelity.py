@@ -86,12 +86,13 @@ def main(argv):
                      f"{bootstrap(column(res, 'taken', t, signal))}" for t in TARGETS]
             print(f"| {name} | {signal} | " + " | ".join(cells) + " |")
     print("\nPaired by query, agreement; taken, for " + " | ".join(TARGETS) + ":")
-    pairs = [(reference, reward_signal(lam), reference) for lam in lambdas[1:]]
-    pairs += [(name, first, name) for name in results if name != reference]
-    for name, signal, label in pairs:
-        cells = [f"{bootstrap(column(results[name], what, t, signal) - column(ref, what, t, first))}"
+    pairs = [(reference, reward_signal(lam)) for lam in lambdas[1:]]
+    pairs += [(name, first) for name in results if name != reference]
+    for name, signal in pairs:
+        cells = [str(bootstrap(column(results[name], what, t, signal)
+                               - column(ref, what, t, first)))
                  for t in TARGETS for what in ("agreement", "taken")]
-        print(f"  {label}, {signal} minus {reference}, {first}: {cells[0]}; {cells[1]} | "
+        print(f"  {name}, {signal} minus {reference}, {first}: {cells[0]}; {cells[1]} | "
               f"{cells[2]}; {cells[3]}")
 
 
