@@ -198,3 +198,17 @@ def as_flags(config, exclude: Sequence[str] = ()) -> tuple[str, ...]:
     pipeline spells each stage's preset out, so a stage record names every value it ran with)."""
     return tuple(f"--{f.name}={getattr(config, f.name)}" for f in dataclasses.fields(config)
                  if f.name not in exclude and getattr(config, f.name) is not None)
+
+
+def parse_named(specs: Sequence[str], flag: str, what: str = "PATH") -> dict[str, str]:
+    """{NAME: VALUE} of a repeated --flag=NAME=VALUE (evaluate's --policy, a tool's
+    --relevance); a usage error for a spec without both parts or a name given twice."""
+    named = {}
+    for spec in specs:
+        name, sep, value = spec.partition("=")
+        if not sep or not name or not value:
+            raise app.UsageError(f"--{flag}={spec}: expected NAME={what}")
+        if name in named:
+            raise app.UsageError(f"--{flag}={spec}: the name {name!r} is taken")
+        named[name] = value
+    return named

@@ -99,22 +99,10 @@ flags.DEFINE_integer("seed", 0, "Bootstrap seed.", lower_bound=0)
 FLAGS = flags.FLAGS
 
 
-def parse_policies(specs: list[str], flag: str = "policy") -> dict[str, str]:
-    policies = {}
-    for spec in specs:
-        name, sep, path = spec.partition("=")
-        if not sep or not name or not path:
-            raise app.UsageError(f"--{flag}={spec}: expected NAME=PATH")
-        if name in policies:
-            raise app.UsageError(f"--{flag}={spec}: the name {name!r} is taken")
-        policies[name] = path
-    return policies
-
-
 def parse_recorded(specs: list[str]) -> dict[str, evaluation.Recorded]:
     """{name: Recorded} from --recorded NAME=DIR[:SYSTEM] specs."""
     recorded = {}
-    for name, spec in parse_policies(specs, "recorded").items():
+    for name, spec in cli.parse_named(specs, "recorded").items():
         path, sep, system = spec.rpartition(":")
         if not sep:  # NAME=DIR: the system of the same name
             path, system = spec, name
@@ -129,8 +117,8 @@ def main(argv):
     del argv
     run_log.quiet_library_logs()
     start = time.perf_counter()
-    policies = parse_policies(FLAGS.policy)
-    zero_shot = parse_policies(FLAGS.zero_shot, "zero_shot")
+    policies = cli.parse_named(FLAGS.policy, "policy")
+    zero_shot = cli.parse_named(FLAGS.zero_shot, "zero_shot")
     recorded = parse_recorded(FLAGS.recorded)
     context = common.context_config()
     reward = common.reward_config()

@@ -50,7 +50,7 @@ def main(argv):
     del argv
     run_log.quiet_library_logs()
     start = time.perf_counter()
-    folders = dict(parse_relevance(spec) for spec in FLAGS.relevance)
+    folders = cli.parse_named(FLAGS.relevance, "relevance", "DIR")
     if not folders:
         raise app.UsageError("give at least one --relevance=NAME=DIR")
     catalog = common.load_catalog()
@@ -94,14 +94,6 @@ def main(argv):
                  for t in TARGETS for what in ("agreement", "taken")]
         print(f"  {name}, {signal} minus {reference}, {first}: {cells[0]}; {cells[1]} | "
               f"{cells[2]}; {cells[3]}")
-
-
-def parse_relevance(spec: str) -> tuple[str, str]:
-    """'NAME=DIR' -> (NAME, DIR); a usage error otherwise."""
-    name, sep, folder = spec.partition("=")
-    if not sep or not name or not folder:
-        raise app.UsageError(f"--relevance={spec}: expected NAME=DIR")
-    return name, folder
 
 
 def share(values: np.ndarray) -> str:
