@@ -90,8 +90,8 @@ COMPLETION_BUCKET = 32  # the update's completion width is a multiple of this (o
 BEST_METRIC = "dev_sampled/reward"
 GRPO_RESUMABLE = RESUMABLE + ("loop.eval_every", "loop.eval_queries", "loop.samples_every",
                               "loop.profile_start")
-LINE = ("reward", "valid", "kl", "clip_fraction", "entropy", "length", "rollout_s", "reward_s",
-        "update_s", "tok_s")
+LINE = ("reward", "valid", "effective_groups", "kl", "clip_fraction", "entropy", "length",
+        "rollout_s", "reward_s", "update_s", "tok_s")
 DEV_LINE = ("dev/judged_recall", "dev/ndcg10", "dev/reward", "dev_sampled/reward",
             "dev_sampled/validity")
 
@@ -134,13 +134,24 @@ def step_queries(queries: Sequence[Query], n: int, seed: int, step: int) -> list
     return [queries[i] for i in rng.choice(len(queries), size=min(n, len(queries)), replace=False)]
 
 
+def effective_groups(spread: np.ndarray) -> float:
+    """(sum_g s_g)^2 / sum_g s_g^2 over a batch's groups, s_g >= 0 the std of group g's rewards
+    [B]: B when every group's rewards spread alike, 1 when one group holds all the spread, 0 when
+    none does. Without normalize_std a group's advantages, and so its pull on the update, scale
+    with s_g, so this counts the groups an update actually learns from."""
+    total = float(np.sum(spread))
+    return total ** 2 / float(np.sum(np.square(spread))) if total > 0 else 0.0
+
+
 def reward_metrics(breakdowns, num_rollouts: int) -> dict[str, float]:
     """Step-level reward statistics from the per-rollout breakdowns."""
     rewards = np.array([b.reward for b in breakdowns], np.float64)  # [R]
     groups = rewards.reshape(-1, num_rollouts)  # [B, N]
     valid = [b for b in breakdowns if b.valid]
+    spread = groups.std(axis=1)  # [B]
     out = {"reward": rewards.mean(), "reward_std": rewards.std(),
            "equal_groups": float(np.mean(np.ptp(groups, axis=1) == 0)),
+           "effective_groups": effective_groups(spread),
            "valid": len(valid) / len(breakdowns)}
     for name in ("r_rel", "r_size", "rel", "page_rel", "expected", "hits", "retrieved",
                  "n_expansions"):

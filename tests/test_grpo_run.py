@@ -33,8 +33,8 @@ from leser_jax.context import ContextConfig
 from leser_jax.finite import NonFiniteError
 from leser_jax.data.synthetic import SyntheticConfig, generate
 from leser_jax.grpo import GRPOConfig
-from leser_jax.grpo_trainer import (BEST_METRIC, GRPOLoopConfig, GRPOTrainer, reward_metrics,
-                                    step_queries)
+from leser_jax.grpo_trainer import (BEST_METRIC, GRPOLoopConfig, GRPOTrainer, effective_groups,
+                                    reward_metrics, step_queries)
 from leser_jax.model import Llama
 from leser_jax.optim import OptimConfig, make_optimizer
 from leser_jax.prompts import (INSTRUCTION, AnswerFormat, ExampleTurn, encode_prompt,
@@ -354,10 +354,19 @@ def test_reward_metrics_count_equal_groups_and_rejections():
     m = reward_metrics(b, num_rollouts=3)
     assert m["reward"] == pytest.approx(5 / 6)
     assert m["equal_groups"] == 0.5
+    assert m["effective_groups"] == pytest.approx(1.0)  # only the second group spreads
     assert m["valid"] == pytest.approx(4 / 6)
     assert m["reject/bad_json"] == pytest.approx(1 / 6) and m["reject/empty"] == pytest.approx(1 / 6)
     assert m["reject/too_many"] == 0
     assert m["r_rel"] == pytest.approx(5 / 4)  # the mean over valid rollouts only
+
+
+def test_effective_groups_counts_the_groups_that_carry_the_spread():
+    assert effective_groups(np.array([0.5, 0.5, 0.5, 0.5])) == pytest.approx(4.0)
+    assert effective_groups(np.array([3.0, 0.0, 0.0, 0.0])) == pytest.approx(1.0)
+    assert effective_groups(np.zeros(4)) == 0.0
+    # One group 10x wider than three others: the update learns from little more than one query.
+    assert effective_groups(np.array([10.0, 1.0, 1.0, 1.0])) == pytest.approx(169 / 103)
 
 
 def _launch_grpo(setup, tmp_path, run_dir, *extra, xla_flags=""):
