@@ -47,6 +47,7 @@ from absl import app, flags, logging
 
 from experiments import cli, common
 from leser_jax import evaluation, plots, run_log
+from leser_jax.baselines import RM3Config
 from leser_jax.relevance import RelevanceModel
 from leser_jax.reward import SearchFeedback
 from leser_jax.teacher import Teacher, TeacherConfig
@@ -93,6 +94,9 @@ flags.DEFINE_integer("teacher_max_expansions", None, "Teacher: most expansions p
                      lower_bound=1)
 flags.DEFINE_integer("teacher_max_candidates", TeacherConfig().max_candidates,
                      "Teacher: candidates per query.", lower_bound=1)
+flags.DEFINE_integer("rm3_expansions", RM3Config().num_expansions, "RM3: expansions per answer "
+                     "(a policy's answer may hold up to m_max; compare at equal searches).",
+                     lower_bound=1)
 flags.DEFINE_integer("bootstrap_samples", 1000, "Bootstrap resamples of the queries.",
                      lower_bound=1)
 flags.DEFINE_integer("seed", 0, "Bootstrap seed.", lower_bound=0)
@@ -127,7 +131,9 @@ def main(argv):
     teacher_config = TeacherConfig(
         max_candidates=FLAGS.teacher_max_candidates,
         max_expansions=cli.preset_or(FLAGS.teacher_max_expansions, preset.teacher_max_expansions))
-    for name, c in (("context", context), ("reward", reward), ("teacher", teacher_config)):
+    rm3 = RM3Config(num_expansions=FLAGS.rm3_expansions)
+    for name, c in (("context", context), ("reward", reward), ("teacher", teacher_config),
+                    ("rm3", rm3)):
         common.log_config(name, c)
     catalog = common.load_catalog()
     engine = common.open_engine(catalog, FLAGS.index)
@@ -140,7 +146,7 @@ def main(argv):
         teacher=Teacher(engine, relevance, context=context, reward=reward, config=teacher_config))
     systems = evaluation.make_systems(FLAGS.baselines, policies, engine, relevance,
                                       context=context, reward=reward, teacher=teacher_config,
-                                      max_new_tokens=max_new_tokens,
+                                      rm3=rm3, max_new_tokens=max_new_tokens,
                                       temperature=FLAGS.temperature, zero_shot=zero_shot,
                                       examples=examples, recorded=recorded,
                                       drop_duplicates=FLAGS.drop_duplicates)
@@ -173,6 +179,7 @@ def main(argv):
     info = {"description": description, "split": FLAGS.split, "queries": len(queries),
             "dataset": FLAGS.dataset, "context": dataclasses.asdict(context),
             "reward": dataclasses.asdict(reward), "teacher": dataclasses.asdict(teacher_config),
+            "rm3": dataclasses.asdict(rm3),
             "max_new_tokens": max_new_tokens, "temperature": FLAGS.temperature,
             "batch_size": FLAGS.batch_size,
             "policies": policies, "zero_shot": zero_shot, "recorded": FLAGS.recorded,

@@ -45,7 +45,7 @@ import numpy as np
 from flax import nnx
 
 from leser_jax import checkpoint
-from leser_jax.baselines import RM3Expansion, no_expansion
+from leser_jax.baselines import RM3Config, RM3Expansion, no_expansion
 from leser_jax.catalog import Catalog, Query
 from leser_jax.context import ContextConfig
 from leser_jax.metrics import Estimate, Evaluation, System, bootstrap, evaluate
@@ -96,7 +96,7 @@ def trained_examples(path: str | os.PathLike) -> tuple[ExampleTurn, ...]:
 
 def make_systems(baselines: Sequence[str], policies: Mapping[str, str], engine: SearchEngine,
                  relevance: Relevance, *, context: ContextConfig, reward: RewardConfig,
-                 teacher: TeacherConfig = TeacherConfig(),
+                 teacher: TeacherConfig = TeacherConfig(), rm3: RM3Config = RM3Config(),
                  max_new_tokens: int = 96, temperature: float = 0.0,
                  zero_shot: Mapping[str, str] = {},
                  examples: Sequence[ExampleTurn] = (),
@@ -116,7 +116,7 @@ def make_systems(baselines: Sequence[str], policies: Mapping[str, str], engine: 
     ValueError for an unknown baseline, a name used twice, or a policy whose run recorded
     another context than `context` (it would be shown a prompt it never learnt to read).
     """
-    known = {"original": lambda: no_expansion, "rm3": lambda: RM3Expansion(engine),
+    known = {"original": lambda: no_expansion, "rm3": lambda: RM3Expansion(engine, rm3),
              "teacher": lambda: Teacher(engine, relevance, context=context, reward=reward,
                                         config=teacher)}
     unknown = [b for b in baselines if b not in known]

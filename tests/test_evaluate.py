@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from leser_jax import evaluation, plots
+from leser_jax.baselines import RM3Config
 from leser_jax.context import ContextConfig
 from leser_jax.metrics import METRICS, Estimate, Evaluation
 from leser_jax.reward import RewardConfig, SearchFeedback
@@ -252,6 +253,20 @@ def test_recorded_answers_score_as_they_did_when_recorded(tiny, tmp_path):
     (tmp_path / "twice.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(ValueError, match="twice, differently"):
         evaluation.read_recorded(tmp_path / "twice.jsonl", "rm3")
+
+
+def test_rm3_expands_as_often_as_its_config_says(tiny):
+    """RM3 compared at a policy's cost: --rm3_expansions reaches the baseline, one search each."""
+    catalog, engine, _ = tiny
+    systems = evaluation.make_systems(["rm3"], {}, engine, CategoryRelevance(catalog),
+                                      context=CONTEXT, reward=REWARD,
+                                      rm3=RM3Config(num_expansions=3, terms_per_expansion=1))
+    answers = systems["rm3"]([q.text for q in catalog.queries])
+    assert [len(a.expansions) for a in answers] == [3] * len(catalog.queries)
+    for query, answer in zip(catalog.queries, answers):  # q plus one new term each, all distinct
+        assert len(set(answer.expansions)) == 3
+        assert all(e.startswith(query.text + " ") and len(e.split()) == len(query.text.split()) + 1
+                   for e in answer.expansions)
 
 
 def test_a_policy_trained_with_another_context_is_refused(tiny):
