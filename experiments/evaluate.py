@@ -94,6 +94,8 @@ flags.DEFINE_integer("teacher_max_expansions", None, "Teacher: most expansions p
                      lower_bound=1)
 flags.DEFINE_integer("teacher_max_candidates", TeacherConfig().max_candidates,
                      "Teacher: candidates per query.", lower_bound=1)
+flags.DEFINE_bool("teacher_whole_query", TeacherConfig().whole_query, "Teacher: also join each "
+                  "context phrase with every query word (the teacher's --whole_query).")
 flags.DEFINE_integer("rm3_expansions", RM3Config().num_expansions, "RM3: expansions per answer "
                      "(a policy's answer may hold up to m_max; compare at equal searches).",
                      lower_bound=1)
@@ -129,7 +131,7 @@ def main(argv):
     preset = common.preset()
     max_new_tokens = cli.preset_or(FLAGS.max_new_tokens, preset.max_new_tokens)
     teacher_config = TeacherConfig(
-        max_candidates=FLAGS.teacher_max_candidates,
+        max_candidates=FLAGS.teacher_max_candidates, whole_query=FLAGS.teacher_whole_query,
         max_expansions=cli.preset_or(FLAGS.teacher_max_expansions, preset.teacher_max_expansions))
     rm3 = RM3Config(num_expansions=FLAGS.rm3_expansions)
     for name, c in (("context", context), ("reward", reward), ("teacher", teacher_config),

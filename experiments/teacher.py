@@ -44,6 +44,8 @@ flags.DEFINE_integer("max_candidates", TeacherConfig().max_candidates, "Candidat
 flags.DEFINE_integer("max_expansions", None, "Most expansions per answer (default: the "
                      "preset's, else m_max).",
                      lower_bound=1)
+flags.DEFINE_bool("whole_query", TeacherConfig().whole_query, "Also join each context phrase "
+                  "with every query word (RM3's form), not only the head terms.")
 flags.DEFINE_integer("show", 3, "Examples printed at the end.", lower_bound=0)
 FLAGS = flags.FLAGS
 
@@ -54,7 +56,7 @@ def main(argv):
     start = time.perf_counter()
     context = common.context_config()
     reward = common.reward_config()
-    config = TeacherConfig(max_candidates=FLAGS.max_candidates,
+    config = TeacherConfig(max_candidates=FLAGS.max_candidates, whole_query=FLAGS.whole_query,
                            max_expansions=cli.preset_or(FLAGS.max_expansions,
                                                           common.preset().teacher_max_expansions))
     for name, c in (("context", context), ("reward", reward), ("teacher", config)):

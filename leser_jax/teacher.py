@@ -11,7 +11,8 @@ relevance model, never with the human judgments (those stay for evaluation):
    the context titles contain ("office chair" for "navy mesh office chair"). Candidates are the
    context's attribute values and title n-grams (2..max_ngram words) that add a word the query
    lacks, each joined with the head terms it lacks: "lumbar support" -> "lumbar support office
-   chair"; plus the head terms alone (a broader search). They are ranked by how many context
+   chair" (with `whole_query`, also with every query word it lacks); plus the head terms alone
+   (a broader search). They are ranked by how many context
    items contain them; the first `max_candidates` distinct word sets are kept.
 3. Greedy choice (`Teacher.examples`). Start from Y = {}; each round measures Y + [c] for every
    remaining candidate c with `RewardFunction` (the same parse and the same reward as GRPO) and
@@ -72,6 +73,9 @@ class TeacherConfig:
       min_gain: a round adds its best candidate only if the reward grows by more than this.
       max_expansions: most expansions chosen (None = the answer format's m_max); fewer make
         shorter answers, which the warm-up learns faster.
+      whole_query: also join each phrase with every query word it lacks, not only the head terms
+        ("memory foam rug underlay 1 4 in weavecraft"): the query kept whole and a context phrase
+        added, as RM3 adds terms, which finds more on long, specific queries.
       distinct_starts: chosen expansions begin with different words. A small model trained on
         "saw by brackwell circular", "saw by ironclad circular" learns lists of near-copies and,
         sampling at T = 0.9, repeats one (parse_answer rejects duplicates: reward 0); lists whose
@@ -85,6 +89,7 @@ class TeacherConfig:
     max_head_terms: int = 3
     min_gain: float = 1e-3
     max_expansions: int | None = None
+    whole_query: bool = False
     distinct_starts: bool = True
     chunk_queries: int = 128
 
@@ -173,16 +178,18 @@ def propose(query: str, context: Sequence[ContextItem], config: TeacherConfig = 
     if head and set(head) != qwords:
         candidates.append(Candidate(" ".join(head), f"common words: {' '.join(head)}"))
         kept.add(frozenset(head))
+    joins = [head] + [list(dict.fromkeys(words(query)))] * config.whole_query
     for phrase in ranked:
         text, source = found[phrase]
-        added = [w for w in head if w not in phrase]
-        key = frozenset(phrase + tuple(added))
-        if key in kept or key == qwords:
-            continue
-        kept.add(key)
-        candidates.append(Candidate(" ".join([text, *added]), source, seen_at[phrase]))
-        if len(candidates) == config.max_candidates:
-            break
+        for join in joins:
+            added = [w for w in join if w not in phrase]
+            key = frozenset(phrase + tuple(added))
+            if key in kept or key == qwords:
+                continue
+            kept.add(key)
+            candidates.append(Candidate(" ".join([text, *added]), source, seen_at[phrase]))
+            if len(candidates) == config.max_candidates:
+                return head, candidates
     return head, candidates
 
 

@@ -103,6 +103,22 @@ def test_head_terms_and_candidates():
     assert all(not set(words(t)) <= {"cheap", "office", "chair"} for t in texts[1:])
 
 
+def test_whole_query_candidates_keep_every_query_word():
+    context = [ContextItem("Haverly mesh office chair, navy", (("features", "lumbar support"),)),
+               ContextItem("Sitwell leather office chair", (("features", "lumbar support"),))]
+    _, plain = propose("cheap office chair", context, TeacherConfig(max_candidates=6))
+    _, whole = propose("cheap office chair", context,
+                       TeacherConfig(max_candidates=6, whole_query=True))
+    plain_texts, whole_texts = [c.text for c in plain], [c.text for c in whole]
+    # Each phrase joined with the head terms, then with the whole query (RM3's form).
+    assert whole_texts[:3] == ["office chair", "lumbar support office chair",
+                               "lumbar support cheap office chair"]
+    assert whole[2].source == whole[1].source == "features: lumbar support"
+    assert not any("cheap" in t for t in plain_texts)  # off by default: the head terms only
+    assert len(whole_texts) == 6 and len({frozenset(t.split()) for t in whole_texts}) == 6
+    assert all({"cheap", "office", "chair"} <= set(t.split()) for t in whole_texts[2::2])
+
+
 def test_examples_parse_reach_the_reward_and_name_their_context(teacher):
     examples = teacher.examples(QUERIES)
     reward_fn = RewardFunction(SearchFeedback(teacher.engine, teacher.relevance, REWARD))
