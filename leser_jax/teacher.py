@@ -12,8 +12,8 @@ relevance model, never with the human judgments (those stay for evaluation):
    context's attribute values and title n-grams (2..max_ngram words) that add a word the query
    lacks, each joined with the head terms it lacks: "lumbar support" -> "lumbar support office
    chair" (with `whole_query`, also with every query word it lacks); plus the head terms alone
-   (a broader search). They are ranked by how many context
-   items contain them; the first `max_candidates` distinct word sets are kept.
+   (a broader search). They are ranked by how many context items contain them; the first
+   `max_candidates` distinct word sets are kept.
 3. Greedy choice (`Teacher.examples`). Start from Y = {}; each round measures Y + [c] for every
    remaining candidate c with `RewardFunction` (the same parse and the same reward as GRPO) and
    adds the best c while the reward improves by more than `min_gain`, up to m_max expansions
@@ -178,7 +178,8 @@ def propose(query: str, context: Sequence[ContextItem], config: TeacherConfig = 
     if head and set(head) != qwords:
         candidates.append(Candidate(" ".join(head), f"common words: {' '.join(head)}"))
         kept.add(frozenset(head))
-    joins = [head] + [list(dict.fromkeys(words(query)))] * config.whole_query
+    # What each phrase is joined with: the head terms, and with whole_query the query itself.
+    joins = [head] + ([list(dict.fromkeys(words(query)))] if config.whole_query else [])
     for phrase in ranked:
         text, source = found[phrase]
         for join in joins:
