@@ -7,10 +7,14 @@ expansions, which a 5M-parameter model reproduces with fewer format errors at T=
 
 For each train query (in a seeded order, up to --num_examples), leser_jax.teacher proposes
 expansions from the query's context and keeps, greedily, those that raise the reward (the
-relevance model's, never the human judgments). Writes JSONL {"query", "think", "expansions",
+relevance model's, never the human judgments); with --answers_per_query=K, up to K - 1 other
+good answers per query as well (leser_jax.teacher, step 3), written after all the best answers,
+so that `warmup --max_examples` = the number of queries trains on the best answers alone. Writes JSONL {"query", "think", "expansions",
 "reward"} to --out and a summary (mean reward, expansions per answer, wall time) beside it as
 OUT.summary.json; prints a few examples. The paper uses about 10,000 warm-up examples; a catalog
-with fewer train queries gives one example per train query.
+with fewer train queries gives one example per train query, or more with --answers_per_query:
+
+    python -m experiments.teacher --dataset=synthetic --index=runs/demo/index --relevance=runs/demo --out=runs/demo/teacher_k3.jsonl --answers_per_query=3
 """
 
 from __future__ import annotations
@@ -36,8 +40,8 @@ flags.DEFINE_string("index", None, "Index folder from experiments.build_index (D
                     "built in memory when absent or built from another catalog.")
 flags.DEFINE_string("relevance", None, "Folder of a model from experiments.train_relevance.",
                     required=True)
-flags.DEFINE_integer("num_examples", 10_000, "Most examples (the paper's ~10,000).",
-                     lower_bound=1)
+flags.DEFINE_integer("num_examples", 10_000, "Most examples (the paper's ~10,000): the first "
+                     "this many train queries, and the alternatives dropped first.", lower_bound=1)
 flags.DEFINE_integer("seed", 0, "Order in which train queries are taken.", lower_bound=0)
 flags.DEFINE_integer("max_candidates", TeacherConfig().max_candidates, "Candidates per query.",
                      lower_bound=1)
@@ -46,6 +50,12 @@ flags.DEFINE_integer("max_expansions", None, "Most expansions per answer (defaul
                      lower_bound=1)
 flags.DEFINE_bool("whole_query", TeacherConfig().whole_query, "Also join each context phrase "
                   "with every query word (RM3's form), not only the head terms.")
+flags.DEFINE_integer("answers_per_query", TeacherConfig().answers_per_query, "Answers per "
+                     "query: the best, then up to K - 1 alternatives, each without the earlier "
+                     "answers' first choices.", lower_bound=1)
+flags.DEFINE_float("alternative_share", TeacherConfig().alternative_share, "An alternative is "
+                   "kept if its reward is at least this share of the best answer's.",
+                   lower_bound=0, upper_bound=1)
 flags.DEFINE_integer("show", 3, "Examples printed at the end.", lower_bound=0)
 FLAGS = flags.FLAGS
 
@@ -57,6 +67,8 @@ def main(argv):
     context = common.context_config()
     reward = common.reward_config()
     config = TeacherConfig(max_candidates=FLAGS.max_candidates, whole_query=FLAGS.whole_query,
+                           answers_per_query=FLAGS.answers_per_query,
+                           alternative_share=FLAGS.alternative_share,
                            max_expansions=cli.preset_or(FLAGS.max_expansions,
                                                           common.preset().teacher_max_expansions))
     for name, c in (("context", context), ("reward", reward), ("teacher", config)):
@@ -68,19 +80,24 @@ def main(argv):
     order = np.random.default_rng(FLAGS.seed).permutation(len(train))
     queries = [train[i] for i in order[:FLAGS.num_examples]]
     if len(queries) < FLAGS.num_examples:
-        logging.info("%d train queries: one example each, fewer than --num_examples=%d",
-                     len(train), FLAGS.num_examples)
+        logging.info("%d train queries, fewer than --num_examples=%d", len(train),
+                     FLAGS.num_examples)
 
     teacher = Teacher(engine, relevance, context=context, reward=reward, config=config)
     t = time.perf_counter()
     with tqdm(total=len(queries), desc="teacher", unit="query") as bar:
-        results = teacher.examples(queries, progress=bar.update)
+        sets = teacher.example_sets(queries, progress=bar.update)
     seconds = time.perf_counter() - t
-    examples = [e for e in results if e is not None]
+    best = [s[0] for s in sets if s]
+    # All best answers first, then the first alternatives, ...: a cut keeps the best ones.
+    examples = [s[k] for k in range(config.answers_per_query) for s in sets if len(s) > k]
+    examples = examples[:FLAGS.num_examples]
+    alternatives = examples[len(best):]
     n = write_examples(FLAGS.out, examples)
     summary = {
-        "examples": n, "queries": len(queries), "no_candidate": len(queries) - n,
-        "mean_reward": mean_reward(examples),
+        "examples": n, "queries": len(queries), "no_candidate": len(queries) - len(best),
+        "alternatives": len(alternatives), "mean_reward": mean_reward(best),
+        "mean_reward_alternatives": mean_reward(alternatives) if alternatives else None,
         "mean_expansions": float(np.mean([len(e.expansions) for e in examples])) if examples else 0,
         "searches": teacher.num_searches, "seconds_teacher": round(seconds, 1),
         "queries_per_s": round(len(queries) / max(seconds, 1e-9), 1),
@@ -91,7 +108,8 @@ def main(argv):
         json.dump(summary, f, indent=1)
     for e in examples[:FLAGS.show]:
         print(f"\n{e.query!r} (reward {e.reward:.3f})\n  {e.answer}")
-    print(f"\nwrote {n:,} examples to {FLAGS.out}: mean reward {summary['mean_reward']:.3f}, "
+    print(f"\nwrote {n:,} examples ({summary['alternatives']:,} alternatives) to {FLAGS.out}: "
+          f"mean reward {summary['mean_reward']:.3f} (best answers), "
           f"{summary['mean_expansions']:.2f} expansions each; {summary['queries_per_s']} queries/s, "
           f"{summary['seconds_total']} s in all")
 

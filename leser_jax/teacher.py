@@ -21,6 +21,11 @@ relevance model, never with the human judgments (those stay for evaluation):
    expansion starts with are eligible.
    The first round always adds one (an answer needs one), so the chosen set's reward is at least
    the best single candidate's.
+   With `answers_per_query` = K > 1 the greedy runs K times (`Teacher.example_sets`), each time
+   without the first choices of the runs before it, so each answer is built around a different
+   best candidate; an alternative is kept if its reward is at least `alternative_share` of the
+   best answer's. LESER's warm-up had ~10,000 GPT-4.1 examples; a catalog with 1,575 train
+   queries gives 1,575 best answers, and these alternatives are more examples of the same skill.
 4. Reasoning: a short sentence that names the head terms and the context attributes and title
    phrases it used, in prompts.render_answer's format. Sources and expansions are listed in the
    order their sources first occur in the context (the reward does not depend on the order; a
@@ -80,6 +85,10 @@ class TeacherConfig:
         "saw by brackwell circular", "saw by ironclad circular" learns lists of near-copies and,
         sampling at T = 0.9, repeats one (parse_answer rejects duplicates: reward 0); lists whose
         items start differently teach it to start each new one afresh.
+      answers_per_query: answers written per query by `example_sets`: the best, then up to K - 1
+        alternatives (module docstring, step 3). `examples` and evaluation use the best alone.
+      alternative_share: an alternative is kept if its reward is at least this share of the
+        best answer's.
       chunk_queries: queries measured together (one RewardFunction call per round).
     """
 
@@ -91,12 +100,17 @@ class TeacherConfig:
     max_expansions: int | None = None
     whole_query: bool = False
     distinct_starts: bool = True
+    answers_per_query: int = 1
+    alternative_share: float = 0.9
     chunk_queries: int = 128
 
     def __post_init__(self):
-        if min(self.max_candidates, self.max_ngram, self.max_head_terms, self.chunk_queries) < 1:
-            raise ValueError("max_candidates, max_ngram, max_head_terms and chunk_queries must "
-                             "be >= 1")
+        if min(self.max_candidates, self.max_ngram, self.max_head_terms, self.answers_per_query,
+               self.chunk_queries) < 1:
+            raise ValueError("max_candidates, max_ngram, max_head_terms, answers_per_query and "
+                             "chunk_queries must be >= 1")
+        if not 0 <= self.alternative_share <= 1:
+            raise ValueError(f"alternative_share must be in [0, 1], got {self.alternative_share}")
         if not 0 < self.head_share <= 1:
             raise ValueError(f"head_share must be in (0, 1], got {self.head_share}")
         if self.min_gain < 0:
@@ -240,21 +254,29 @@ class Teacher:
         return min(m_max, self.config.max_expansions or m_max)
 
     def examples(self, queries: Sequence[str], progress=None) -> list[TeacherExample | None]:
-        """One example per query (None when its context gives no candidate), in query order.
+        """The best example per query (None when its context gives no candidate), in query order.
 
         progress: optional callable(n) told how many queries each chunk finished (a tqdm.update).
         """
-        out: list[TeacherExample | None] = []
-        step = self.config.chunk_queries
-        for start in range(0, len(queries), step):
-            out.extend(self._chunk(list(queries[start:start + step])))
-            if progress:
-                progress(len(queries[start:start + step]))
-        return out
+        return [s[0] if s else None for s in self._sets(queries, 1, progress)]
+
+    def example_sets(self, queries: Sequence[str], progress=None) -> list[list[TeacherExample]]:
+        """Per query, the best example and then its alternatives (at most `answers_per_query` in
+        all; empty when the context gives no candidate), in query order."""
+        return self._sets(queries, self.config.answers_per_query, progress)
 
     def __call__(self, queries: Sequence[str]) -> list[ParsedAnswer]:
         return [ParsedAnswer(expansions=e.expansions, think=e.think) if e else ParsedAnswer()
                 for e in self.examples(queries)]
+
+    def _sets(self, queries: Sequence[str], answers: int, progress) -> list[list[TeacherExample]]:
+        out: list[list[TeacherExample]] = []
+        step = self.config.chunk_queries
+        for start in range(0, len(queries), step):
+            out.extend(self._chunk(list(queries[start:start + step]), answers))
+            if progress:
+                progress(len(queries[start:start + step]))
+        return out
 
     def _may_add(self, candidates: Sequence[Candidate], chosen: Sequence[int], c: int) -> bool:
         if not self.config.distinct_starts:
@@ -262,20 +284,48 @@ class Teacher:
         first = words(candidates[c].text)[:1]
         return all(words(candidates[j].text)[:1] != first for j in chosen)
 
-    def _chunk(self, queries: list[str]) -> list[TeacherExample | None]:
+    def _chunk(self, queries: list[str], answers: int) -> list[list[TeacherExample]]:
         feedback = SearchFeedback(_CachedSearch(self.engine), self.relevance, self.reward_config)
         reward_fn = RewardFunction(feedback)
         proposals = [propose(q, build_context(q, self.engine, self.context_config), self.config)
                      for q in queries]
+        sets: list[list[TeacherExample]] = [[] for _ in queries]
+        banned: list[set[int]] = [set() for _ in queries]
+        for k in range(answers):
+            # Alternatives only for queries that have a best answer.
+            todo = [i for i, (_, cands) in enumerate(proposals) if cands and (sets[i] or not k)]
+            for i, (picks, r) in zip(todo, self._greedy([queries[i] for i in todo],
+                                                        [proposals[i][1] for i in todo],
+                                                        [banned[i] for i in todo], reward_fn)):
+                if not picks or r <= 0:  # none that makes a valid answer
+                    continue
+                banned[i].add(picks[0])  # the next run does without this run's first choice
+                if k and r < self.config.alternative_share * sets[i][0].reward:
+                    continue
+                head, cands = proposals[i]
+                # In context order, not in the order the greedy found them: the reward does not
+                # depend on the order, and a model copying them learns to walk down the context.
+                used = sorted((cands[j] for j in picks), key=lambda c: c.order)
+                sets[i].append(TeacherExample(query=queries[i], think=reasoning(head, used),
+                                              expansions=tuple(c.text for c in used),
+                                              reward=float(r)))
+        self.num_searches += feedback.num_searches
+        return sets
+
+    def _greedy(self, queries: list[str], candidates: list[list[Candidate]],
+                banned: list[set[int]], reward_fn: RewardFunction) -> list[tuple[list[int], float]]:
+        """Step 3 for every query at once: (the candidates chosen, in the order chosen; the
+        reward they reach), never choosing a banned one."""
         chosen: list[list[int]] = [[] for _ in queries]
         best = [-math.inf] * len(queries)
-        active = [i for i, (_, cands) in enumerate(proposals) if cands]
+        active = list(range(len(queries)))
         for _ in range(self.m_max):
-            pairs = [(i, c) for i in active for c in range(len(proposals[i][1]))
-                     if c not in chosen[i] and self._may_add(proposals[i][1], chosen[i], c)]
+            pairs = [(i, c) for i in active for c in range(len(candidates[i]))
+                     if c not in chosen[i] and c not in banned[i]
+                     and self._may_add(candidates[i], chosen[i], c)]
             if not pairs:
                 break
-            completions = [render_answer("", [proposals[i][1][j].text for j in chosen[i] + [c]])
+            completions = [render_answer("", [candidates[i][j].text for j in chosen[i] + [c]])
                            for i, c in pairs]
             rewards = [r.reward for r in reward_fn([queries[i] for i, _ in pairs], completions)]
             round_best: dict[int, tuple[float, int]] = {}
@@ -292,18 +342,7 @@ class Teacher:
                     best[i] = r
                     still.append(i)
             active = still
-        self.num_searches += feedback.num_searches
-        out = []
-        for q, (head, cands), picks, r in zip(queries, proposals, chosen, best):
-            if not picks or r <= 0:  # no candidate, or none that makes a valid answer
-                out.append(None)
-                continue
-            # In context order, not in the order the greedy found them: the reward does not
-            # depend on the order, and a model copying them learns to walk down the context.
-            used = sorted((cands[j] for j in picks), key=lambda c: c.order)
-            out.append(TeacherExample(query=q, think=reasoning(head, used),
-                                      expansions=tuple(c.text for c in used), reward=float(r)))
-        return out
+        return list(zip(chosen, best))
 
 
 # ----------------------------------------------------------------------------- files

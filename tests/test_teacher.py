@@ -1,5 +1,6 @@
 """The search-guided teacher: candidates, greedy reward, reasoning, no judgments, JSONL import."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -160,6 +161,29 @@ def test_teacher_never_reads_judgments(teacher):
 def test_teacher_is_an_evaluation_system(teacher):
     answers = teacher(QUERIES)
     assert [a.expansions for a in answers] == [e.expansions for e in teacher.examples(QUERIES)]
+
+
+def test_alternatives_are_other_good_answers_and_the_best_comes_first(teacher):
+    reward_fn = RewardFunction(SearchFeedback(teacher.engine, teacher.relevance, REWARD))
+    config = dataclasses.replace(teacher.config, answers_per_query=3, alternative_share=0.0)
+    sets = Teacher(teacher.engine, teacher.relevance, context=CONTEXT, reward=REWARD,
+                   config=config).example_sets(QUERIES)
+    assert [s[0] for s in sets] == teacher.examples(QUERIES)  # the best is the single answer
+    assert sum(len(s) for s in sets) > len(QUERIES)
+    for q, answers in zip(QUERIES, sets):
+        assert len(answers) <= 3
+        assert len({frozenset(e.expansions) for e in answers}) == len(answers)  # all different
+        for e in answers:
+            assert parse_answer(e.answer).valid
+            assert reward_fn([q], [e.answer])[0].reward == pytest.approx(e.reward)
+    # A share keeps only alternatives that come close to the best answer.
+    strict = Teacher(teacher.engine, teacher.relevance, context=CONTEXT, reward=REWARD,
+                     config=dataclasses.replace(config, alternative_share=0.97)).example_sets(QUERIES)
+    assert sum(map(len, strict)) < sum(map(len, sets))
+    for loose, kept in zip(sets, strict):
+        assert kept == [e for e in loose if e is loose[0] or e.reward >= 0.97 * loose[0].reward]
+    with pytest.raises(ValueError, match="alternative_share"):
+        TeacherConfig(alternative_share=1.5)
 
 
 def test_jsonl_round_trip_and_import_with_bad_lines(tmp_path):
