@@ -188,12 +188,13 @@ class Recorded:
 
     def disagreements(self, queries: Sequence[str], judged_recall: np.ndarray) -> int:
         """Queries whose judged recall [Q] now differs from the recorded one: nonzero when this
-        run's catalog, index or search depth is not the recorded run's."""
+        run's catalog, index or search depth is not the recorded run's. Queries recorded without
+        a score are not compared."""
         def same(then, now):
             return (then is None and math.isnan(now)) or (
                 then is not None and math.isclose(then, now, rel_tol=1e-9, abs_tol=1e-12))
-        return sum(not same(self.judged_recall.get(q), float(r))
-                   for q, r in zip(queries, judged_recall))
+        return sum(not same(self.judged_recall[q], float(r))
+                   for q, r in zip(queries, judged_recall) if q in self.judged_recall)
 
 
 def read_recorded(path: str | os.PathLike, system: str) -> Recorded:
@@ -210,7 +211,8 @@ def read_recorded(path: str | os.PathLike, system: str) -> Recorded:
         if answers.setdefault(row["query"], answer) != answer:
             raise ValueError(f"{os.fspath(path)}: {system} answered {row['query']!r} twice, "
                              "differently")
-        recall[row["query"]] = s["judged_recall"]
+        if "judged_recall" in s:  # answers written elsewhere (tools.teacher_answers) have none
+            recall[row["query"]] = s["judged_recall"]
     return Recorded(answers, recall)
 
 

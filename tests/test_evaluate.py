@@ -14,9 +14,10 @@ from leser_jax.baselines import RM3Config
 from leser_jax.context import ContextConfig
 from leser_jax.metrics import METRICS, Estimate, Evaluation
 from leser_jax.reward import RewardConfig, SearchFeedback
-from leser_jax.teacher import TeacherConfig
+from leser_jax.teacher import TeacherConfig, TeacherExample
 from tests._tiny_policy import tiny_policy_run
 from tests.test_teacher import CategoryRelevance
+from tools import teacher_answers
 
 NAN = float("nan")
 
@@ -253,6 +254,34 @@ def test_recorded_answers_score_as_they_did_when_recorded(tiny, tmp_path):
     (tmp_path / "twice.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(ValueError, match="twice, differently"):
         evaluation.read_recorded(tmp_path / "twice.jsonl", "rm3")
+
+
+def test_teacher_answers_replay_by_rank_and_a_missing_rank_is_rejected(tiny, tmp_path):
+    """tools.teacher_answers: a query's k-th teacher answer is system answer{k}; with no k-th
+    answer it is rejected and scores as the original query; nothing recorded to compare."""
+    catalog, engine, _ = tiny
+    queries = catalog.queries[:2]
+    texts = [q.text for q in queries]
+    examples = [TeacherExample(texts[0], "", ("a", "b")), TeacherExample(texts[1], "", ("c",)),
+                TeacherExample(texts[0], "", ("d",))]
+    rows = teacher_answers.rank_rows(examples)
+    assert [r["query"] for r in rows] == texts[:2] and set(rows[0]["systems"]) == {"answer1",
+                                                                                   "answer2"}
+    teacher_answers.write_rows(rows, tmp_path)
+    first, second = (evaluation.read_recorded(tmp_path, f"answer{k}") for k in (1, 2))
+    assert [a.expansions for a in first(texts)] == [("a", "b"), ("c",)]
+    assert second(texts)[0].expansions == ("d",) and second(texts)[1].reason == "no answer of rank 2"
+    feedback = SearchFeedback(engine, CategoryRelevance(catalog), REWARD)
+    systems = evaluation.make_systems(["original"], {}, engine, CategoryRelevance(catalog),
+                                      context=CONTEXT, reward=REWARD, recorded={"answer2": second})
+    out, _ = evaluation.evaluate_systems(systems, queries, catalog, feedback,
+                                         batch_size=4, bootstrap_samples=50, log=lambda _: None)
+    assert out["answer2"].metrics["validity"].mean == 0.5
+    for m in ("judged_recall", "relevance_gain", "n_expansions"):  # query 1: the original's
+        np.testing.assert_array_equal(out["answer2"].per_query[m][1], out["original"].per_query[m][1])
+    assert out["answer2"].per_query["n_expansions"][0] == 1
+    assert second.disagreements(texts, out["answer2"].per_query["judged_recall"] + 1) == 0
+    assert len(teacher_answers.rank_rows(examples, ranks=3)[1]["systems"]) == 3
 
 
 def test_rm3_expands_as_often_as_its_config_says(tiny):
