@@ -294,9 +294,9 @@ class Teacher:
         for k in range(answers):
             # Alternatives only for queries that have a best answer.
             todo = [i for i, (_, cands) in enumerate(proposals) if cands and (sets[i] or not k)]
-            for i, (picks, r) in zip(todo, self._greedy([queries[i] for i in todo],
-                                                        [proposals[i][1] for i in todo],
-                                                        [banned[i] for i in todo], reward_fn)):
+            found = self._greedy([queries[i] for i in todo], [proposals[i][1] for i in todo],
+                                 [banned[i] for i in todo], reward_fn)
+            for i, (picks, r) in zip(todo, found):
                 if not picks or r <= 0:  # none that makes a valid answer
                     continue
                 banned[i].add(picks[0])  # the next run does without this run's first choice
