@@ -111,12 +111,13 @@ def taken(signal: np.ndarray, judged: np.ndarray, judged0: float) -> float:
 @dataclasses.dataclass(frozen=True)
 class QueryFidelity:
     """One query's pool: agreement[target][signal] (NaN where undefined), taken[target][signal],
-    reachable[target], and the number of answer sets measured."""
+    reachable[target], the number of answer sets measured, and the query's kind."""
 
     sets: int
     agreement: dict[str, dict[str, float]]
     taken: dict[str, dict[str, float]]
     reachable: dict[str, float]
+    kind: str | None = None
 
 
 def measure(queries: Sequence[Query], pools: Sequence[Sequence[tuple[str, ...]]],
@@ -157,7 +158,8 @@ def _fidelity(query: Query, measured, catalog: Catalog, config: RewardConfig,
                    for j, t in enumerate(TARGETS)},
         taken={t: {s: taken(v, judged[1:, j], judged[0, j]) for s, v in signals.items()}
                for j, t in enumerate(TARGETS)},
-        reachable={t: float(judged[1:, j].max() - judged[0, j]) for j, t in enumerate(TARGETS)})
+        reachable={t: float(judged[1:, j].max() - judged[0, j]) for j, t in enumerate(TARGETS)},
+        kind=query.kind)
 
 
 def column(results: Sequence[QueryFidelity], what: str, target: str,

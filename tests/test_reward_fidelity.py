@@ -67,6 +67,8 @@ def test_a_reward_that_counts_judged_relevant_products_agrees_with_judged_recall
     assert sum(len(p) for p in pools) > 5 * len(queries)
     feedback = SearchFeedback(engine, LabelRelevance(Zero(), catalog, queries), RewardConfig())
     results = measure(queries, pools, catalog, feedback, chunk=16)
+    kept = {q.text: q.kind for q in queries}
+    assert {r.kind for r in results} <= set(kept.values()) and len({r.kind for r in results}) > 1
     target = "judged_recall"
     informative = column(results, "agreement", target, "r_size")
     informative = informative[~np.isnan(informative)]
@@ -97,8 +99,10 @@ def test_the_tool_prints_each_scorer_and_the_paired_difference(tmp_path):
     out = launch("tools.reward_fidelity", "--dataset=synthetic", "--synthetic_products=1500",
                  "--synthetic_queries=150", f"--relevance=a={tmp_path / 'rel'}",
                  f"--relevance=b={tmp_path / 'rel'}", "--num_queries=40", "--split=train",
-                 "--lambdas=0.1,1")
+                 "--lambdas=0.1,1", "--by_kind")
     assert out.returncode == 0, out.stderr[-2000:]
+    assert "By query kind (a, judged_recall" in out.stdout and "| all | " in out.stdout
+    assert out.stdout.count("| brand | ") == 1, out.stdout
     for name in ("a", "b", "labels"):  # a row per signal: two rewards, two terms
         assert out.stdout.count(f"| {name} |") == 4, out.stdout
     zero = "+0.000 [+0.000, +0.000]"

@@ -8,8 +8,9 @@ label where a pair is judged, that model elsewhere), prints one row per signal (
 each --lambdas value, r_rel and r_size alone) with, for judged recall and judged nDCG@10, the
 agreement with the labels over pairs of a query's answer sets and the judged gain over the
 query alone that the signal's best set takes (bootstrap 95% intervals over queries); then, paired
-by query, each other lambda minus the first and each other scorer minus the first. Every scorer
-sees the same pools (teacher candidates over the preset's context) and the same searches.
+by query, each other lambda minus the first and each other scorer minus the first; with
+--by_kind, the first scorer's judged-recall numbers by query kind. Every scorer sees the same
+pools (teacher candidates over the preset's context) and the same searches.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ flags.DEFINE_integer("num_queries", 0, "The first this many queries of the split
 flags.DEFINE_list("lambdas", [], "Weights of r_size whose rewards are compared (default: "
                   "--reward_lambda).")
 flags.DEFINE_integer("singles", 12, "Candidates measured alone per query.", lower_bound=1)
+flags.DEFINE_bool("by_kind", False, "Also the first scorer's judged-recall agreement and "
+                  "taken by query kind (catalogs whose queries have kinds).")
 flags.DEFINE_integer("pairs_of", 4, "Every pair of this many first candidates is measured too.",
                      lower_bound=0)
 FLAGS = flags.FLAGS
@@ -94,6 +97,26 @@ def main(argv):
                  for t in TARGETS for what in ("agreement", "taken")]
         print(f"  {name}, {signal} minus {reference}, {first}: {cells[0]}; {cells[1]} | "
               f"{cells[2]}; {cells[3]}")
+    if FLAGS.by_kind:
+        print(by_kind(ref, signals, reference))
+
+
+def by_kind(results, signals, scorer: str, target: str = "judged_recall") -> str:
+    """A table, per query kind and all together: queries, those whose labels tell answers apart,
+    the pool's best gain, and each signal's agreement and taken gain (means over queries)."""
+    kinds = sorted({r.kind for r in results if r.kind is not None})
+    lines = [f"\nBy query kind ({scorer}, {target}; agreement / taken):\n",
+             "| kind | queries | told apart | pool's best | " + " | ".join(signals) + " |",
+             "|---|---|---|---|" + "---|" * len(signals)]
+    for kind in ["all", *kinds]:
+        part = [r for r in results if kind == "all" or r.kind == kind]
+        cells = [f"{np.nanmean(column(part, 'agreement', target, s)):.3f} / "
+                 f"{np.mean(column(part, 'taken', target, s)):+.3f}" for s in signals]
+        told = int(np.sum(~np.isnan(column(part, "agreement", target, signals[0]))))
+        lines.append(f"| {kind} | {len(part)} | {told} | "
+                     f"{np.mean(column(part, 'reachable', target)):+.3f} | " + " | ".join(cells)
+                     + " |")
+    return "\n".join(lines)
 
 
 def share(values: np.ndarray) -> str:
