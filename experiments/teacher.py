@@ -9,9 +9,10 @@ For each train query (in a seeded order, up to --num_examples), leser_jax.teache
 expansions from the query's context and keeps, greedily, those that raise the reward (the
 relevance model's, never the human judgments); with --answers_per_query=K, up to K - 1 other
 good answers per query as well (leser_jax.teacher, step 3), written after all the best answers,
-so that `warmup --max_examples` = the number of queries trains on the best answers alone. Writes JSONL {"query", "think", "expansions",
-"reward"} to --out and a summary (mean reward, expansions per answer, wall time) beside it as
-OUT.summary.json; prints a few examples. The paper uses about 10,000 warm-up examples; a catalog
+so that `warmup --max_examples` = the number of queries trains on the best answers alone.
+Writes JSONL {"query", "think", "expansions", "reward"} to --out and a summary (mean reward,
+expansions per answer, alternatives, wall time) beside it as OUT.summary.json; prints a few
+examples. The paper uses about 10,000 warm-up examples; a catalog
 with fewer train queries gives one example per train query, or more with --answers_per_query:
 
     python -m experiments.teacher --dataset=synthetic --index=runs/demo/index --relevance=runs/demo --out=runs/demo/teacher_k3.jsonl --answers_per_query=3
