@@ -270,7 +270,8 @@ def test_teacher_answers_replay_by_rank_and_a_missing_rank_is_rejected(tiny, tmp
     teacher_answers.write_rows(rows, tmp_path)
     first, second = (evaluation.read_recorded(tmp_path, f"answer{k}") for k in (1, 2))
     assert [a.expansions for a in first(texts)] == [("a", "b"), ("c",)]
-    assert second(texts)[0].expansions == ("d",) and second(texts)[1].reason == "no answer of rank 2"
+    assert second(texts)[0].expansions == ("d",)
+    assert second(texts)[1].reason == "no answer of rank 2"
     feedback = SearchFeedback(engine, CategoryRelevance(catalog), REWARD)
     systems = evaluation.make_systems(["original"], {}, engine, CategoryRelevance(catalog),
                                       context=CONTEXT, reward=REWARD, recorded={"answer2": second})
@@ -278,7 +279,8 @@ def test_teacher_answers_replay_by_rank_and_a_missing_rank_is_rejected(tiny, tmp
                                          batch_size=4, bootstrap_samples=50, log=lambda _: None)
     assert out["answer2"].metrics["validity"].mean == 0.5
     for m in ("judged_recall", "relevance_gain", "n_expansions"):  # query 1: the original's
-        np.testing.assert_array_equal(out["answer2"].per_query[m][1], out["original"].per_query[m][1])
+        np.testing.assert_array_equal(out["answer2"].per_query[m][1],
+                                      out["original"].per_query[m][1])
     assert out["answer2"].per_query["n_expansions"][0] == 1
     assert second.disagreements(texts, out["answer2"].per_query["judged_recall"] + 1) == 0
     assert len(teacher_answers.rank_rows(examples, ranks=3)[1]["systems"]) == 3

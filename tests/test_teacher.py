@@ -165,9 +165,13 @@ def test_teacher_is_an_evaluation_system(teacher):
 
 def test_alternatives_are_other_good_answers_and_the_best_comes_first(teacher):
     reward_fn = RewardFunction(SearchFeedback(teacher.engine, teacher.relevance, REWARD))
-    config = dataclasses.replace(teacher.config, answers_per_query=3, alternative_share=0.0)
-    sets = Teacher(teacher.engine, teacher.relevance, context=CONTEXT, reward=REWARD,
-                   config=config).example_sets(QUERIES)
+
+    def answer_sets(share):
+        config = dataclasses.replace(teacher.config, answers_per_query=3, alternative_share=share)
+        return Teacher(teacher.engine, teacher.relevance, context=CONTEXT, reward=REWARD,
+                       config=config).example_sets(QUERIES)
+
+    sets = answer_sets(0.0)
     assert [s[0] for s in sets] == teacher.examples(QUERIES)  # the best is the single answer
     assert sum(len(s) for s in sets) > len(QUERIES)
     for q, answers in zip(QUERIES, sets):
@@ -177,8 +181,7 @@ def test_alternatives_are_other_good_answers_and_the_best_comes_first(teacher):
             assert parse_answer(e.answer).valid
             assert reward_fn([q], [e.answer])[0].reward == pytest.approx(e.reward)
     # A share keeps only alternatives that come close to the best answer.
-    strict = Teacher(teacher.engine, teacher.relevance, context=CONTEXT, reward=REWARD,
-                     config=dataclasses.replace(config, alternative_share=0.97)).example_sets(QUERIES)
+    strict = answer_sets(0.97)
     assert sum(map(len, strict)) < sum(map(len, sets))
     for loose, kept in zip(sets, strict):
         assert kept == [e for e in loose if e is loose[0] or e.reward >= 0.97 * loose[0].reward]

@@ -19,8 +19,9 @@ import json
 import os
 from collections.abc import Sequence
 
-from absl import app, flags
+from absl import flags
 
+from experiments import cli
 from leser_jax import evaluation
 from leser_jax.teacher import TeacherExample, read_examples
 
@@ -63,8 +64,7 @@ def write_rows(rows: Sequence[dict], out_dir: str | os.PathLike) -> str:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected positional argument(s): {argv[1:]}")
+    del argv
     examples, report = read_examples(FLAGS.teacher_file)
     if report.bad:
         print(report.summary())
@@ -77,4 +77,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)
