@@ -96,6 +96,12 @@ flags.DEFINE_integer("teacher_max_candidates", TeacherConfig().max_candidates,
                      "Teacher: candidates per query.", lower_bound=1)
 flags.DEFINE_bool("teacher_whole_query", TeacherConfig().whole_query, "Teacher: also join each "
                   "context phrase with every query word (the teacher's --whole_query).")
+flags.DEFINE_bool("teacher_head_join", TeacherConfig().head_join, "Teacher: join each context "
+                  "phrase with the head terms (the teacher's --head_join).")
+flags.register_multi_flags_validator(
+    ["teacher_head_join", "teacher_whole_query"],
+    lambda f: f["teacher_head_join"] or f["teacher_whole_query"],
+    "--noteacher_head_join needs --teacher_whole_query")
 flags.DEFINE_integer("rm3_expansions", RM3Config().num_expansions, "RM3: expansions per answer "
                      "(a policy's answer may hold up to m_max; compare at equal searches).",
                      lower_bound=1)
@@ -132,6 +138,7 @@ def main(argv):
     max_new_tokens = cli.preset_or(FLAGS.max_new_tokens, preset.max_new_tokens)
     teacher_config = TeacherConfig(
         max_candidates=FLAGS.teacher_max_candidates, whole_query=FLAGS.teacher_whole_query,
+        head_join=FLAGS.teacher_head_join,
         max_expansions=cli.preset_or(FLAGS.teacher_max_expansions, preset.teacher_max_expansions))
     rm3 = RM3Config(num_expansions=FLAGS.rm3_expansions)
     for name, c in (("context", context), ("reward", reward), ("teacher", teacher_config),

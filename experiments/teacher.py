@@ -51,12 +51,19 @@ flags.DEFINE_integer("max_expansions", None, "Most expansions per answer (defaul
                      lower_bound=1)
 flags.DEFINE_bool("whole_query", TeacherConfig().whole_query, "Also join each context phrase "
                   "with every query word (RM3's form), not only the head terms.")
+flags.DEFINE_bool("head_join", TeacherConfig().head_join, "Join each context phrase with the "
+                  "head terms; --nohead_join with --whole_query keeps every query whole.")
+flags.DEFINE_bool("name_join", TeacherConfig().name_join, "The reasoning marks each source with "
+                  "what its phrase was joined with (+ head, + query).")
 flags.DEFINE_integer("answers_per_query", TeacherConfig().answers_per_query, "Answers per "
                      "query: the best, then up to K - 1 alternatives, each without the earlier "
                      "answers' first choices.", lower_bound=1)
 flags.DEFINE_float("alternative_share", TeacherConfig().alternative_share, "An alternative is "
                    "kept if its reward is at least this share of the best answer's.",
                    lower_bound=0, upper_bound=1)
+flags.register_multi_flags_validator(
+    ["head_join", "whole_query"], lambda f: f["head_join"] or f["whole_query"],
+    "--nohead_join needs --whole_query (a context phrase must be joined with something)")
 flags.DEFINE_integer("show", 3, "Examples printed at the end.", lower_bound=0)
 FLAGS = flags.FLAGS
 
@@ -68,6 +75,7 @@ def main(argv):
     context = common.context_config()
     reward = common.reward_config()
     config = TeacherConfig(max_candidates=FLAGS.max_candidates, whole_query=FLAGS.whole_query,
+                           head_join=FLAGS.head_join, name_join=FLAGS.name_join,
                            answers_per_query=FLAGS.answers_per_query,
                            alternative_share=FLAGS.alternative_share,
                            max_expansions=cli.preset_or(FLAGS.max_expansions,

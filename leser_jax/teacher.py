@@ -85,6 +85,12 @@ class TeacherConfig:
         "saw by brackwell circular", "saw by ironclad circular" learns lists of near-copies and,
         sampling at T = 0.9, repeats one (parse_answer rejects duplicates: reward 0); lists whose
         items start differently teach it to start each new one afresh.
+      head_join: join each phrase with the head terms. False with `whole_query`: with the whole
+        query only, so that every expansion keeps the query whole and the policy never has to
+        guess which form the teacher chose.
+      name_join: the reasoning marks each context source with what its phrase was joined with,
+        "+ head" (the head terms named after "results:") or "+ query" (every query word), so the
+        policy decides the form in its reasoning before it writes the expansion.
       answers_per_query: answers written per query by `example_sets`: the best, then up to K - 1
         alternatives (module docstring, step 3). `examples` and evaluation use the best alone.
       alternative_share: an alternative is kept if its reward is at least this share of the
@@ -99,6 +105,8 @@ class TeacherConfig:
     min_gain: float = 1e-3
     max_expansions: int | None = None
     whole_query: bool = False
+    head_join: bool = True
+    name_join: bool = False
     distinct_starts: bool = True
     answers_per_query: int = 1
     alternative_share: float = 0.9
@@ -109,6 +117,9 @@ class TeacherConfig:
                self.chunk_queries) < 1:
             raise ValueError("max_candidates, max_ngram, max_head_terms, answers_per_query and "
                              "chunk_queries must be >= 1")
+        if not (self.head_join or self.whole_query):
+            raise ValueError("head_join=False needs whole_query=True (a phrase must be joined "
+                             "with something)")
         if not 0 <= self.alternative_share <= 1:
             raise ValueError(f"alternative_share must be in [0, 1], got {self.alternative_share}")
         if not 0 < self.head_share <= 1:
@@ -124,6 +135,7 @@ class Candidate:
     text: str  # the expansion, e.g. "lumbar support office chair"
     source: str  # what in the context it came from, e.g. 'features: lumbar support'
     order: int = -1  # where its source first occurs in the context (-1: the head terms alone)
+    join: str = ""  # what the phrase was joined with: "head", "query" ("": the head terms alone)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,27 +205,32 @@ def propose(query: str, context: Sequence[ContextItem], config: TeacherConfig = 
         candidates.append(Candidate(" ".join(head), f"common words: {' '.join(head)}"))
         kept.add(frozenset(head))
     # What each phrase is joined with: the head terms, and with whole_query the query itself.
-    joins = [head] + ([list(dict.fromkeys(words(query)))] if config.whole_query else [])
+    joins = [("head", head)] if config.head_join else []
+    if config.whole_query:
+        joins.append(("query", list(dict.fromkeys(words(query)))))
     for phrase in ranked:
         text, source = found[phrase]
-        for join in joins:
+        for name, join in joins:
             added = [w for w in join if w not in phrase]
             key = frozenset(phrase + tuple(added))
             if key in kept or key == qwords:
                 continue
             kept.add(key)
-            candidates.append(Candidate(" ".join([text, *added]), source, seen_at[phrase]))
+            candidates.append(Candidate(" ".join([text, *added]), source, seen_at[phrase], name))
             if len(candidates) == config.max_candidates:
                 return head, candidates
     return head, candidates
 
 
-def reasoning(head: Sequence[str], chosen: Sequence[Candidate]) -> str:
+def reasoning(head: Sequence[str], chosen: Sequence[Candidate], name_join: bool = False) -> str:
     """The think text: names the head terms and every context attribute or phrase used, e.g.
     "results: office chair. context: features: lumbar support; title: mesh task chair." (a
-    fixed, short template: a small model learns it in a few hundred examples)."""
+    fixed, short template: a small model learns it in a few hundred examples). With
+    `name_join`, each source says what its phrase was joined with: "features: lumbar support +
+    head; title: mesh task chair + query"."""
     what = f"results: {' '.join(head)}." if head else "results: mixed."
-    return f"{what} context: {'; '.join(c.source for c in chosen)}."
+    used = [f"{c.source} + {c.join}" if name_join and c.join else c.source for c in chosen]
+    return f"{what} context: {'; '.join(used)}."
 
 
 class _CachedSearch:
@@ -306,7 +323,8 @@ class Teacher:
                 # In context order, not in the order the greedy found them: the reward does not
                 # depend on the order, and a model copying them learns to walk down the context.
                 used = sorted((cands[j] for j in picks), key=lambda c: c.order)
-                sets[i].append(TeacherExample(query=queries[i], think=reasoning(head, used),
+                think = reasoning(head, used, self.config.name_join)
+                sets[i].append(TeacherExample(query=queries[i], think=think,
                                               expansions=tuple(c.text for c in used),
                                               reward=float(r)))
         self.num_searches += feedback.num_searches

@@ -12,7 +12,7 @@ from leser_jax.prompts import parse_answer, render_answer
 from leser_jax.reward import RewardConfig, RewardFunction, SearchFeedback
 from leser_jax.search import SearchEngine
 from leser_jax.teacher import (Teacher, TeacherConfig, TeacherExample, head_terms, propose,
-                               read_examples, words, write_examples)
+                               read_examples, reasoning, words, write_examples)
 
 PRODUCTS = [  # id, title, attributes
     ("c1", "Haverly mesh office chair, navy", {"brand": "Haverly", "features": "lumbar support"}),
@@ -118,6 +118,40 @@ def test_whole_query_candidates_keep_every_query_word():
     assert not any("cheap" in t for t in plain_texts)  # off by default: the head terms only
     assert len(whole_texts) == 6 and len({frozenset(t.split()) for t in whole_texts}) == 6
     assert all({"cheap", "office", "chair"} <= set(t.split()) for t in whole_texts[2::2])
+
+
+def test_query_only_joins_and_reasoning_that_names_the_join():
+    context = [ContextItem("Haverly mesh office chair, navy", (("features", "lumbar support"),)),
+               ContextItem("Sitwell leather office chair", (("features", "lumbar support"),))]
+    head, both = propose("cheap office chair", context,
+                         TeacherConfig(max_candidates=6, whole_query=True))
+    assert [c.join for c in both[:3]] == ["", "head", "query"]
+    _, only = propose("cheap office chair", context,
+                      TeacherConfig(max_candidates=6, whole_query=True, head_join=False))
+    # The head terms alone stay (a broader search); every phrase keeps the whole query.
+    assert only[0].text == "office chair" and only[0].join == ""
+    assert all(c.join == "query" and {"cheap", "office", "chair"} <= set(c.text.split())
+               for c in only[1:])
+    assert reasoning(head, both[:3]) == (
+        "results: office chair. context: common words: office chair; features: lumbar support; "
+        "features: lumbar support.")
+    assert reasoning(head, both[1:3], name_join=True) == (
+        "results: office chair. context: features: lumbar support + head; "
+        "features: lumbar support + query.")
+    with pytest.raises(ValueError, match="head_join"):
+        TeacherConfig(head_join=False)
+
+
+def test_named_joins_reach_the_examples(teacher):
+    config = dataclasses.replace(teacher.config, whole_query=True, name_join=True)
+    named = Teacher(teacher.engine, teacher.relevance, context=CONTEXT, reward=REWARD,
+                    config=config)
+    plain = Teacher(teacher.engine, teacher.relevance, context=CONTEXT, reward=REWARD,
+                    config=dataclasses.replace(config, name_join=False))
+    for a, b in zip(named.examples(QUERIES), plain.examples(QUERIES)):
+        assert a.expansions == b.expansions and a.reward == b.reward  # only the text differs
+        assert a.think.count(" + ") == len(a.expansions) - a.think.count("common words:")
+        assert a.think.replace(" + head", "").replace(" + query", "") == b.think
 
 
 def test_examples_parse_reach_the_reward_and_name_their_context(teacher):
