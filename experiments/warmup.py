@@ -113,16 +113,19 @@ def main(argv):
           f"{sum(answer) / len(answer):.0f}, longest {max(lengths)}; {steps} steps x {batch_size} "
           f"= {steps * batch_size / len(encoded):.2f} epochs (encoded in "
           f"{time.perf_counter() - t:.1f} s)")
+    # With the prompt's targets at weight 0, the head runs over the answers' columns alone.
+    window = None if stage.prompt_weight else lm_data.answer_window(encoded, FLAGS.bucket)
     data = {"teacher_file": FLAGS.teacher_file, "examples": len(encoded), "bad_lines":
             len(report.bad), "dropped_long": dropped, "batch_size": batch_size,
             "bucket": FLAGS.bucket, "max_len": max_len, "seed": FLAGS.seed, "init": FLAGS.init,
-            "prompt_weight": stage.prompt_weight}
+            "prompt_weight": stage.prompt_weight, "window": window}
     logging.info("data: %s", json.dumps(data))
 
     def batch_fn(step):
         batch, tokens = lm_data.example_batch(encoded, batch_size, FLAGS.seed, step,
                                               bucket=FLAGS.bucket, pad_id=tokenizer.pad_id,
-                                              prompt_weight=stage.prompt_weight)
+                                              prompt_weight=stage.prompt_weight,
+                                              window=window)
         return batch, {"tokens": tokens, "seq_len": batch["inputs"].shape[1]}
 
     tx, schedule = make_optimizer(optim)

@@ -173,15 +173,26 @@ def grouped_batch_indices(lengths: Sequence[int], batch_size: int, seed: int, st
     return _grouped_epoch(lengths, batch_size, seed, epoch, group)[i]
 
 
+def answer_window(examples: Sequence[Encoded], bucket: int) -> int:
+    """The `window` of `example_batch` that holds every example's answer targets (its answer and
+    eos), rounded up to the bucket: one value for the whole run, so it adds no compiled shape."""
+    return bucket_length(max(len(e) - e.prompt_len for e in examples), bucket)
+
+
 def example_batch(examples: Sequence[Encoded], batch_size: int, seed: int, step: int, *,
-                  bucket: int, pad_id: int, group: int = 16, prompt_weight: float = 0.0
-                  ) -> tuple[dict[str, np.ndarray], int]:
+                  bucket: int, pad_id: int, group: int = 16, prompt_weight: float = 0.0,
+                  window: int | None = None) -> tuple[dict[str, np.ndarray], int]:
     """The warm-up batch of `step` (`grouped_batch_indices`; group=1 draws batches at random),
     right-padded to the bucket of its longest example.
 
     The answer's targets weigh 1, the prompt's `prompt_weight` (0: the answer only). A prompt
     repeats words of its context (the query is mostly words of the products above it), so its
     targets teach the copying that the answer needs, at no extra compute.
+
+    window: with prompt_weight 0, the rows are left-padded instead, so that every answer ends
+    at the last column, and targets and weights [B, A] keep only the last A = min(window, T)
+    columns (`answer_window`): `train.masked_lm_loss` then runs the vocabulary head over those
+    columns alone, not over the prompt's targets that weigh 0. The loss is the same.
 
     Returns the batch and its number of real input tokens.
     """
@@ -193,12 +204,20 @@ def example_batch(examples: Sequence[Encoded], batch_size: int, seed: int, step:
     targets = np.full((batch_size, length), pad_id, np.int32)  # [B, T]
     weights = np.zeros((batch_size, length), np.float32)  # [B, T]
     pad_mask = np.zeros((batch_size, length), bool)  # [B, T]
+    if window is not None and prompt_weight:
+        raise ValueError("window needs prompt_weight 0: it drops the prompt's targets")
     for b, e in enumerate(chosen):
         n = len(e) - 1
-        inputs[b, :n] = e.tokens[:-1]
-        targets[b, :n] = e.tokens[1:]
-        weights[b, :e.prompt_len - 1] = prompt_weight  # the prompt's tokens after bos
-        weights[b, e.prompt_len - 1:n] = 1.0  # targets from the answer's first token to eos
-        pad_mask[b, :n] = True
+        o = 0 if window is None else length - n  # where the row starts (left pads before it)
+        inputs[b, o:o + n] = e.tokens[:-1]
+        targets[b, o:o + n] = e.tokens[1:]
+        weights[b, o:o + e.prompt_len - 1] = prompt_weight  # the prompt's tokens after bos
+        weights[b, o + e.prompt_len - 1:o + n] = 1.0  # targets from the answer's first token to eos
+        pad_mask[b, o:o + n] = True
+    if window is not None:
+        a = min(window, length)
+        if weights[:, :length - a].any():
+            raise ValueError(f"an answer is longer than the window ({window})")
+        targets, weights = targets[:, length - a:], weights[:, length - a:]  # [B, A]
     batch = {"inputs": inputs, "targets": targets, "weights": weights, "pad_mask": pad_mask}
     return batch, int(pad_mask.sum())

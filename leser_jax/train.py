@@ -109,21 +109,26 @@ def masked_lm_loss(model: nnx.Module, batch: Mapping[str, jax.Array], rng: jax.A
                    ) -> tuple[jax.Array, dict]:
     """Next-token cross-entropy, the weighted mean over the target tokens.
 
-    batch: inputs [B, T] int32, targets [B, T] int32 (inputs shifted by one), weights [B, T]
+    batch: inputs [B, T] int32, targets [B, A] int32 (inputs shifted by one), weights [B, A]
     float32 (1 where the target is trained on: every token in pretraining, the answer and its
     eos in the warm-up; a prompt may weigh less, 0 for none), pad_mask [B, T] bool (True at
-    real input tokens). Padding is on the right, so masking it changes nothing at the real
-    tokens before it. aux: target_tokens (of weight 1) and target_loss, their mean loss: the
-    answer's loss in the warm-up whatever the prompt weighs.
+    real input tokens). A = T, or A < T for the targets of the last A inputs alone
+    (lm_data.example_batch's window): the head then runs over those A positions. Masked pads
+    change nothing at the real tokens. aux: target_tokens (of weight 1) and target_loss, their
+    mean loss: the answer's loss in the warm-up whatever the prompt weighs.
     """
     del rng  # deterministic: no dropout
-    logits = model(batch["inputs"], batch["pad_mask"])  # [B, T, V] float32
+    T, A = batch["inputs"].shape[1], batch["targets"].shape[1]
+    if A == T:
+        logits = model(batch["inputs"], batch["pad_mask"])  # [B, T, V] float32
+    else:
+        logits = model(batch["inputs"], batch["pad_mask"], last_n=A)  # [B, A, V] float32
     # -log p(target) = logsumexp(logits) - logits[target]: the same number as log_softmax then a
     # gather, without writing (and reading back) a [B, T, V] log-prob array.
     target_logit = jnp.take_along_axis(logits, batch["targets"][..., None], axis=-1)[..., 0]
-    nll = jax.nn.logsumexp(logits, axis=-1) - target_logit  # [B, T]
-    weights = batch["weights"].astype(jnp.float32)  # [B, T]
-    full = (weights == 1.0).astype(jnp.float32)  # [B, T]
+    nll = jax.nn.logsumexp(logits, axis=-1) - target_logit  # [B, A]
+    weights = batch["weights"].astype(jnp.float32)  # [B, A]
+    full = (weights == 1.0).astype(jnp.float32)  # [B, A]
     loss = (nll * weights).sum() / jnp.maximum(weights.sum(), 1.0)
     return loss, {"target_tokens": full.sum(),
                   "target_loss": (nll * full).sum() / jnp.maximum(full.sum(), 1.0)}
@@ -286,7 +291,7 @@ class LoopConfig:
 # Settings a resumed run may change without changing what it computes (check_run_configs), and
 # the ones that are paths (compared resolved).
 RESUMABLE = ("loop.checkpoint_every", "loop.keep_checkpoints", "loop.profile_dir",
-             "loop.profile_steps", "model.remat")
+             "loop.profile_steps", "model.remat", "data.window")
 PATH_SETTINGS = ("data.dataset", "data.init", "data.teacher_file", "data.relevance")
 
 

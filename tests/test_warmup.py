@@ -88,6 +88,35 @@ def test_prompt_targets_and_padding_do_not_change_the_loss(sft_batch):
     assert float(_loss(STATE, other)) != base
 
 
+def test_answer_window_gives_the_same_loss_and_gradient_from_fewer_head_positions():
+    rng = np.random.default_rng(5)
+    examples = [lm_data.Encoded(rng.integers(4, CONFIG.vocab_size, n).astype(np.int32), p)
+                for n, p in ((30, 26), (23, 12), (17, 14))]
+    window = lm_data.answer_window(examples, 8)
+    assert window == 16  # the longest answer: 23 - 12 = 11 targets, to the bucket of 8
+    plain, n = lm_data.example_batch(examples, 3, seed=0, step=0, bucket=8, pad_id=0)
+    cut, m = lm_data.example_batch(examples, 3, seed=0, step=0, bucket=8, pad_id=0,
+                                   window=window)
+    assert cut["inputs"].shape == (3, 32) and cut["targets"].shape == (3, 16) and n == m
+    # Left-padded: every row ends at the last column; its answer targets are the last ones.
+    assert cut["pad_mask"][:, -1].all() and not cut["pad_mask"][:, 0].all()
+    assert sorted(cut["weights"].sum(1).tolist()) == sorted(plain["weights"].sum(1).tolist())
+
+    def loss(state, batch):
+        return masked_lm_loss(nnx.merge(GRAPHDEF, state), batch, None)[0]
+
+    (a, ga), (b, gb) = (jax.jit(jax.value_and_grad(loss))(STATE, x) for x in (plain, cut))
+    assert float(b) == pytest.approx(float(a), rel=1e-5)
+    diff = jax.tree.leaves(jax.tree.map(lambda x, y: jnp.abs(x - y).max(), ga, gb))
+    scale = jax.tree.leaves(jax.tree.map(lambda x: jnp.abs(x).max(), ga))
+    assert max(float(d) / (float(s) + 1e-12) for d, s in zip(diff, scale)) < 1e-4
+    with pytest.raises(ValueError, match="longer than the window"):
+        lm_data.example_batch(examples, 3, seed=0, step=0, bucket=8, pad_id=0, window=8)
+    with pytest.raises(ValueError, match="prompt_weight 0"):
+        lm_data.example_batch(examples, 3, seed=0, step=0, bucket=8, pad_id=0, window=16,
+                              prompt_weight=0.5)
+
+
 def test_loss_is_the_mean_over_answer_tokens_and_prompt_logits_get_no_gradient(sft_batch):
     B, T = sft_batch["inputs"].shape
     logits = jnp.asarray(np.random.default_rng(3).normal(size=(B, T, 11)), jnp.float32)

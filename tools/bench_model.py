@@ -11,10 +11,19 @@ model FLOPs (`config.flops_per_token`: 2N + attention forward, 3x that for a tra
 divided by the float32 matmul peak measured in the same run (the best of --peak_repeats jitted
 N x N x N matmuls, 2 N^3 FLOPs each, measured before and after the models; the higher is used),
 so the number is relative to what this machine can do now.
+
+    .venv/bin/python -m tools.bench_model --presets=runs/smollm2 --lora_rank=16 --batch=8 --seq_len=320 --window=64
+
+A preset may be a params folder (its config, random weights). --lora_rank trains adapters alone,
+as the warm-up and GRPO do (a train step is then counted as 2x the forward's FLOPs, not 3x: no
+gradient for the frozen weights). --window=A adds the warm-up's answer-window step
+(lm_data.example_batch's window: targets on the last A positions, the head over them alone),
+timed in alternation with the full step so that both see the same machine.
 """
 
 from __future__ import annotations
 
+import os
 import time
 
 import jax
@@ -23,6 +32,7 @@ from absl import flags
 
 from flax import nnx
 from experiments import cli
+from leser_jax.checkpoint import load_config
 from leser_jax.config import ModelConfig, flops_per_token, param_count
 from leser_jax.model import Llama
 from tools.timing import matmul_peak_flops, timed
@@ -40,11 +50,15 @@ flags.DEFINE_integer("peak_repeats", 20, "Timed matmuls; the fastest gives the p
                      lower_bound=1)
 flags.DEFINE_float("learning_rate", 3e-4, "AdamW learning rate (the value does not affect speed).")
 cli.exclusive_bounds("learning_rate", lower=0)
+flags.DEFINE_integer("lora_rank", 0, "LoRA rank (0: train every parameter).", lower_bound=0)
+flags.DEFINE_integer("window", 0, "A > 0: also time the train step with targets on the last A "
+                     "positions (the warm-up's answer window).", lower_bound=0)
 flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Compute dtype (default: the preset's).")
 FLAGS = flags.FLAGS
 
 
-def bench_preset(config: ModelConfig, batch: int, seq_len: int, steps: int, lr: float):
+def bench_preset(config: ModelConfig, batch: int, seq_len: int, steps: int, lr: float,
+                 window: int = 0):
     init_start = time.perf_counter()
     model = Llama(config, rngs=nnx.Rngs(0))
     graphdef, params = nnx.split(model)
@@ -69,22 +83,34 @@ def bench_preset(config: ModelConfig, batch: int, seq_len: int, steps: int, lr: 
     timed(forward, params, inputs)
     fwd_s = sum(timed(forward, params, inputs)[1] for _ in range(steps)) / steps
 
+    batches = {"train": train_batch}
+    if window:
+        batches["window"] = {**train_batch, "targets": train_batch["targets"][:, -window:],
+                             "weights": train_batch["weights"][:, -window:]}
     _, state = init_train_state(model, tx, seed=0)
-    (state, _), train_compile = timed(train_step, state, train_batch)
-    (state, _), _ = timed(train_step, state, train_batch)
-    train_times = []
+    compile_s = {}
+    for name, b in batches.items():
+        (state, _), compile_s[name] = timed(train_step, state, b)
+        (state, _), _ = timed(train_step, state, b)
+    times = {name: [] for name in batches}
     for i in range(steps):
-        with jax.profiler.StepTraceAnnotation("train", step_num=i):
-            (state, metrics), t = timed(train_step, state, train_batch)
-        train_times.append(t)
-    train_s = sum(train_times) / steps
+        for name, b in batches.items():
+            with jax.profiler.StepTraceAnnotation(name, step_num=i):
+                (state, metrics), t = timed(train_step, state, b)
+            times[name].append(t)
+    train_s = sum(times["train"]) / steps
+    window_s = sum(times["window"]) / steps if window else float("nan")
     n_tokens = batch * seq_len
+    # forward + backward to the activations, + to the weights unless they are frozen (LoRA).
+    train_factor = 2 if config.lora_rank else 3
     return dict(
         params=param_count(config), init_s=init_s,
         fwd_compile_s=fwd_compile, fwd_tok_s=n_tokens / fwd_s,
         fwd_flops=flops_per_token(config, seq_len, training=False) * n_tokens / fwd_s,
-        train_compile_s=train_compile, train_tok_s=n_tokens / train_s,
-        train_flops=flops_per_token(config, seq_len, training=True) * n_tokens / train_s,
+        train_compile_s=compile_s["train"], train_tok_s=n_tokens / train_s,
+        window_tok_s=n_tokens / window_s, window_speedup=train_s / window_s,
+        train_flops=train_factor * flops_per_token(config, seq_len, training=False) * n_tokens
+        / train_s,
         loss=float(metrics["loss"]))
 
 
@@ -92,13 +118,16 @@ def main(argv):
     del argv
     peak_before = matmul_peak_flops(FLAGS.peak_size, FLAGS.peak_repeats)
     header = ("preset", "params", "init s", "fwd compile s", "fwd tok/s", "fwd GFLOP/s", "fwd MFU",
-              "train compile s", "train tok/s", "train GFLOP/s", "train MFU")
+              "train compile s", "train tok/s", "train GFLOP/s", "train MFU") + (
+                  ("window tok/s", "window speed-up") if FLAGS.window else ())
     rows, results = [], []
     for name in FLAGS.presets:
-        config = getattr(ModelConfig, name)()
+        config = (load_config(name) if os.path.isdir(name) else getattr(ModelConfig, name)()
+                  ).replace(lora_rank=FLAGS.lora_rank)
         if FLAGS.dtype:
             config = config.replace(dtype=FLAGS.dtype)
-        r = bench_preset(config, FLAGS.batch, FLAGS.seq_len, FLAGS.steps, FLAGS.learning_rate)
+        r = bench_preset(config, FLAGS.batch, FLAGS.seq_len, FLAGS.steps, FLAGS.learning_rate,
+                         min(FLAGS.window, FLAGS.seq_len))
         results.append((name, r))
     # A shared machine's speed drifts: the peak is measured before and after, and the higher one
     # is used, so MFU errs low rather than high.
@@ -113,7 +142,9 @@ def main(argv):
                      f"{r['fwd_compile_s']:.1f}", f"{r['fwd_tok_s']:,.0f}",
                      f"{r['fwd_flops'] / 1e9:.0f}", f"{r['fwd_flops'] / peak:.0%}",
                      f"{r['train_compile_s']:.1f}", f"{r['train_tok_s']:,.0f}",
-                     f"{r['train_flops'] / 1e9:.0f}", f"{r['train_flops'] / peak:.0%}"))
+                     f"{r['train_flops'] / 1e9:.0f}", f"{r['train_flops'] / peak:.0%}") + (
+                         (f"{r['window_tok_s']:,.0f}", f"{r['window_speedup']:.2f}x")
+                         if FLAGS.window else ()))
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     for row in (header, tuple("-" * w for w in widths), *rows):
         print(" | ".join(str(x).rjust(w) for x, w in zip(row, widths)))
