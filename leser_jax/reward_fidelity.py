@@ -25,6 +25,13 @@ Per query (ours; the paper reports no such measurement):
 Queries where every set has the same judged value are uninformative for agreement (the labels
 cannot tell the answers apart) and are counted.
 
+The policy's own groups (`policy_pools`): the pool may instead be N answers that a policy
+samples for the query, as GRPO draws them (its distinct answers that parse; one that does not
+parse gets reward 0 whatever the signal, so it says nothing about the signal's order). Then
+agreement is the chance that GRPO's advantage on that policy's group points where the labels
+do, and `mean` (the pool's mean judged gain over q alone) against `taken` is what choosing by the
+signal gains over the group as sampled.
+
 `LabelRelevance` reads the human label where a pair is judged (1.0 relevant, 0.0 not) and asks
 the relevance model elsewhere: the reward a relevance model that is perfect on judged products
 would give. Its agreement is the ceiling of what better relevance scores can buy with this
@@ -42,6 +49,7 @@ import numpy as np
 from leser_jax.catalog import Catalog, Query
 from leser_jax.context import ContextConfig, build_context
 from leser_jax.metrics import judged_metrics
+from leser_jax.prompts import AnswerFormat, parse_answer
 from leser_jax.reward import Relevance, RewardConfig, SearchFeedback, reward_terms
 from leser_jax.search import SearchEngine
 from leser_jax.teacher import TeacherConfig, propose
@@ -89,6 +97,26 @@ def answer_sets(query: str, engine: SearchEngine, context: ContextConfig,
             + list(itertools.combinations(texts[:pairs_of], 2)))
 
 
+def policy_pools(texts: Sequence[str], num_samples: int, fmt: AnswerFormat
+                 ) -> tuple[list[list[tuple[str, ...]]], int]:
+    """Per query, the distinct answer sets that parse among its `num_samples` completions
+    (texts [Q * N], query-major, as rollout.generate_rollouts returns them), in sample order;
+    and how many completions did not parse."""
+    if len(texts) % num_samples:
+        raise ValueError(f"{len(texts)} completions are not groups of {num_samples}")
+    pools, invalid = [], 0
+    for start in range(0, len(texts), num_samples):
+        pool: dict[tuple[str, ...], None] = {}
+        for text in texts[start:start + num_samples]:
+            parsed = parse_answer(text, fmt)
+            if parsed.valid:
+                pool.setdefault(tuple(parsed.expansions), None)
+            else:
+                invalid += 1
+        pools.append(list(pool))
+    return pools, invalid
+
+
 def agreement(signal: np.ndarray, judged: np.ndarray) -> float:
     """Share of the pairs with different judged values that `signal` orders alike; ties half.
 
@@ -111,12 +139,14 @@ def taken(signal: np.ndarray, judged: np.ndarray, judged0: float) -> float:
 @dataclasses.dataclass(frozen=True)
 class QueryFidelity:
     """One query's pool: agreement[target][signal] (NaN where undefined), taken[target][signal],
-    reachable[target], the number of answer sets measured, and the query's kind."""
+    reachable[target], mean[target] (the pool's mean judged gain over q alone), the number of
+    answer sets measured, and the query's kind."""
 
     sets: int
     agreement: dict[str, dict[str, float]]
     taken: dict[str, dict[str, float]]
     reachable: dict[str, float]
+    mean: dict[str, float] = dataclasses.field(default_factory=dict)
     kind: str | None = None
 
 
@@ -159,12 +189,13 @@ def _fidelity(query: Query, measured, catalog: Catalog, config: RewardConfig,
         taken={t: {s: taken(v, judged[1:, j], judged[0, j]) for s, v in signals.items()}
                for j, t in enumerate(TARGETS)},
         reachable={t: float(judged[1:, j].max() - judged[0, j]) for j, t in enumerate(TARGETS)},
+        mean={t: float(judged[1:, j].mean() - judged[0, j]) for j, t in enumerate(TARGETS)},
         kind=query.kind)
 
 
 def column(results: Sequence[QueryFidelity], what: str, target: str,
            signal: str | None = None) -> np.ndarray:
-    """[Q] per-query values of `what` ("agreement", "taken", or "reachable" without a signal),
-    NaN where undefined."""
+    """[Q] per-query values of `what` ("agreement", "taken", or "reachable" and "mean" without
+    a signal), NaN where undefined."""
     return np.asarray([getattr(r, what)[target] if signal is None
                        else getattr(r, what)[target][signal] for r in results], np.float64)

@@ -8,8 +8,9 @@ import pytest
 from leser_jax.context import ContextConfig
 from leser_jax.data.synthetic import SyntheticConfig, generate
 from leser_jax.reward import RewardConfig, SearchFeedback
+from leser_jax.prompts import AnswerFormat, render_answer
 from leser_jax.reward_fidelity import (LabelRelevance, agreement, answer_sets, column, measure,
-                                       taken)
+                                       policy_pools, taken)
 from leser_jax.search import SearchEngine
 
 
@@ -26,6 +27,17 @@ def test_taken_is_the_judged_gain_of_the_signal_best_sets():
     judged = np.array([0.5, 0.9, 0.7])
     assert taken(np.array([0.0, 1.0, 0.5]), judged, 0.5) == pytest.approx(0.4)
     assert taken(np.array([0.0, 1.0, 1.0]), judged, 0.5) == pytest.approx(0.3)  # tie: the mean
+
+
+def test_policy_pools_keep_each_groups_distinct_answers_that_parse():
+    a, b = render_answer("x", ["red chair"]), render_answer("y", ["oak desk", "desk lamp"])
+    texts = [a, "no tags", a, b,  # query 0: a twice, one that does not parse
+             render_answer("z", ["lamp", "lamp"]), b, b, b]  # query 1: a duplicate expansion
+    pools, invalid = policy_pools(texts, 4, AnswerFormat())
+    assert pools == [[("red chair",), ("oak desk", "desk lamp")], [("oak desk", "desk lamp")]]
+    assert invalid == 2
+    with pytest.raises(ValueError, match="groups of 3"):
+        policy_pools(texts, 3, AnswerFormat())
 
 
 class Zero:
@@ -76,6 +88,9 @@ def test_a_reward_that_counts_judged_relevant_products_agrees_with_judged_recall
     np.testing.assert_array_equal(informative, 1.0)
     np.testing.assert_allclose(column(results, "taken", target, "r_size"),
                                column(results, "reachable", target), atol=1e-12)
+    mean = column(results, "mean", target)  # the pool as sampled: below its best set
+    assert np.all(mean <= column(results, "reachable", target) + 1e-12)
+    assert np.any(mean < column(results, "reachable", target) - 1e-3)
     # The chunking is bookkeeping only: one query at a time gives the same numbers.
     again = measure(queries, pools, catalog, feedback, chunk=1)
     np.testing.assert_array_equal(column(again, "agreement", target, "reward (lambda 0.1)"),

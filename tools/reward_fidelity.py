@@ -11,22 +11,34 @@ query alone that the signal's best set takes (bootstrap 95% intervals over queri
 by query, each other lambda minus the first and each other scorer minus the first; with
 --by_kind, the first scorer's judged-recall numbers by query kind. Every scorer sees the same
 pools (teacher candidates over the preset's context) and the same searches.
+
+    python -m tools.reward_fidelity ... --relevance=now=R1 --policy=runs/smol_syn/warmup200 --samples=8
+
+With --policy, each query's pool is that policy's own group instead: --samples completions at
+--temperature (GRPO's rollouts), the distinct ones that parse; the pool's mean judged gain is
+printed beside what choosing by each signal takes.
 """
 
 from __future__ import annotations
 
 import time
 
+import jax
 import numpy as np
 from absl import app, flags
+from flax import nnx
 
 from experiments import cli, common
 from leser_jax import run_log
 from leser_jax.metrics import bootstrap
+from leser_jax.policy import load_policy
+from leser_jax.prompts import AnswerFormat, prompt_for
 from leser_jax.relevance import RelevanceModel
 from leser_jax.reward import SearchFeedback
 from leser_jax.reward_fidelity import (TARGETS, TERMS, LabelRelevance, answer_sets, column,
-                                       measure, reward_signal)
+                                       measure, policy_pools, reward_signal)
+from leser_jax.rollout import generate_rollouts
+from leser_jax.sampler import SamplingConfig
 
 common.define_dataset_flags()
 common.define_preset_flag()
@@ -46,7 +58,33 @@ flags.DEFINE_bool("by_kind", False, "Also the first scorer's judged-recall agree
                   "taken by query kind (catalogs whose queries have kinds).")
 flags.DEFINE_integer("pairs_of", 4, "Every pair of this many first candidates is measured too.",
                      lower_bound=0)
+flags.DEFINE_string("policy", None, "Pools from this policy's samples (a params folder or a "
+                    "GGUF file) instead of the teacher's candidates.")
+flags.DEFINE_integer("samples", 8, "--policy: completions per query.", lower_bound=2)
+flags.DEFINE_float("temperature", 0.9, "--policy: sampling temperature (GRPO's).", lower_bound=0)
+flags.DEFINE_integer("queries_per_call", 8, "--policy: queries sampled together.", lower_bound=1)
+flags.DEFINE_integer("seed", 0, "--policy: sampling seed.", lower_bound=0)
 FLAGS = flags.FLAGS
+
+
+def sampled_pools(queries, engine, context) -> list[list[tuple[str, ...]]]:
+    """Each query's group from --policy (module docstring), prompted as GRPO prompts it."""
+    model, _, tokenizer = load_policy(FLAGS.policy)
+    graphdef, params = nnx.split(model)
+    fmt = AnswerFormat()
+    sampling = SamplingConfig(temperature=FLAGS.temperature,
+                              max_new_tokens=common.preset().max_new_tokens)
+    texts = []
+    for start in range(0, len(queries), FLAGS.queries_per_call):
+        part = queries[start:start + FLAGS.queries_per_call]
+        texts += generate_rollouts(graphdef, params, tokenizer,
+                                   [prompt_for(q.text, engine, context, fmt) for q in part],
+                                   num_rollouts=FLAGS.samples, sampling=sampling,
+                                   base_key=jax.random.key(FLAGS.seed), step=start).texts
+    pools, invalid = policy_pools(texts, FLAGS.samples, fmt)
+    print(f"{FLAGS.policy}: {len(texts)} completions at T = {FLAGS.temperature:g}, {invalid} do "
+          f"not parse; {np.mean([len(p) for p in pools]):.1f} distinct valid answers a query")
+    return pools
 
 
 def main(argv):
@@ -64,8 +102,9 @@ def main(argv):
     if FLAGS.labels:
         scorers["labels"] = LabelRelevance(next(iter(scorers.values())), catalog, queries)
     context = common.context_config()
-    pools = [answer_sets(q.text, engine, context, singles=FLAGS.singles,
-                         pairs_of=FLAGS.pairs_of) for q in queries]
+    pools = (sampled_pools(queries, engine, context) if FLAGS.policy else
+             [answer_sets(q.text, engine, context, singles=FLAGS.singles,
+                          pairs_of=FLAGS.pairs_of) for q in queries])
     reward = common.reward_config()
     lambdas = [float(v) for v in FLAGS.lambdas] or [reward.lam]
     results = {name: measure(queries, pools, catalog, SearchFeedback(engine, scorer, reward),
@@ -74,13 +113,17 @@ def main(argv):
     first = reward_signal(lambdas[0])
     signals = [*map(reward_signal, lambdas), *TERMS]
     ref = results[reference]
+    if not ref:
+        raise SystemExit(f"no query of {len(queries)} has a judged-relevant product and two "
+                         "distinct answer sets that parse: nothing to compare")
     print(f"{catalog.name}, {FLAGS.split}: {len(ref)} of {len(queries)} queries with a "
           f"judged-relevant product and 2+ answer sets, {np.mean([r.sets for r in ref]):.1f} sets "
           f"a query; {reward.describe()}; {time.perf_counter() - start:.0f} s")
     for target in TARGETS:
         informative = int(np.sum(~np.isnan(column(ref, "agreement", target, first))))
         print(f"  {target}: the labels tell some answers apart for {informative} queries; the "
-              f"pool's best gain over q alone {bootstrap(column(ref, 'reachable', target))}")
+              f"pool's best gain over q alone {bootstrap(column(ref, 'reachable', target))}, "
+              f"its mean gain {bootstrap(column(ref, 'mean', target))}")
     print("\n| scorer | signal | " + " | ".join(
         f"agreement, {t} | taken, {t}" for t in TARGETS) + " |\n|---|---|" + "---|---|" * 2)
     for name, res in results.items():
