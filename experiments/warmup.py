@@ -114,7 +114,7 @@ def main(argv):
           f"= {steps * batch_size / len(encoded):.2f} epochs (encoded in "
           f"{time.perf_counter() - t:.1f} s)")
     # With the prompt's targets at weight 0, the head runs over the answers' columns alone.
-    window = None if stage.prompt_weight else lm_data.answer_window(encoded, FLAGS.bucket)
+    window = None if stage.prompt_weight else lm_data.answer_window(encoded)
     data = {"teacher_file": FLAGS.teacher_file, "examples": len(encoded), "bad_lines":
             len(report.bad), "dropped_long": dropped, "batch_size": batch_size,
             "bucket": FLAGS.bucket, "max_len": max_len, "seed": FLAGS.seed, "init": FLAGS.init,

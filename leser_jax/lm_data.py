@@ -173,10 +173,11 @@ def grouped_batch_indices(lengths: Sequence[int], batch_size: int, seed: int, st
     return _grouped_epoch(lengths, batch_size, seed, epoch, group)[i]
 
 
-def answer_window(examples: Sequence[Encoded], bucket: int) -> int:
+def answer_window(examples: Sequence[Encoded], multiple: int = 16) -> int:
     """The `window` of `example_batch` that holds every example's answer targets (its answer and
-    eos), rounded up to the bucket: one value for the whole run, so it adds no compiled shape."""
-    return bucket_length(max(len(e) - e.prompt_len for e in examples), bucket)
+    eos), rounded up to a multiple of `multiple`. One value for the whole run, so it adds no
+    compiled shape; it need not be a multiple of the sequence bucket."""
+    return bucket_length(max(len(e) - e.prompt_len for e in examples), multiple)
 
 
 def example_batch(examples: Sequence[Encoded], batch_size: int, seed: int, step: int, *,

@@ -93,7 +93,8 @@ def test_answer_window_gives_the_same_loss_and_gradient_from_fewer_head_position
     examples = [lm_data.Encoded(rng.integers(4, CONFIG.vocab_size, n).astype(np.int32), p)
                 for n, p in ((30, 26), (23, 12), (17, 14))]
     window = lm_data.answer_window(examples, 8)
-    assert window == 16  # the longest answer: 23 - 12 = 11 targets, to the bucket of 8
+    assert window == 16  # the longest answer: 23 - 12 = 11 targets, to a multiple of 8
+    assert lm_data.answer_window(examples) == 16 and lm_data.answer_window(examples, 4) == 12
     plain, n = lm_data.example_batch(examples, 3, seed=0, step=0, bucket=8, pad_id=0)
     cut, m = lm_data.example_batch(examples, 3, seed=0, step=0, bucket=8, pad_id=0,
                                    window=window)
