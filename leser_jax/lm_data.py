@@ -184,7 +184,7 @@ def example_batch(examples: Sequence[Encoded], batch_size: int, seed: int, step:
                   bucket: int, pad_id: int, group: int = 16, prompt_weight: float = 0.0,
                   window: int | None = None) -> tuple[dict[str, np.ndarray], int]:
     """The warm-up batch of `step` (`grouped_batch_indices`; group=1 draws batches at random),
-    right-padded to the bucket of its longest example.
+    padded to the bucket of its longest example: on the right, or on the left with `window`.
 
     The answer's targets weigh 1, the prompt's `prompt_weight` (0: the answer only). A prompt
     repeats words of its context (the query is mostly words of the products above it), so its

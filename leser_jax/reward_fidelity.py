@@ -146,7 +146,7 @@ class QueryFidelity:
     agreement: dict[str, dict[str, float]]
     taken: dict[str, dict[str, float]]
     reachable: dict[str, float]
-    mean: dict[str, float] = dataclasses.field(default_factory=dict)
+    mean: dict[str, float]
     kind: str | None = None
 
 

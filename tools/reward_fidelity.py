@@ -74,13 +74,13 @@ def sampled_pools(queries, engine, context) -> list[list[tuple[str, ...]]]:
     fmt = AnswerFormat()
     sampling = SamplingConfig(temperature=FLAGS.temperature,
                               max_new_tokens=common.preset().max_new_tokens)
-    texts = []
+    key, texts = jax.random.key(FLAGS.seed), []
     for start in range(0, len(queries), FLAGS.queries_per_call):
         part = queries[start:start + FLAGS.queries_per_call]
         texts += generate_rollouts(graphdef, params, tokenizer,
                                    [prompt_for(q.text, engine, context, fmt) for q in part],
                                    num_rollouts=FLAGS.samples, sampling=sampling,
-                                   base_key=jax.random.key(FLAGS.seed), step=start).texts
+                                   base_key=key, step=start).texts
     pools, invalid = policy_pools(texts, FLAGS.samples, fmt)
     print(f"{FLAGS.policy}: {len(texts)} completions at T = {FLAGS.temperature:g}, {invalid} do "
           f"not parse; {np.mean([len(p) for p in pools]):.1f} distinct valid answers a query")
