@@ -29,6 +29,11 @@ joins the earlier ones, summarised over seeds by --seed_group:
 
     python -m experiments.evaluate --dataset=synthetic --index=runs/demo/index --relevance=runs/demo/relevance --out=runs/demo_seeds --baselines=original,rm3 --recorded=warmup=runs/demo:warmup --recorded=grpo=runs/demo:grpo --policy=grpo_seed1=runs/demo/grpo_seed1 --reference=grpo --seed_group=grpo,grpo_seed1
 
+Did GRPO learn the queries it trained on, or fail to carry that to new ones? --trained_by=RUN
+evaluates on the train queries the finished GRPO run RUN drew, beside its warm-up:
+
+    python -m experiments.evaluate --dataset=synthetic --index=runs/demo/index --relevance=runs/demo/relevance --out=runs/demo_seen --split=train --trained_by=runs/demo/grpo --baselines=original --policy=warmup=runs/demo/warmup --policy=grpo=runs/demo/grpo
+
 The context flags must be those the policies were trained with: a policy's run records them in
 its checkpoints, and a mismatch is an error. The teacher flags should be those that wrote the
 warm-up data. Writes OUT/results.json, OUT/results.md, OUT/answers.jsonl (every system's
@@ -40,13 +45,14 @@ metrics, OUT/grpo_training.png (reward, KL and validity over steps); prints the 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
 
 from absl import app, flags, logging
 
 from experiments import cli, common
-from leser_jax import evaluation, plots, run_log
+from leser_jax import evaluation, grpo_trainer, plots, run_log
 from leser_jax.baselines import RM3Config
 from leser_jax.relevance import RelevanceModel
 from leser_jax.reward import SearchFeedback
@@ -82,6 +88,9 @@ flags.DEFINE_string("reference", "grpo", "System the others are compared with, p
 flags.DEFINE_enum("split", "test", ["train", "dev", "test"], "Queries to evaluate on.")
 flags.DEFINE_integer("num_queries", 0, "Evaluate the first this many queries (0 = all).",
                      lower_bound=0)
+flags.DEFINE_string("trained_by", None, "A finished GRPO run's folder: evaluate on the train "
+                    "queries its steps drew (first draw first; then --num_queries cuts them), "
+                    "to tell learning those queries from generalising. Needs --split=train.")
 flags.DEFINE_integer("max_new_tokens", None, "Longest policy answer (default: the "
                      "preset's, which GRPO samples).",
                      lower_bound=1)
@@ -108,6 +117,9 @@ flags.DEFINE_integer("rm3_expansions", RM3Config().num_expansions, "RM3: expansi
 flags.DEFINE_integer("bootstrap_samples", 1000, "Bootstrap resamples of the queries.",
                      lower_bound=1)
 flags.DEFINE_integer("seed", 0, "Bootstrap seed.", lower_bound=0)
+flags.register_multi_flags_validator(
+    ["trained_by", "split"], lambda f: not f["trained_by"] or f["split"] == "train",
+    "--trained_by needs --split=train")
 FLAGS = flags.FLAGS
 
 
@@ -125,6 +137,18 @@ def parse_recorded(specs: list[str]) -> dict[str, evaluation.Recorded]:
     return recorded
 
 
+def grpo_draws(run_dir: str) -> tuple[int, int, int]:
+    """(queries a step, seed, steps) of a finished GRPO run, from its DONE.json: what
+    grpo_trainer.drawn_queries needs to list the train queries the run saw."""
+    try:
+        with open(os.path.join(run_dir, "DONE.json")) as f:
+            configs = json.load(f)["configs"]
+        return (configs["grpo"]["queries_per_step"], configs["loop"]["seed"],
+                configs["loop"]["total_steps"])
+    except (OSError, ValueError, KeyError) as e:
+        raise app.UsageError(f"--trained_by={run_dir}: not a finished GRPO run ({e})") from e
+
+
 def main(argv):
     del argv
     run_log.quiet_library_logs()
@@ -132,6 +156,7 @@ def main(argv):
     policies = cli.parse_named(FLAGS.policy, "policy")
     zero_shot = cli.parse_named(FLAGS.zero_shot, "zero_shot")
     recorded = parse_recorded(FLAGS.recorded)
+    draws = grpo_draws(FLAGS.trained_by) if FLAGS.trained_by else None
     context = common.context_config()
     reward = common.reward_config()
     preset = common.preset()
@@ -148,6 +173,8 @@ def main(argv):
     engine = common.open_engine(catalog, FLAGS.index)
     relevance = RelevanceModel.load(FLAGS.relevance, engine)
     queries = catalog.split(FLAGS.split)
+    if draws:
+        queries = grpo_trainer.drawn_queries(queries, *draws)
     queries = queries[:FLAGS.num_queries] if FLAGS.num_queries else queries
     examples = common.worked_examples(
         FLAGS.zero_shot_examples if zero_shot else 0, catalog=catalog, engine=engine,

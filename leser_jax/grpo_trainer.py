@@ -134,6 +134,16 @@ def step_queries(queries: Sequence[Query], n: int, seed: int, step: int) -> list
     return [queries[i] for i in rng.choice(len(queries), size=min(n, len(queries)), replace=False)]
 
 
+def drawn_queries(queries: Sequence[Query], n: int, seed: int, steps: int) -> list[Query]:
+    """The distinct queries that steps 0 .. steps - 1 train on (`step_queries`), first draw first:
+    what a finished run has seen, to tell learning those queries from generalising beyond them."""
+    drawn = {}
+    for step in range(steps):
+        for query in step_queries(queries, n, seed, step):
+            drawn.setdefault(query.query_id, query)
+    return list(drawn.values())
+
+
 def effective_groups(spread: np.ndarray) -> float:
     """(sum_g s_g)^2 / sum_g s_g^2 over a batch's groups, s_g >= 0 the std of group g's rewards
     [B]: B when every group's rewards spread alike, 1 when one group holds all the spread, 0 when

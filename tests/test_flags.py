@@ -55,6 +55,13 @@ CASES = {
     "evaluate --recorded from a missing folder": (
         "experiments.evaluate", ["--out=RUN", "--relevance=MISSING", "--recorded=warmup=MISSING"],
         "No such file or directory"),
+    "evaluate --trained_by on the test split": (
+        "experiments.evaluate", ["--out=RUN", "--relevance=MISSING", "--trained_by=MISSING"],
+        "--trained_by needs --split=train"),
+    "evaluate --trained_by an unfinished run": (
+        "experiments.evaluate", ["--out=RUN", "--relevance=MISSING", "--split=train",
+                                 "--trained_by=MISSING"],
+        ": not a finished GRPO run ([Errno 2] No such file"),
     "pipeline positional": (
         "experiments.pipeline", ["--run_dir=RUN", "demo", "--dry_run"],
         "unexpected positional argument(s): 'demo'"),

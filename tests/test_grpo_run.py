@@ -34,7 +34,7 @@ from leser_jax.finite import NonFiniteError
 from leser_jax.data.synthetic import SyntheticConfig, generate
 from leser_jax.grpo import GRPOConfig
 from leser_jax.grpo_trainer import (BEST_METRIC, GRPOLoopConfig, GRPOTrainer, effective_groups,
-                                    reward_metrics, step_queries)
+                                    drawn_queries, reward_metrics, step_queries)
 from leser_jax.model import Llama
 from leser_jax.optim import OptimConfig, make_optimizer
 from leser_jax.prompts import (INSTRUCTION, AnswerFormat, ExampleTurn, encode_prompt,
@@ -131,6 +131,15 @@ class Setup:
 @pytest.fixture(scope="module")
 def setup():
     return Setup()
+
+
+def test_drawn_queries_are_every_steps_queries_once_first_draw_first():
+    queries = [Query(query_id=str(i), text=f"query {i}") for i in range(12)]
+    steps = [step_queries(queries, 3, 5, step) for step in range(6)]
+    want = list(dict.fromkeys(q for step in steps for q in step))
+    assert drawn_queries(queries, 3, 5, 6) == want
+    assert 3 < len(want) < 18  # some drawn twice, some never: the test tells both apart
+    assert drawn_queries(queries, 3, 5, 0) == []
 
 
 @pytest.mark.slow
